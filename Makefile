@@ -1,0 +1,35 @@
+# The two commands of the README. Both create .venv when it is missing and
+# are quick when it is already there.
+#   make demo   set everything up, run the main job (writes runs/demo/...)
+#   make test   set everything up, run the tests
+PYTHON ?= python3
+VENV ?= .venv
+# Pinned so pip takes a local CPU wheel where one lies on disk; elsewhere this
+# is the ordinary PyPI torch. Override: make test TORCH_SPEC='torch>=2.4'
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.rlab-installed
+
+.PHONY: setup demo test bench clean-venv
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet --no-deps "pytorchcv>=0.0.70"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/rlab demo
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[dev,bench]"
+
+clean-venv:
+	rm -rf $(VENV)

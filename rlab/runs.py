@@ -1,0 +1,294 @@
+"""Run folders: the one place every command writes to.
+
+    runs/<kind>/<name>__<seed>__<UTC timestamp>/
+        config.json   every option, seed, package versions, git commit, device
+        metrics.csv   one row per logged step, namespaced columns
+        checkpoints/  model + optimizer + RNG state (torch.save, weights-only data)
+        summary.json  the final figures
+
+Every file is written atomically (temp file in the same folder, fsync, rename),
+so a run killed at any moment leaves the previous version of each file intact.
+A folder is never overwritten: a name that exists gets a numeric suffix.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import pickle
+import platform
+import random
+import subprocess
+import tempfile
+import time
+import zipfile
+from dataclasses import asdict, is_dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rlab.errors import UserError
+
+RUNS_ROOT = Path(os.environ.get("RLAB_RUNS", "runs"))
+TRACKED_PACKAGES = ("rlab", "torch", "gymnasium", "stable-baselines3", "foolbox", "numpy", "matplotlib")
+
+
+class CheckpointError(UserError):
+    """A checkpoint that cannot be trusted or read."""
+
+
+# ----------------------------------------------------------------------------- atomic files
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the new one, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(_jsonable(obj), indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def _jsonable(obj: Any) -> Any:
+    if is_dataclass(obj) and not isinstance(obj, type):
+        obj = asdict(obj)
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, torch.device):
+        return str(obj)
+    return obj
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """torch.save `state` atomically. Only tensors, numbers, strings, lists and dicts."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint as data only (`weights_only=True`): one that carries code is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"refusing checkpoint {path}: it holds more than weights (objects or code that "
+            f"weights-only loading does not allow: {first[:200]})"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupted and cannot be read ({type(e).__name__})") from None
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch RNG states as weights-only-loadable data."""
+    py = random.getstate()
+    np_state = np.random.get_state()
+    state = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ----------------------------------------------------------------------------- provenance
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in TRACKED_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def git_commit() -> str | None:
+    try:
+        here = Path(__file__).resolve().parent
+        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        if r.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return r.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def utc_stamp() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+# ----------------------------------------------------------------------------- the run folder
+
+
+class RunDir:
+    """One run folder. Create with `RunDir.create`, reopen with `RunDir.open`."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._rows: list[dict[str, Any]] = []
+        self._columns: list[str] = []
+        self._last_flush = 0.0
+        if (self.path / "metrics.csv").is_file():
+            self._rows, self._columns = _read_metrics(self.path / "metrics.csv")
+
+    # -- creation
+    @classmethod
+    def create(cls, kind: str, name: str, seed: int | None, config: Any, device: str | torch.device = "cpu",
+               root: str | Path | None = None) -> "RunDir":
+        root = Path(root) if root is not None else RUNS_ROOT
+        base = root / kind / f"{name.replace('/', '-')}__{seed}__{utc_stamp()}"
+        path, k = base, 1
+        while True:
+            try:
+                path.mkdir(parents=True, exist_ok=False)
+                break
+            except FileExistsError:
+                k += 1
+                path = base.with_name(f"{base.name}-{k}")
+        run = cls(path)
+        (path / "checkpoints").mkdir()
+        write_json(path / "config.json", {
+            "kind": kind, "name": name, "seed": seed, "device": str(device),
+            "options": _jsonable(config), "versions": package_versions(), "git_commit": git_commit(),
+            "created": utc_stamp(), "threads": torch.get_num_threads(),
+        })
+        return run
+
+    @classmethod
+    def open(cls, path: str | Path) -> "RunDir":
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise UserError(f"{path} is not a run folder (no config.json)")
+        return cls(path)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return read_json(self.path / "config.json")
+
+    # -- metrics
+    def log(self, step: int, flush: bool = False, **metrics: float) -> None:
+        """Append one row of metrics at `step` (e.g. charts/episode_return=...)."""
+        row = {"step": int(step), **{k: _scalar(v) for k, v in metrics.items()}}
+        for k in row:
+            if k not in self._columns:
+                self._columns.append(k)
+        self._rows.append(row)
+        if flush or time.monotonic() - self._last_flush > 2.0:
+            self.flush()
+
+    def flush(self) -> None:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=self._columns or ["step"], lineterminator="\n")
+        w.writeheader()
+        w.writerows(self._rows)
+        atomic_write_text(self.path / "metrics.csv", buf.getvalue())
+        self._last_flush = time.monotonic()
+
+    def truncate_metrics(self, max_step: int) -> None:
+        """Drop rows logged after `max_step` (used on resume: the checkpoint is the truth)."""
+        self._rows = [r for r in self._rows if int(r["step"]) <= max_step]
+        self.flush()
+
+    @property
+    def metrics(self) -> list[dict[str, Any]]:
+        return list(self._rows)
+
+    # -- checkpoints and summary
+    def save_checkpoint(self, state: dict[str, Any], name: str = "last.pt") -> Path:
+        self.flush()
+        p = self.path / "checkpoints" / name
+        save_checkpoint(p, state)
+        return p
+
+    def load_checkpoint(self, name: str = "last.pt", map_location: str | torch.device = "cpu") -> dict[str, Any]:
+        return load_checkpoint(self.path / "checkpoints" / name, map_location)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        self.flush()
+        write_json(self.path / "summary.json", summary)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+
+def _scalar(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        return v.item()
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def _read_metrics(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        columns = list(reader.fieldnames or [])
+        rows = []
+        for r in reader:
+            rows.append({k: _parse(v) for k, v in r.items() if v not in (None, "")})
+    return rows, columns
+
+
+def _parse(v: str) -> Any:
+    try:
+        return int(v)
+    except ValueError:
+        try:
+            return float(v)
+        except ValueError:
+            return v
