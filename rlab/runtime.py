@@ -38,19 +38,21 @@ def resolve_device(device: str) -> torch.device:
     raise UserError(f"unknown device {device!r}; allowed: auto, cpu, cuda, cuda:N")
 
 
-def default_threads() -> int:
-    """torch intra-op threads for this machine.
+def default_threads(workload: str = "cnn") -> int:
+    """torch intra-op threads for this machine and workload.
 
-    Measured on a 2-core CPU (bench/threads.py): small MLPs (RL) are fastest
-    on 1 thread, CNN training gains ~1.6x from 2. We use all physical cores up to
-    4: past that small models lose time to synchronisation.
+    Measured on a 2-core CPU (bench/threads.py): small MLPs (RL, workload "rl")
+    are fastest on 1 thread (300 updates: 0.29 s on 1, 0.32 s on 2); a small
+    CNN gains 1.9x from 2 threads. Image models use every core up to 8.
     """
-    return max(1, min(4, os.cpu_count() or 1))
+    if workload == "rl":
+        return 1
+    return max(1, min(8, os.cpu_count() or 1))
 
 
-def set_threads(threads: int | None) -> int:
-    """Set torch's thread count (0 or None: `default_threads()`); returns it."""
-    n = threads or default_threads()
+def set_threads(threads: int | None, workload: str = "cnn") -> int:
+    """Set torch's thread count (0 or None: `default_threads(workload)`); returns it."""
+    n = threads or default_threads(workload)
     if n < 1:
         raise UserError(f"threads must be >= 1, got {threads}")
     torch.set_num_threads(n)
