@@ -24,6 +24,8 @@ import subprocess
 import tempfile
 import time
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
 from datetime import datetime, timezone
 from importlib import metadata
@@ -173,6 +175,33 @@ def utc_stamp() -> str:
 
 
 # ----------------------------------------------------------------------------- the run folder
+
+
+@contextmanager
+def use_runs_root(root: str | Path) -> Iterator[Path]:
+    """Within the block, new run folders go under `root` (e.g. a demo's own folder)."""
+    global RUNS_ROOT
+    previous, RUNS_ROOT = RUNS_ROOT, Path(root)
+    try:
+        yield RUNS_ROOT
+    finally:
+        RUNS_ROOT = previous
+
+
+def find_run_dirs(paths: list[str | Path]) -> list[Path]:
+    """Run folders named by `paths`: each path is a run folder or a folder holding some (searched recursively)."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise UserError(f"no such run folder: {p}")
+        if (p / "config.json").is_file():
+            found.append(p)
+        else:
+            inner = sorted(c.parent for c in p.rglob("config.json"))
+            if not inner:
+                raise UserError(f"{p} holds no run folder (no config.json below it)")
+            found.extend(inner)
+    return found
 
 
 class RunDir:

@@ -1,0 +1,191 @@
+"""Plots a person would put in a report: labelled axes with units, mean ± spread over seeds.
+
+    plot_returns(run_dirs, out_png)      return vs environment steps (or wall time),
+                                         one line per variant, shaded ± 1 std over seeds
+    plot_robustness(results_csv, out_png) accuracy vs eps, one line per attack/defense
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import matplotlib.ticker
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from rlab.config import check, opt  # noqa: E402
+from rlab.errors import UserError  # noqa: E402
+from rlab.runs import RunDir, find_run_dirs  # noqa: E402
+
+RETURN_COLUMN = "charts/episode_return"
+
+
+def variant_label(options: dict[str, Any]) -> str:
+    """The legend name of a training run: its `variant`, else algo/returns/baseline."""
+    if options.get("variant"):
+        return str(options["variant"])
+    parts = [str(options.get("algo", "?"))]
+    for key in ("returns", "baseline", "critic"):
+        if options.get(key) not in (None, "", "none"):
+            parts.append(str(options[key]))
+    return " / ".join(parts)
+
+
+def smooth(y: np.ndarray, window: int) -> np.ndarray:
+    """Trailing moving average over `window` points (window 1: unchanged)."""
+    if window <= 1 or len(y) < 2:
+        return y
+    c = np.cumsum(np.insert(y, 0, 0.0))
+    out = np.empty_like(y, dtype=float)
+    for i in range(len(y)):
+        lo = max(0, i + 1 - window)
+        out[i] = (c[i + 1] - c[lo]) / (i + 1 - lo)
+    return out
+
+
+def _curve(run: RunDir, x_axis: str, column: str) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys, wall = [], [], 0.0
+    for row in run.metrics:
+        if column not in row:
+            continue
+        xs.append(float(row["step"]) if x_axis == "steps" else float(row.get("charts/wall_seconds", np.nan)))
+        ys.append(float(row[column]))
+    return np.asarray(xs), np.asarray(ys)
+
+
+def returns_by_variant(run_dirs: list[Path], x_axis: str = "steps", column: str = RETURN_COLUMN,
+                       window: int = 5, points: int = 200) -> dict[str, dict[str, np.ndarray]]:
+    """Per variant: a common x grid and the mean, std and count of the smoothed curves over seeds."""
+    groups: dict[str, list[tuple[np.ndarray, np.ndarray]]] = defaultdict(list)
+    for path in run_dirs:
+        run = RunDir.open(path)
+        x, y = _curve(run, x_axis, column)
+        keep = np.isfinite(x) & np.isfinite(y)
+        if keep.sum() >= 1:
+            groups[variant_label(run.config.get("options", {}))].append((x[keep], smooth(y[keep], window)))
+    if not groups:
+        raise UserError(f"no run folder among {len(run_dirs)} has a {column!r} column to plot")
+    out = {}
+    for label, curves in groups.items():
+        x_max = min(c[0][-1] for c in curves)
+        x_min = max(c[0][0] for c in curves)
+        grid = np.linspace(x_min, x_max, points) if x_max > x_min else np.array([x_min])
+        ys = np.stack([np.interp(grid, cx, cy) for cx, cy in curves])
+        out[label] = {"x": grid, "mean": ys.mean(0), "std": ys.std(0), "n": np.array(len(curves))}
+    return out
+
+
+def plot_returns(run_dirs: list[str | Path], out_png: str | Path, x_axis: str = "steps", window: int = 5,
+                 title: str | None = None) -> Path:
+    """Return against environment steps (or wall seconds), mean ± 1 std over seeds, one line per variant."""
+    runs = find_run_dirs(list(run_dirs))
+    curves = returns_by_variant(runs, x_axis, window=window)
+    envs = sorted({RunDir.open(r).config.get("options", {}).get("env", "") for r in runs} - {""})
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    for label, c in sorted(curves.items()):
+        n = int(c["n"])
+        line, = ax.plot(c["x"], c["mean"], lw=1.8, label=f"{label} (n={n} seed{'s' if n != 1 else ''})")
+        if n > 1:
+            ax.fill_between(c["x"], c["mean"] - c["std"], c["mean"] + c["std"], color=line.get_color(), alpha=0.18, lw=0)
+    ax.set_xlabel("environment steps" if x_axis == "steps" else "wall-clock time (s)")
+    ax.set_ylabel("episode return (undiscounted)")
+    ax.set_title(title or f"{', '.join(envs) or 'training'}: mean ± 1 std over seeds (moving average of {window})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best", framealpha=0.85)
+    if x_axis == "steps":
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(_steps_label))
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png)
+    plt.close(fig)
+    return out_png
+
+
+def _steps_label(v: float, _pos: int) -> str:
+    return f"{v / 1e6:g}M" if abs(v) >= 1e6 else f"{v / 1e3:g}k" if abs(v) >= 1e3 else f"{v:g}"
+
+
+def read_results(results_csv: str | Path) -> list[dict[str, Any]]:
+    path = Path(results_csv)
+    if not path.is_file():
+        raise UserError(f"results file not found: {path}")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    need = {"attack", "defense", "eps", "robust_accuracy"}
+    if not rows or not need <= set(rows[0]):
+        raise UserError(f"{path} is not a benchmark results.csv (needs columns {', '.join(sorted(need))})")
+    return rows
+
+
+def _eps_label(eps: float, image_range: float = 1.0) -> str:
+    k = eps * 255
+    return f"{eps:g}" if abs(k - round(k)) > 1e-6 or eps >= 0.1 else f"{round(k)}/255"
+
+
+def plot_robustness(results_csv: str | Path, out_png: str | Path, title: str | None = None) -> Path:
+    """Robust accuracy (%) against eps, one line per attack / defense (dashed: adaptive attacker)."""
+    rows = read_results(results_csv)
+    lines: dict[tuple[str, str, str], list[tuple[float, float]]] = defaultdict(list)
+    for r in rows:
+        adaptive = str(r.get("adaptive", "False")).lower() in ("true", "1", "yes")
+        lines[(r["attack"], r["defense"], "adaptive" if adaptive else "non-adaptive")].append(
+            (float(r["eps"]), 100 * float(r["robust_accuracy"])))
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    colors: dict[tuple[str, str], Any] = {}
+    for (attack, defense, mode), pts in sorted(lines.items()):
+        pts.sort()
+        key = (attack, defense)
+        style = "--" if mode == "adaptive" else "-"
+        kw = {"color": colors[key]} if key in colors else {}
+        label = f"{attack} vs {defense}" + (" (adaptive)" if mode == "adaptive" else "")
+        line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", ms=3.5, lw=1.6, label=label, **kw)
+        colors.setdefault(key, line.get_color())
+    eps_values = sorted({float(r["eps"]) for r in rows})
+    ax.set_xticks(eps_values, [_eps_label(e) for e in eps_values], fontsize=8)
+    ax.set_xlabel("perturbation budget ε (L∞, image range [0, 1])")
+    ax.set_ylabel("robust accuracy (%)")
+    ax.set_ylim(-2, 102)
+    ax.set_title(title or "Robust accuracy against ε (solid: non-adaptive, dashed: adaptive attacker)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper right", framealpha=0.85, ncol=2 if len(lines) > 8 else 1)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png)
+    plt.close(fig)
+    return out_png
+
+
+@dataclass
+class PlotReturnsConfig:
+    run_dirs: list[str] = opt(None, "run folders, or folders holding run folders", positional=True, nargs="+")
+    out: str = opt("", "output PNG (default: a new run folder under runs/plots/)")
+    x: str = opt("steps", "x axis", choices=["steps", "wall"])
+    smooth: int = opt(5, "moving-average window over logged points")
+
+    def __post_init__(self) -> None:
+        check(self.smooth >= 1, f"--smooth must be >= 1, got {self.smooth}")
+
+
+@dataclass
+class PlotRobustnessConfig:
+    results_csv: str = opt(None, "results.csv written by `rlab bench attacks`", positional=True)
+    out: str = opt("", "output PNG (default: robustness.png next to the CSV)")
+
+
+def plot_returns_cmd(cfg: PlotReturnsConfig) -> Path:
+    out = Path(cfg.out) if cfg.out else RunDir.create("plots", "returns", None, cfg).path / "returns.png"
+    return plot_returns(cfg.run_dirs, out, x_axis=cfg.x, window=cfg.smooth)
+
+
+def plot_robustness_cmd(cfg: PlotRobustnessConfig) -> Path:
+    out = Path(cfg.out) if cfg.out else Path(cfg.results_csv).with_name("robustness.png")
+    return plot_robustness(cfg.results_csv, out)

@@ -1,0 +1,55 @@
+import csv
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rlab.cli import main
+from rlab.errors import UserError
+from rlab.plots import plot_returns, plot_robustness, returns_by_variant, smooth
+from rlab.runs import RunDir
+
+
+def _fake_run(variant, seed, slope):
+    run = RunDir.create("rl", "CartPole-v1__ppo", seed, {"variant": variant, "env": "CartPole-v1", "algo": "ppo"})
+    for k in range(1, 21):
+        run.log(k * 1000, **{"charts/episode_return": slope * k + seed})
+    run.flush()
+    return run.path
+
+
+def test_smooth_is_a_trailing_mean():
+    y = np.array([0.0, 2.0, 4.0, 6.0])
+    assert np.allclose(smooth(y, 2), [0.0, 1.0, 3.0, 5.0])
+    assert np.allclose(smooth(y, 1), y)
+
+
+def test_returns_grouped_by_variant_with_mean_and_spread(runs_root):
+    paths = [_fake_run("A", s, 1.0) for s in (0, 2)] + [_fake_run("B", 0, 3.0)]
+    curves = returns_by_variant(paths, window=1, points=20)
+    assert set(curves) == {"A", "B"} and int(curves["A"]["n"]) == 2
+    # seeds 0 and 2 differ by a constant 2: mean is the midpoint, std is 1
+    assert np.allclose(curves["A"]["mean"], np.linspace(1000, 20000, 20) / 1000 + 1)
+    assert np.allclose(curves["A"]["std"], 1.0)
+
+
+def test_plot_commands_write_pngs(runs_root, tmp_path, capsys):
+    _fake_run("A", 0, 1.0)
+    _fake_run("A", 1, 1.0)
+    out = tmp_path / "r.png"
+    assert main(["plot", "returns", str(runs_root / "rl"), "--out", str(out)]) == 0
+    assert Image.open(out).size[0] > 500
+    results = tmp_path / "results.csv"
+    with open(results, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["attack", "defense", "adaptive", "eps", "robust_accuracy"])
+        w.writeheader()
+        for eps, acc in [(0, 0.99), (0.1, 0.5), (0.3, 0.0)]:
+            w.writerow({"attack": "pgd", "defense": "none", "adaptive": False, "eps": eps, "robust_accuracy": acc})
+    assert plot_robustness(results, tmp_path / "rob.png").is_file()
+
+
+def test_plot_errors_are_user_errors(tmp_path, capsys):
+    with pytest.raises(UserError, match="no such run folder"):
+        plot_returns([tmp_path / "nope"], tmp_path / "x.png")
+    assert main(["plot", "robustness", str(tmp_path / "missing.csv")]) == 2
+    assert "results file not found" in capsys.readouterr().err
