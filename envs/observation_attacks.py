@@ -1,0 +1,201 @@
+"""Adversarial observations against policies (Huang et al., 2017, "Adversarial Attacks on Neural Network Policies").
+
+The attacker sees the observation s the agent is about to act on and replaces it by
+
+    s' = s + delta,   |delta_i| <= eps * scale_i   (an L-infinity ball, eps per dimension scaled to its range)
+
+chosen to push the agent off the action it would take:
+
+    discrete (Categorical pi):   max_delta  CE(pi(s + delta), a*),   a* = argmax_a pi(a | s)
+    continuous (Gaussian pi):    max_delta  || mu(s + delta) - mu(s) ||^2
+
+FGSM is one signed-gradient step of size eps; PGD is `steps` steps of size 2.5 eps / steps
+projected back onto the ball (Madry et al., 2018). For a discrete policy the attack runs
+through the attacks package (its FGSM / PGD, contract C4) on a wrapper model that maps a
+point of [0, 1]^d around s to the policy's logits; the Gaussian case has no labels, so it
+uses the same signed-gradient ascent on the mean distance in a small local loop.
+`uniform_noise` is the baseline of the same size: delta uniform in the ball.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+
+import gymnasium
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.distributions import Categorical, Distribution
+
+OBSERVATION_ATTACKS = ("none", "random", "fgsm", "pgd")
+
+# Per-dimension scale of observation dimensions whose observation space is unbounded:
+# 2 * max |value| over 20,000 random-policy steps (seed 0), rounded up.
+TYPICAL_RANGES: dict[str, dict[int, float]] = {
+    "CartPole": {1: 5.0, 3: 6.4},   # cart velocity (max 2.49), pole angular velocity (max 3.16)
+}
+
+
+def _env_family(env_id: str) -> str:
+    """'CartPole-v1' and 'rlab/TorchCartPole-v1' -> 'CartPole'."""
+    name = env_id.split("/")[-1].split("-v")[0]
+    return name[len("Torch"):] if name.startswith("Torch") else name
+
+
+@functools.lru_cache(maxsize=None)
+def _observation_scale(env_id: str) -> tuple[float, ...]:
+    try:
+        env = gymnasium.make(env_id)
+    except gymnasium.error.Error as e:
+        raise ValueError(f"cannot make environment {env_id!r} to read its observation space: {e}") from None
+    space = env.observation_space
+    if not isinstance(space, gymnasium.spaces.Box) or len(space.shape) != 1:
+        env.close()
+        raise ValueError(f"observation attacks need a flat Box observation space; {env_id} has {space}")
+    low, high = space.low.astype(np.float64), space.high.astype(np.float64)
+    scale = high - low
+    table = TYPICAL_RANGES.get(_env_family(env_id), {})
+    unbounded = [i for i in range(len(scale)) if not np.isfinite(scale[i]) and i not in table]
+    if unbounded:
+        measured = _measured_ranges(env)
+        for i in unbounded:
+            scale[i] = measured[i]
+    for i, value in table.items():
+        if not np.isfinite(scale[i]):
+            scale[i] = value
+    env.close()
+    return tuple(float(max(s, 1e-6)) for s in scale)
+
+
+def _measured_ranges(env: gymnasium.Env, steps: int = 5000) -> np.ndarray:
+    """2 * max |observation| per dimension over `steps` random-policy steps (seed 0)."""
+    obs, _ = env.reset(seed=0)
+    env.action_space.seed(0)
+    peak = np.abs(obs).astype(np.float64)
+    for _ in range(steps):
+        obs, _, terminated, truncated, _ = env.step(env.action_space.sample())
+        peak = np.maximum(peak, np.abs(obs))
+        if terminated or truncated:
+            obs, _ = env.reset()
+    return 2 * peak
+
+
+def observation_scale(env_id: str) -> torch.Tensor:
+    """Per-dimension scale of `env_id`'s observations (float32, shape (obs_dim,)).
+
+    high - low where the observation space is bounded; else the fixed table of typical
+    ranges (TYPICAL_RANGES, e.g. CartPole's velocities); else 2 * max |value| measured over
+    5,000 random-policy steps with seed 0.
+    """
+    if not isinstance(env_id, str):
+        raise TypeError(f"env_id must be a Gymnasium id string, got {type(env_id).__name__}")
+    return torch.tensor(_observation_scale(env_id), dtype=torch.float32)
+
+
+def uniform_noise(obs: torch.Tensor, eps: float, scale: torch.Tensor,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """obs + delta, delta uniform in the ball |delta_i| <= eps * scale_i (the random baseline)."""
+    u = torch.rand(obs.shape, generator=generator, dtype=obs.dtype, device=obs.device if generator is None else generator.device)
+    return obs + (2 * u.to(obs.device) - 1) * eps * scale
+
+
+class _ScaledPolicyLogits(nn.Module):
+    """z in [0, 1]^d -> logits of pi(s + (z - 1/2) * width): lets an image attack act on observations."""
+
+    def __init__(self, policy: Callable[[torch.Tensor], Distribution], center: torch.Tensor, width: torch.Tensor):
+        super().__init__()
+        self.policy, self.center, self.width = policy, center, width
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.policy(self.center + (z - 0.5) * self.width).logits
+
+
+def _attack_categorical(policy, obs: torch.Tensor, eps: float, method: str, scale: torch.Tensor, steps: int) -> torch.Tensor:
+    """Untargeted FGSM / PGD of the attacks package against the clean greedy action, in scaled coordinates.
+
+    z = 1/2 + (s' - s) / (k * scale) with k = max(1, 2 eps), so the ball |s' - s| <= eps * scale is
+    |z - 1/2| <= eps / k, inside the attacks' [0, 1] bounds.
+    """
+    k = max(1.0, 2 * eps)
+    with torch.no_grad():
+        clean_action = policy(obs).logits.argmax(-1)
+    try:
+        import attacks
+        attack = attacks.FGSM() if method == "fgsm" else attacks.PGD(steps=steps, random_start=False)
+    except (ImportError, AttributeError):
+        n_steps, alpha = (1, 1.0) if method == "fgsm" else (steps, 2.5 / steps)
+        return _signed_gradient_ascent(lambda x: F.cross_entropy(policy(x).logits, clean_action, reduction="sum"),
+                                       obs, obs, eps * scale, n_steps, alpha)
+    model = _ScaledPolicyLogits(policy, obs, k * scale)
+    result = attack(model, torch.full_like(obs, 0.5), clean_action, eps=eps / k)
+    return obs + (result.x_adv.detach() - 0.5) * k * scale
+
+
+def _signed_gradient_ascent(loss_fn: Callable[[torch.Tensor], torch.Tensor], obs: torch.Tensor, start: torch.Tensor,
+                            radius: torch.Tensor, n_steps: int, alpha: float) -> torch.Tensor:
+    """x <- Proj_{|x - s| <= radius}(x + alpha * radius * sign(grad loss(x))), `n_steps` times."""
+    x_adv = start
+    for _ in range(n_steps):
+        x_adv = x_adv.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(loss_fn(x_adv), x_adv)
+        x_adv = obs + (x_adv.detach() + alpha * radius * grad.sign() - obs).clamp(-radius, radius)
+    return x_adv.detach()
+
+
+def _attack_gaussian(policy, obs: torch.Tensor, eps: float, method: str, scale: torch.Tensor, steps: int,
+                     generator: torch.Generator | None) -> torch.Tensor:
+    """Ascent on ||mu(s') - mu(s)||^2 inside the ball, from a random start (the gradient is 0 at s itself)."""
+    with torch.no_grad():
+        mean_clean = policy(obs).mean
+    n_steps, alpha = (1, 1.0) if method == "fgsm" else (steps, 2.5 / steps)
+    return _signed_gradient_ascent(lambda x: (policy(x).mean - mean_clean).square().sum(), obs,
+                                   uniform_noise(obs, eps / 2, scale, generator), eps * scale, n_steps, alpha)
+
+
+def perturb_observations(policy: Callable[[torch.Tensor], Distribution], obs: torch.Tensor, eps: float,
+                         method: str, scale: torch.Tensor, steps: int = 10,
+                         generator: torch.Generator | None = None) -> torch.Tensor:
+    """Adversarial observations s' with |s' - s| <= eps * scale per dimension (Huang et al., 2017).
+
+    Args:
+        policy: obs (N, d) -> torch.distributions.Distribution (Categorical, or Normal / Independent Normal).
+        obs: (N, d) float observations as the agent sees them (raw, un-normalised).
+        eps: radius as a fraction of each dimension's scale (>= 0).
+        method: "pgd", "fgsm", "random" (uniform in the ball) or "none" (unchanged).
+        scale: (d,) per-dimension scale, e.g. observation_scale(env_id).
+        steps: PGD iterations.
+        generator: torch RNG for the random baseline and the Gaussian random start.
+
+    Returns a detached tensor of obs's shape, dtype and device. Parameter gradients are untouched.
+    """
+    if method not in OBSERVATION_ATTACKS:
+        raise ValueError(f"unknown observation attack {method!r}; allowed: {', '.join(OBSERVATION_ATTACKS)}")
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not math.isfinite(eps) or eps < 0:
+        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    obs = torch.as_tensor(obs)
+    if obs.ndim != 2 or not obs.dtype.is_floating_point:
+        raise ValueError(f"obs must be a float tensor of shape (N, obs_dim), got {obs.dtype} {tuple(obs.shape)}")
+    scale = torch.as_tensor(scale, dtype=obs.dtype, device=obs.device)
+    if scale.shape != obs.shape[1:]:
+        raise ValueError(f"scale must have shape ({obs.shape[1]},) to match obs, got {tuple(scale.shape)}")
+    if method == "none" or eps == 0:
+        return obs.detach().clone()
+    if method == "random":
+        return uniform_noise(obs.detach(), eps, scale, generator)
+    obs = obs.detach()
+    with torch.enable_grad():
+        with torch.no_grad():
+            dist = policy(obs)
+        if isinstance(dist, Categorical):
+            x_adv = _attack_categorical(policy, obs, eps, method, scale, steps)
+        elif hasattr(dist, "mean"):
+            x_adv = _attack_gaussian(policy, obs, eps, method, scale, steps, generator)
+        else:
+            raise TypeError(f"policy must return a Categorical or Gaussian distribution, got {type(dist).__name__}")
+    radius = eps * scale
+    return torch.maximum(torch.minimum(x_adv, obs + radius), obs - radius).detach()
