@@ -1,0 +1,207 @@
+"""The returns math against brute-force loops over random vectorised episodes.
+
+Random rollouts are laid out the way a Gymnasium 1.x vector env returns them in
+next-step autoreset mode: after an episode ends (terminated or truncated) the
+env spends one reset step (reward 0, action ignored) before the next episode.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rlab import returns as R
+
+
+@st.composite
+def rollouts(draw):
+    """(T, N) rewards/terminated/truncated/values + the per-env list of episodes."""
+    T = draw(st.integers(2, 12))
+    N = draw(st.integers(1, 3))
+    first_is_reset = torch.tensor([draw(st.booleans()) for _ in range(N)])
+    rewards = torch.zeros(T, N, dtype=torch.float64)
+    terminated = torch.zeros(T, N, dtype=torch.bool)
+    truncated = torch.zeros(T, N, dtype=torch.bool)
+    real = torch.zeros(T, N, dtype=torch.bool)
+    episodes = []  # (env, [steps], kind) with kind in terminated / truncated / ongoing
+    for n in range(N):
+        t = 1 if first_is_reset[n] else 0
+        while t < T:
+            length = draw(st.integers(1, 6))
+            kind = draw(st.sampled_from(["terminated", "truncated"]))
+            steps = list(range(t, min(t + length, T)))
+            if t + length > T:
+                kind = "ongoing"
+            for s in steps:
+                real[s, n] = True
+                rewards[s, n] = draw(st.floats(-5, 5, allow_nan=False, width=32))
+            if kind != "ongoing":
+                (terminated if kind == "terminated" else truncated)[steps[-1], n] = True
+            episodes.append((n, steps, kind))
+            t = steps[-1] + 2  # one reset step after an episode end
+    values = torch.tensor(draw(st.lists(st.floats(-5, 5, width=32), min_size=T * N, max_size=T * N)),
+                          dtype=torch.float64).reshape(T, N)
+    last_value = torch.tensor(draw(st.lists(st.floats(-5, 5, width=32), min_size=N, max_size=N)), dtype=torch.float64)
+    gamma = draw(st.sampled_from([0.0, 0.5, 0.9, 0.99, 1.0]))
+    return dict(rewards=rewards, terminated=terminated, truncated=truncated, values=values, last_value=last_value,
+                first_is_reset=first_is_reset, real=real, episodes=episodes, gamma=gamma)
+
+
+def _next_value(r, n, s):
+    """V(s_{s+1}) of env n: the observation after step s (the final one if the episode ended)."""
+    return r["values"][s + 1, n].item() if s + 1 < r["values"].shape[0] else r["last_value"][n].item()
+
+
+def _brute_discounted(r, gamma):
+    out = {}
+    for n, steps, kind in r["episodes"]:
+        end = steps[-1]
+        for t in steps:
+            g = sum(gamma ** (k - t) * r["rewards"][k, n].item() for k in range(t, end + 1))
+            if kind != "terminated":
+                g += gamma ** (end - t + 1) * _next_value(r, n, end)
+            out[(t, n)] = g
+    return out
+
+
+def _brute_gae(r, gamma, lam):
+    out = {}
+    for n, steps, kind in r["episodes"]:
+        end = steps[-1]
+
+        def delta(k):
+            boot = 0.0 if (k == end and kind == "terminated") else _next_value(r, n, k)
+            return r["rewards"][k, n].item() + gamma * boot - r["values"][k, n].item()
+
+        for t in steps:
+            out[(t, n)] = sum((gamma * lam) ** (k - t) * delta(k) for k in range(t, end + 1))
+    return out
+
+
+def _brute_n_step(r, gamma, n_steps):
+    out = {}
+    for n, steps, kind in r["episodes"]:
+        end = steps[-1]
+        for t in steps:
+            m = min(n_steps, end - t + 1)
+            g = sum(gamma**k * r["rewards"][t + k, n].item() for k in range(m))
+            last = t + m - 1
+            if not (last == end and kind == "terminated"):
+                g += gamma**m * _next_value(r, n, last)
+            out[(t, n)] = g
+    return out
+
+
+def _assert_matches(result, expected):
+    assert expected, "a rollout always holds at least one real step"
+    for (t, n), want in expected.items():
+        assert result[t, n].item() == pytest.approx(want, rel=1e-9, abs=1e-9), (t, n)
+
+
+def _next_values(r):
+    return R.next_state_values(r["values"], r["last_value"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(rollouts())
+def test_discounted_returns_match_brute_force(r):
+    g = R.discounted_returns(r["rewards"], r["terminated"], r["truncated"], _next_values(r), r["gamma"])
+    _assert_matches(g, _brute_discounted(r, r["gamma"]))
+
+
+@settings(max_examples=100, deadline=None)
+@given(rollouts())
+def test_reward_to_go_is_undiscounted_sum(r):
+    g = R.reward_to_go(r["rewards"], r["terminated"], r["truncated"], _next_values(r))
+    _assert_matches(g, _brute_discounted(r, 1.0))
+
+
+@settings(max_examples=150, deadline=None)
+@given(rollouts(), st.sampled_from([0.0, 0.5, 0.95, 1.0]))
+def test_gae_matches_brute_force(r, lam):
+    adv, ret = R.gae_advantages(r["rewards"], r["values"], r["terminated"], r["truncated"], _next_values(r),
+                                r["gamma"], lam)
+    expected = _brute_gae(r, r["gamma"], lam)
+    _assert_matches(adv, expected)
+    _assert_matches(ret, {k: v + r["values"][k].item() for k, v in expected.items()})
+
+
+@settings(max_examples=150, deadline=None)
+@given(rollouts(), st.integers(1, 7))
+def test_n_step_returns_match_brute_force(r, n_steps):
+    g = R.n_step_returns(r["rewards"], r["terminated"], r["truncated"], _next_values(r), r["gamma"], n_steps)
+    _assert_matches(g, _brute_n_step(r, r["gamma"], n_steps))
+
+
+@settings(max_examples=60, deadline=None)
+@given(rollouts())
+def test_limits_agree(r):
+    """GAE(lambda=1) + V = bootstrapped MC return; GAE(0) + V = TD target = 1-step return."""
+    nv = _next_values(r)
+    real = r["real"]
+    mc = R.discounted_returns(r["rewards"], r["terminated"], r["truncated"], nv, r["gamma"])
+    _, ret1 = R.gae_advantages(r["rewards"], r["values"], r["terminated"], r["truncated"], nv, r["gamma"], 1.0)
+    _, ret0 = R.gae_advantages(r["rewards"], r["values"], r["terminated"], r["truncated"], nv, r["gamma"], 0.0)
+    td = R.td_target(r["rewards"], r["terminated"], nv, r["gamma"])
+    one = R.n_step_returns(r["rewards"], r["terminated"], r["truncated"], nv, r["gamma"], 1)
+    assert torch.allclose(ret1[real], mc[real], atol=1e-9)
+    assert torch.allclose(ret0[real], td[real], atol=1e-9)
+    assert torch.allclose(one[real], td[real], atol=1e-9)
+
+
+@settings(max_examples=100, deadline=None)
+@given(rollouts())
+def test_masks_mark_reset_steps_and_unfinished_tails(r):
+    valid = R.valid_step_mask(r["first_is_reset"], r["terminated"], r["truncated"])
+    assert torch.equal(valid, r["real"])
+    finished = R.finished_episode_mask(r["terminated"], r["truncated"])
+    for n, steps, kind in r["episodes"]:
+        for t in steps:
+            assert bool(finished[t, n]) == (kind != "ongoing")
+
+
+def test_termination_does_not_bootstrap_but_truncation_does():
+    rewards = torch.tensor([[1.0, 1.0]])
+    nv = torch.tensor([[10.0, 10.0]])
+    terminated = torch.tensor([[True, False]])
+    truncated = torch.tensor([[False, True]])
+    g = R.discounted_returns(rewards, terminated, truncated, nv, 0.5)
+    assert g.tolist() == [[1.0, 6.0]]
+    assert R.td_target(rewards, terminated, nv, 0.5).tolist() == [[1.0, 6.0]]
+
+
+def test_hand_computed_discounted_returns():
+    # one env, episode of three steps that terminates: G = [1 + .5*2 + .25*3, 2 + .5*3, 3]
+    rewards = torch.tensor([[1.0], [2.0], [3.0]])
+    terminated = torch.tensor([[False], [False], [True]])
+    g = R.discounted_returns(rewards, terminated, torch.zeros_like(terminated), torch.full((3, 1), 99.0), 0.5)
+    assert g.squeeze(1).tolist() == [2.75, 3.5, 3.0]
+    assert R.immediate_rewards(rewards).squeeze(1).tolist() == [1.0, 2.0, 3.0]
+
+
+def test_baselines():
+    g = torch.tensor([[1.0, 3.0], [5.0, 100.0]])
+    mask = torch.tensor([[True, True], [True, False]])
+    assert R.subtract_baseline(g, "none").tolist() == g.tolist()
+    assert R.subtract_baseline(g, "mean", mask=mask)[mask].tolist() == [-2.0, 0.0, 2.0]
+    z = R.subtract_baseline(g, "standardize", mask=mask)[mask]
+    assert z.mean().item() == pytest.approx(0.0, abs=1e-6) and z.std(unbiased=False).item() == pytest.approx(1.0, rel=1e-5)
+    v = torch.tensor([[0.5, 0.5], [1.0, 1.0]])
+    assert R.subtract_baseline(g, "value", values=v).tolist() == [[0.5, 2.5], [4.0, 99.0]]
+
+
+def test_bad_input_is_refused_with_a_message():
+    x = torch.zeros(3, 2)
+    b = torch.zeros(3, 2, dtype=torch.bool)
+    with pytest.raises(ValueError, match="gamma"):
+        R.discounted_returns(x, b, b, x, 1.5)
+    with pytest.raises(ValueError, match="one shape"):
+        R.discounted_returns(x, b, b, torch.zeros(2, 2), 0.9)
+    with pytest.raises(ValueError, match="allowed"):
+        R.subtract_baseline(x, "median")
+    with pytest.raises(ValueError, match="critic"):
+        R.subtract_baseline(x, "value")
+    with pytest.raises(ValueError, match="positive integer"):
+        R.n_step_returns(x, b, b, x, 0.9, 0)
