@@ -10,10 +10,11 @@ chosen to push the agent off the action it would take:
     continuous (Gaussian pi):    max_delta  || mu(s + delta) - mu(s) ||^2
 
 FGSM is one signed-gradient step of size eps; PGD is `steps` steps of size 2.5 eps / steps
-projected back onto the ball (Madry et al., 2018). For a discrete policy the attack runs
-through the attacks package (its FGSM / PGD, contract C4) on a wrapper model that maps a
-point of [0, 1]^d around s to the policy's logits; the Gaussian case has no labels, so it
-uses the same signed-gradient ascent on the mean distance in a small local loop.
+projected back onto the ball (Madry et al., 2018). For a discrete policy the attack is the attacks
+package's FGSM / PGD (unbounded inputs) on a wrapper model z = s / scale -> logits of pi(z * scale),
+where the ball is eps in every dimension; PGD stops on a sample once its action flips. The
+Gaussian case has no labels, so it uses the same signed-gradient ascent on the mean distance
+in a small local loop.
 `uniform_noise` is the baseline of the same size: delta uniform in the ball.
 """
 
@@ -27,7 +28,6 @@ import gymnasium
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.distributions import Categorical, Distribution
 
 OBSERVATION_ATTACKS = ("none", "random", "fgsm", "pgd")
@@ -103,35 +103,34 @@ def uniform_noise(obs: torch.Tensor, eps: float, scale: torch.Tensor,
 
 
 class _ScaledPolicyLogits(nn.Module):
-    """z in [0, 1]^d -> logits of pi(s + (z - 1/2) * width): lets an image attack act on observations."""
+    """z = s / scale  ->  logits of pi(z * scale): in z the eps-ball is the same in every dimension."""
 
-    def __init__(self, policy: Callable[[torch.Tensor], Distribution], center: torch.Tensor, width: torch.Tensor):
+    def __init__(self, policy: Callable[[torch.Tensor], Distribution], scale: torch.Tensor):
         super().__init__()
-        self.policy, self.center, self.width = policy, center, width
+        self.policy, self.scale = policy, scale
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.policy(self.center + (z - 0.5) * self.width).logits
+        return self.policy(z * self.scale).logits
 
 
-def _attack_categorical(policy, obs: torch.Tensor, eps: float, method: str, scale: torch.Tensor, steps: int) -> torch.Tensor:
-    """Untargeted FGSM / PGD of the attacks package against the clean greedy action, in scaled coordinates.
+def _attack_seed(generator: torch.Generator | None) -> int | None:
+    return None if generator is None else int(torch.randint(2**31 - 1, (1,), generator=generator, device=generator.device))
 
-    z = 1/2 + (s' - s) / (k * scale) with k = max(1, 2 eps), so the ball |s' - s| <= eps * scale is
-    |z - 1/2| <= eps / k, inside the attacks' [0, 1] bounds.
-    """
-    k = max(1.0, 2 * eps)
+
+def _attack_categorical(policy, obs: torch.Tensor, eps: float, method: str, scale: torch.Tensor, steps: int,
+                        generator: torch.Generator | None) -> torch.Tensor:
+    """Untargeted FGSM / PGD of the attacks package against the clean greedy action a*, in z = s / scale."""
+    import attacks
+
     with torch.no_grad():
         clean_action = policy(obs).logits.argmax(-1)
-    try:
-        import attacks
-        attack = attacks.FGSM() if method == "fgsm" else attacks.PGD(steps=steps, random_start=False)
-    except (ImportError, AttributeError):
-        n_steps, alpha = (1, 1.0) if method == "fgsm" else (steps, 2.5 / steps)
-        return _signed_gradient_ascent(lambda x: F.cross_entropy(policy(x).logits, clean_action, reduction="sum"),
-                                       obs, obs, eps * scale, n_steps, alpha)
-    model = _ScaledPolicyLogits(policy, obs, k * scale)
-    result = attack(model, torch.full_like(obs, 0.5), clean_action, eps=eps / k)
-    return obs + (result.x_adv.detach() - 0.5) * k * scale
+    seed = _attack_seed(generator)
+    if method == "fgsm":
+        attack = attacks.FGSM(bounds=None, seed=seed)
+    else:
+        attack = attacks.PGD(steps=steps, rel_stepsize=2.5 / steps, bounds=None, seed=seed)
+    result = attack(_ScaledPolicyLogits(policy, scale), obs / scale, clean_action, eps=eps)
+    return result.x_adv.detach() * scale
 
 
 def _signed_gradient_ascent(loss_fn: Callable[[torch.Tensor], torch.Tensor], obs: torch.Tensor, start: torch.Tensor,
@@ -192,7 +191,7 @@ def perturb_observations(policy: Callable[[torch.Tensor], Distribution], obs: to
         with torch.no_grad():
             dist = policy(obs)
         if isinstance(dist, Categorical):
-            x_adv = _attack_categorical(policy, obs, eps, method, scale, steps)
+            x_adv = _attack_categorical(policy, obs, eps, method, scale, steps, generator)
         elif hasattr(dist, "mean"):
             x_adv = _attack_gaussian(policy, obs, eps, method, scale, steps, generator)
         else:
