@@ -1,0 +1,29 @@
+"""Defenses against adversarial examples: input transformations that compose in
+front of any torch classifier, adversarial training, and an evaluation that
+reports both the non-adaptive and the adaptive (BPDA / EOT) robust accuracy.
+
+Depends on torch, kornia, Pillow and `attacks`; never on rlab.
+"""
+
+from defenses.adversarial_training import METHODS, AdversarialTraining
+from defenses.evaluation import attacker_view, correct, evaluate_defense
+from defenses.jpeg import differentiable_jpeg, jpeg_codec
+from defenses.preprocessing import (
+    BPDA,
+    EOT,
+    GRADIENT_RULES,
+    JPEG,
+    BitDepth,
+    GaussianBlur,
+    Identity,
+    MedianSmoothing,
+    RandomResizePad,
+    bpda,
+)
+from defenses.registry import DEFENSES, make_defense
+
+__all__ = [
+    "AdversarialTraining", "BPDA", "BitDepth", "DEFENSES", "EOT", "GRADIENT_RULES", "GaussianBlur", "Identity",
+    "JPEG", "METHODS", "MedianSmoothing", "RandomResizePad", "attacker_view", "bpda", "correct",
+    "differentiable_jpeg", "evaluate_defense", "jpeg_codec", "make_defense",
+]
