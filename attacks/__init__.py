@@ -14,13 +14,19 @@ Curves: robust_accuracy. By name: ATTACKS, make_attack.
 """
 
 from attacks.core import L2, LINF, NORMS, AttackResult, distance, margin, objective
+from attacks.decision import DecisionAttack
 from attacks.ensemble import Ensemble
 from attacks.gradient import BIM, DIFGSM, DIMIFGSM, FGSM, L2PGD, MIFGSM, PGD, GradientAttack, input_diversity
+from attacks.queries import OnePixel, SimBA, SquareAttack
 from attacks.registry import ATTACKS, make_attack
 from attacks.robust import RobustAccuracy, robust_accuracy
+from attacks.transfer import SubstituteResult, TransferResult, train_substitute, transfer_attack
+from attacks.universal import UniversalPerturbation, apply_perturbation
 
 __all__ = [
     "ATTACKS", "BIM", "DIFGSM", "DIMIFGSM", "FGSM", "L2", "L2PGD", "LINF", "MIFGSM", "NORMS", "PGD",
-    "AttackResult", "Ensemble", "GradientAttack", "RobustAccuracy", "distance", "input_diversity",
-    "make_attack", "margin", "objective", "robust_accuracy",
+    "AttackResult", "DecisionAttack", "Ensemble", "GradientAttack", "OnePixel", "RobustAccuracy", "SimBA",
+    "SquareAttack", "SubstituteResult", "TransferResult", "UniversalPerturbation", "apply_perturbation",
+    "distance", "input_diversity", "make_attack", "margin", "objective", "robust_accuracy", "train_substitute",
+    "transfer_attack",
 ]

@@ -14,11 +14,14 @@ radius eps around x, intersected with the bounds. Shapes: x (N, C, H, W) floats
 in [0, 1], y int64 (N,), logits (N, classes). Every variant is `GradientAttack`
 with different defaults; the subclasses below only change those defaults.
 
-The loop keeps, per sample, the first iterate at which the model was fooled (it
-has those logits for free); with `early_stop` it also stops spending gradients
-on such samples, skips restarts for them and, for a list of eps, reuses a
-success at a smaller eps for every larger one (the ball grows). Results are
-the same; only the cost falls.
+The loop remembers, per sample, the first iterate at which the model was fooled
+(it has those logits for free) and returns it when the last iterate is not
+adversarial. With `early_stop` (default) it stops spending gradients on fooled
+samples, skips restarts for them and, for a list of eps, reuses a success at a
+smaller eps for every larger one (the ball grows): the success figures are the
+same, the cost falls, and x_adv is the first adversarial iterate. Without it,
+every sample gets the full budget and x_adv is the last iterate (what transfer
+attacks want: a high-loss point, not a barely-adversarial one).
 """
 
 from __future__ import annotations
@@ -209,8 +212,8 @@ class GradientAttack:
         x_last = x_a + delta
         with torch.no_grad():
             fooled = is_adversarial(model(x_last), labels_a, targeted)
-        unchanged = ~success[active]
-        x_adv[active[unchanged]] = x_last[unchanged]
+        take_last = fooled | ~success[active]
+        x_adv[active[take_last]] = x_last[take_last]
         success[active] |= fooled
         return x_adv, success, grad_steps
 

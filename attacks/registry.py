@@ -5,7 +5,10 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable
 
+from attacks.decision import DecisionAttack
 from attacks.gradient import BIM, DIFGSM, DIMIFGSM, FGSM, L2PGD, MIFGSM, PGD
+from attacks.queries import OnePixel, SimBA, SquareAttack
+from attacks.universal import UniversalPerturbation
 
 ATTACKS: dict[str, Callable] = {
     "fgsm": FGSM,
@@ -16,6 +19,13 @@ ATTACKS: dict[str, Callable] = {
     "mifgsm": MIFGSM,
     "difgsm": DIFGSM,
     "dimifgsm": DIMIFGSM,
+    "square": SquareAttack,
+    "simba": SimBA,
+    "onepixel": OnePixel,
+    "hopskipjump": lambda **kw: DecisionAttack(method="hopskipjump", **kw),
+    "boundary": lambda **kw: DecisionAttack(method="boundary", norm="l2", **kw),
+    "uap": UniversalPerturbation,
+    "universal": UniversalPerturbation,
 }
 
 
