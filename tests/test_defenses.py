@@ -2,13 +2,12 @@
 randomization, BPDA/EOT beating the non-adaptive attacker, adversarial training."""
 
 import io
-from dataclasses import dataclass
-
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from attacks import PGD
 from PIL import Image
 
 from defenses import (DEFENSES, EOT, JPEG, AdversarialTraining, BitDepth, GaussianBlur, MedianSmoothing,
@@ -16,29 +15,9 @@ from defenses import (DEFENSES, EOT, JPEG, AdversarialTraining, BitDepth, Gaussi
 from defenses.jpeg import quantization_table
 
 
-@dataclass
-class TinyPGD:
-    """Linf PGD with the attacks package's call convention and early stopping
-    (keeps the first iterate that fools the model). Test-only stand-in."""
-
-    steps: int = 20
-    early_stop: bool = True
-
-    def __call__(self, model, x, y, eps):
-        alpha = 2.5 * eps / self.steps
-        delta = torch.zeros_like(x)
-        x_adv, done = x.clone(), torch.zeros(len(x), dtype=torch.bool)
-        for _ in range(self.steps):
-            delta.requires_grad_(True)
-            logits = model(x + delta)
-            grad, = torch.autograd.grad(F.cross_entropy(logits, y), delta)
-            if self.early_stop:
-                new = (logits.argmax(1) != y) & ~done
-                x_adv[new], done = (x + delta).detach()[new], done | new
-            delta = (delta.detach() + alpha * grad.sign()).clamp(-eps, eps)
-            delta = (x + delta).clamp(0, 1) - x
-        x_adv[~done] = (x + delta)[~done]
-        return type("Result", (), {"x_adv": x_adv.detach()})()
+def pgd(steps: int = 20, early_stop: bool = True) -> PGD:
+    """Linf PGD from x (no random start), alpha = 2.5 eps / steps, seeded."""
+    return PGD(steps=steps, rel_stepsize=2.5 / steps, random_start=False, early_stop=early_stop, seed=0)
 
 
 def small_cnn() -> nn.Module:
@@ -80,7 +59,7 @@ def standard_model(mnist):
 
 
 def robust_accuracy(model, x, y, eps):
-    return correct(model, TinyPGD(steps=20, early_stop=False)(model, x, y, eps).x_adv, y).float().mean().item()
+    return correct(model, pgd(early_stop=False)(model, x, y, eps).x_adv, y).float().mean().item()
 
 
 @pytest.mark.parametrize("name", sorted(DEFENSES))
@@ -189,7 +168,7 @@ def test_eot_averages_logits_over_draws():
 def test_adaptive_attack_beats_non_adaptive(mnist, standard_model, defense, eps):
     *_, x_test, y_test = mnist
     x, y = x_test[:150], y_test[:150]
-    result = evaluate_defense(standard_model, defense, TinyPGD(), x, y, eps=[eps], eot_samples=4)
+    result = evaluate_defense(standard_model, defense, pgd(), x, y, eps=[eps], eot_samples=4)
     assert result["clean"] > 0.75
     assert result["adaptive"][0] < result["non_adaptive"][0] - 0.1, result
     assert result["robust"][0] <= min(result["adaptive"][0], result["non_adaptive"][0])
@@ -198,16 +177,17 @@ def test_adaptive_attack_beats_non_adaptive(mnist, standard_model, defense, eps)
 def test_evaluate_defense_validates_input(standard_model):
     x, y = torch.rand(4, 1, 28, 28), torch.zeros(4, dtype=torch.int64)
     with pytest.raises(ValueError, match="eps"):
-        evaluate_defense(standard_model, GaussianBlur(), TinyPGD(), x, y, eps=-0.1)
+        evaluate_defense(standard_model, GaussianBlur(), pgd(), x, y, eps=-0.1)
     with pytest.raises(ValueError, match="gradient_rule"):
-        evaluate_defense(standard_model, nn.Identity(), TinyPGD(), x, y, eps=0.1)
+        evaluate_defense(standard_model, nn.Identity(), pgd(), x, y, eps=0.1)
 
 
-@pytest.mark.parametrize("method, epochs, replays", [("fast", 3, None), ("free", 1, 4)])
-def test_adversarial_training_beats_standard_training(mnist, standard_model, method, epochs, replays):
+@pytest.mark.parametrize("method, epochs, kwargs", [("fast", 3, {}), ("free", 1, {"replays": 4}),
+                                                    ("pgd", 3, {"steps": 2})])
+def test_adversarial_training_beats_standard_training(mnist, standard_model, method, epochs, kwargs):
     x_train, y_train, x_test, y_test = mnist
     eps = 0.1
-    model = train(x_train, y_train, AdversarialTraining(method, eps, replays=replays), epochs)
+    model = train(x_train, y_train, AdversarialTraining(method, eps, **kwargs), epochs)
     clean = correct(model, x_test, y_test).float().mean().item()
     assert clean > 0.75
     assert robust_accuracy(model, x_test, y_test, eps) > robust_accuracy(standard_model, x_test, y_test, eps) + 0.1
