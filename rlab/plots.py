@@ -125,37 +125,46 @@ def read_results(results_csv: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _eps_label(eps: float, image_range: float = 1.0) -> str:
+def _eps_label(eps: float) -> str:
+    """0 -> '0'; multiples of 1/255 below 0.1 -> 'k/255'; else the number."""
     k = eps * 255
-    return f"{eps:g}" if abs(k - round(k)) > 1e-6 or eps >= 0.1 else f"{round(k)}/255"
+    if eps == 0:
+        return "0"
+    return f"{round(k)}/255" if abs(k - round(k)) < 1e-4 and eps < 0.1 else f"{eps:g}"
 
 
 def plot_robustness(results_csv: str | Path, out_png: str | Path, title: str | None = None) -> Path:
-    """Robust accuracy (%) against eps, one line per attack / defense (dashed: adaptive attacker)."""
+    """Robust accuracy (%) against eps: one panel per attack, one colour per defense,
+    solid for the non-adaptive attacker and dashed for the adaptive one."""
     rows = read_results(results_csv)
-    lines: dict[tuple[str, str, str], list[tuple[float, float]]] = defaultdict(list)
-    for r in rows:
-        adaptive = str(r.get("adaptive", "False")).lower() in ("true", "1", "yes")
-        lines[(r["attack"], r["defense"], "adaptive" if adaptive else "non-adaptive")].append(
-            (float(r["eps"]), 100 * float(r["robust_accuracy"])))
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
-    colors: dict[tuple[str, str], Any] = {}
-    for (attack, defense, mode), pts in sorted(lines.items()):
-        pts.sort()
-        key = (attack, defense)
-        style = "--" if mode == "adaptive" else "-"
-        kw = {"color": colors[key]} if key in colors else {}
-        label = f"{attack} vs {defense}" + (" (adaptive)" if mode == "adaptive" else "")
-        line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", ms=3.5, lw=1.6, label=label, **kw)
-        colors.setdefault(key, line.get_color())
+    attacks = list(dict.fromkeys(r["attack"] for r in rows))
+    defenses = list(dict.fromkeys(r["defense"] for r in rows))
+    colors = {d: plt.get_cmap("tab10")(i % 10) for i, d in enumerate(defenses)}
     eps_values = sorted({float(r["eps"]) for r in rows})
-    ax.set_xticks(eps_values, [_eps_label(e) for e in eps_values], fontsize=8)
-    ax.set_xlabel("perturbation budget ε (L∞, image range [0, 1])")
-    ax.set_ylabel("robust accuracy (%)")
-    ax.set_ylim(-2, 102)
-    ax.set_title(title or "Robust accuracy against ε (solid: non-adaptive, dashed: adaptive attacker)", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper right", framealpha=0.85, ncol=2 if len(lines) > 8 else 1)
+    cols = min(3, len(attacks))
+    nrows = -(-len(attacks) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.6 * cols + 0.6, 3.8 * nrows + 0.6), dpi=120,
+                             squeeze=False, sharey=True)
+    for ax, attack in zip(axes.flat, attacks):
+        for defense in defenses:
+            for adaptive in (False, True):
+                pts = sorted((float(r["eps"]), 100 * float(r["robust_accuracy"])) for r in rows
+                             if r["attack"] == attack and r["defense"] == defense
+                             and (str(r.get("adaptive", "False")).lower() in ("true", "1", "yes")) == adaptive)
+                if pts:
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], "--" if adaptive else "-", marker="o", ms=3.5,
+                            lw=1.6, color=colors[defense], label=defense + (" (adaptive)" if adaptive else ""))
+        ax.set_title(attack, fontsize=10)
+        ax.set_xticks(eps_values, [_eps_label(e) for e in eps_values], fontsize=8)
+        ax.set_xlabel("ε (L∞, images in [0, 1])")
+        ax.set_ylim(-2, 102)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper right", framealpha=0.85)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("robust accuracy (%)")
+    for ax in list(axes.flat)[len(attacks):]:
+        ax.set_visible(False)
+    fig.suptitle(title or "Robust accuracy against ε (solid: non-adaptive attacker, dashed: adaptive)", fontsize=10)
     fig.tight_layout()
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
