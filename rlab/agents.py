@@ -266,15 +266,20 @@ def ppo_update(agent: ActorCritic, optimizer: torch.optim.Optimizer, b: Batch, s
 
         rho = pi(a|s) / pi_old(a|s)
         L   = -mean(min(rho A, clip(rho, 1 - clip, 1 + clip) A)) + vf_coef (V - G)^2 - ent_coef H
+
+    Advantages are normalised once over the rollout; diagnostics (approx KL,
+    clip fraction) are taken on the last epoch only, to keep the loop lean.
     """
-    stats = torch.zeros(5)
-    count = 0
-    for _ in range(s.epochs):
-        for idx in _minibatches(len(b.obs), s.minibatch_size, generator):
+    b_adv = _normalized(b.advantages, s.norm_adv)
+    n = len(b.obs)
+    whole = s.minibatch_size <= 0 or s.minibatch_size >= n
+    for epoch in range(s.epochs):
+        batches = [slice(None)] if whole else list(_minibatches(n, s.minibatch_size, generator))
+        for idx in batches:
             new_logp, entropy, new_value = agent.evaluate_actions(b.obs[idx], b.actions[idx])
             log_ratio = new_logp - b.logp[idx]
             ratio = log_ratio.exp()
-            mb_adv = _normalized(b.advantages[idx], s.norm_adv)
+            mb_adv = b_adv[idx]
             policy_loss = -torch.min(ratio * mb_adv, ratio.clamp(1 - s.clip, 1 + s.clip) * mb_adv).mean()
             if s.clip_vf is not None:
                 v_clipped = b.values[idx] + (new_value - b.values[idx]).clamp(-s.clip_vf, s.clip_vf)
@@ -283,11 +288,8 @@ def ppo_update(agent: ActorCritic, optimizer: torch.optim.Optimizer, b: Batch, s
                 value_loss = F.mse_loss(new_value, b.returns[idx])
             entropy = entropy.mean()
             _step(agent, optimizer, policy_loss + s.vf_coef * value_loss - s.ent_coef * entropy, s.max_grad_norm)
-            with torch.no_grad():
-                approx_kl = ((ratio - 1) - log_ratio).mean()
-                clipfrac = ((ratio - 1).abs() > s.clip).float().mean()
-                stats += torch.stack([policy_loss.detach(), value_loss.detach(), entropy.detach(), approx_kl, clipfrac])
-            count += 1
-    stats /= max(count, 1)
-    return {"losses/policy": stats[0].item(), "losses/value": stats[1].item(), "losses/entropy": stats[2].item(),
-            "losses/approx_kl": stats[3].item(), "losses/clipfrac": stats[4].item()}
+    with torch.no_grad():
+        approx_kl = ((ratio - 1) - log_ratio).mean()
+        clipfrac = ((ratio - 1).abs() > s.clip).float().mean()
+    return {"losses/policy": policy_loss.item(), "losses/value": value_loss.item(), "losses/entropy": entropy.item(),
+            "losses/approx_kl": approx_kl.item(), "losses/clipfrac": clipfrac.item()}

@@ -332,15 +332,20 @@ def agent_actor(agent: ActorCritic, deterministic: bool = True) -> Callable[[tor
 # ----------------------------------------------------------------------------- training
 
 
-def train(cfg: TrainConfig) -> Path | list[Path]:
+# called after every update with (env_steps, train_seconds, agent); returning True stops training.
+# Its own time is not counted in train_seconds (benchmarks evaluate there).
+Callback = Callable[[int, float, ActorCritic], bool]
+
+
+def train(cfg: TrainConfig, callback: Callback | None = None) -> Path | list[Path]:
     """Train one run folder per seed; a list when --seeds > 1."""
     if cfg.seeds > 1:
         check(cfg.resume is None, "--resume continues one run; it cannot be combined with --seeds > 1")
-        return [_train_one(dataclasses.replace(cfg, seed=cfg.seed + i, seeds=1)) for i in range(cfg.seeds)]
-    return _train_one(cfg)
+        return [_train_one(dataclasses.replace(cfg, seed=cfg.seed + i, seeds=1), callback) for i in range(cfg.seeds)]
+    return _train_one(cfg, callback)
 
 
-def _train_one(cfg: TrainConfig) -> Path:
+def _train_one(cfg: TrainConfig, callback: Callback | None = None) -> Path:
     set_threads(cfg.threads, "rl")
     device = resolve_device(cfg.device)
     checkpoint = None
@@ -409,6 +414,8 @@ def _train_one(cfg: TrainConfig) -> Path:
         if env_steps >= next_checkpoint or env_steps >= cfg.steps:
             save()
             next_checkpoint += checkpoint_every
+        if callback is not None and callback(env_steps, train_seconds, agent):
+            break
     bar.close()
     envs.close()
     save()

@@ -1,0 +1,219 @@
+"""This lab's PPO and A2C against Stable-Baselines3's, same env, budget, machine and evaluator.
+
+Each agent trains until the mean of `--eval-episodes` deterministic episodes
+(evaluated every `--eval-every` env steps, the same `rlab.train.run_episodes` for
+both sides, its time excluded from the clock) reaches the threshold, or the
+budget runs out. SB3 uses rl-baselines3-zoo's hyperparameters (hyperparams/
+ppo.yml, a2c.yml); this lab uses its presets (rlab/presets.py), which copy them.
+
+Prints per agent and seed: env steps and train seconds to the threshold, eval
+return at `--at-steps` (the last evaluation at or before it), env steps per
+second, and the ratios to SB3's PPO / A2C. Writes results.csv and report.md into
+runs/bench/rl_vs_sb3__<env>__...
+
+    flock /tmp/rlab-heavy.lock .venv/bin/python bench/rl_vs_sb3.py --env CartPole-v1 --seeds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from rlab.runs import RunDir, atomic_write_text
+from rlab.train import TrainConfig, agent_actor, run_episodes, train
+
+THRESHOLDS = {"CartPole-v1": 475.0, "LunarLander-v3": 200.0}
+BUDGETS = {"CartPole-v1": 100_000, "LunarLander-v3": 1_000_000}
+AT_STEPS = {"CartPole-v1": 10_240, "LunarLander-v3": 300_000}
+
+
+def zoo_hyperparams(algo: str, env_id: str) -> dict:
+    """rl-baselines3-zoo's tuned hyperparameters (SB3 keyword arguments, n_envs separately)."""
+    from stable_baselines3.common.utils import LinearSchedule
+
+    def lin(x):
+        return LinearSchedule(x, 0.0, 1.0)
+
+    if (algo, env_id) == ("ppo", "CartPole-v1"):
+        return dict(n_envs=8, n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98, n_epochs=20, ent_coef=0.0,
+                    learning_rate=lin(1e-3), clip_range=lin(0.2))
+    if (algo, env_id) == ("a2c", "CartPole-v1"):
+        return dict(n_envs=8, ent_coef=0.0)
+    if (algo, env_id) == ("ppo", "LunarLander-v3"):
+        return dict(n_envs=16, n_steps=1024, batch_size=64, gae_lambda=0.98, gamma=0.999, n_epochs=4, ent_coef=0.01)
+    if (algo, env_id) == ("a2c", "LunarLander-v3"):
+        return dict(n_envs=8, gamma=0.995, n_steps=5, learning_rate=lin(0.00083), ent_coef=1e-5)
+    raise SystemExit(f"no zoo hyperparameters here for {algo} on {env_id}")
+
+
+@dataclass
+class Trace:
+    """What an evaluation callback saw: (env_steps, train_seconds, mean return) per evaluation."""
+
+    threshold: float
+    evals: list[tuple[int, float, float]] = field(default_factory=list)
+
+    def reached(self) -> tuple[int, float] | None:
+        for steps, secs, ret in self.evals:
+            if ret >= self.threshold:
+                return steps, secs
+        return None
+
+    def return_at(self, at_steps: int) -> float:
+        """Last evaluation at or before `at_steps`; a run that stopped early (solved) keeps its last value."""
+        before = [ret for steps, _, ret in self.evals if steps <= at_steps]
+        return before[-1] if before else math.nan
+
+
+class Evaluator:
+    """Evaluate every `every` env steps with the shared evaluator; stop once the threshold is reached."""
+
+    def __init__(self, env_id: str, every: int, episodes: int, threshold: float, seed: int):
+        self.env_id, self.every, self.episodes, self.seed = env_id, every, episodes, seed
+        self.trace = Trace(threshold)
+        self.next_eval = every
+
+    def __call__(self, env_steps: int, train_seconds: float, act) -> bool:
+        if env_steps < self.next_eval:
+            return False
+        self.next_eval = (env_steps // self.every + 1) * self.every
+        ret = float(run_episodes(act, self.env_id, self.episodes, seed=self.seed + env_steps).mean())
+        self.trace.evals.append((env_steps, train_seconds, ret))
+        return ret >= self.trace.threshold
+
+
+def run_lab(algo: str, env_id: str, seed: int, budget: int, ev: Evaluator) -> tuple[Trace, float, int]:
+    cfg = TrainConfig(algo=algo, env=env_id, steps=budget, seed=seed, progress=False, device="cpu", threads=1)
+    state = {}
+
+    def callback(env_steps, train_seconds, agent):
+        state.update(steps=env_steps, secs=train_seconds)
+        return ev(env_steps, train_seconds, agent_actor(agent))
+
+    train(cfg, callback)
+    return ev.trace, state["secs"], state["steps"]
+
+
+def run_sb3(algo: str, env_id: str, seed: int, budget: int, ev: Evaluator) -> tuple[Trace, float, int]:
+    from stable_baselines3 import A2C, PPO
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.env_util import make_vec_env
+
+    hp = zoo_hyperparams(algo, env_id)
+    n_envs = hp.pop("n_envs")
+    env = make_vec_env(env_id, n_envs=n_envs, seed=seed)
+    model = (PPO if algo == "ppo" else A2C)("MlpPolicy", env, seed=seed, device="cpu", verbose=0, **hp)
+
+    class Clock(BaseCallback):
+        """Times training only: the evaluation inside the callback is subtracted."""
+
+        def _on_training_start(self) -> None:
+            self.start, self.paused = time.perf_counter(), 0.0
+
+        def _on_step(self) -> bool:
+            if self.num_timesteps < ev.next_eval:
+                return True
+            t0 = time.perf_counter()
+            secs = t0 - self.start - self.paused
+            self.last = (self.num_timesteps, secs)
+            act = lambda obs: model.predict(obs.cpu().numpy(), deterministic=True)[0]  # noqa: E731
+            stop = ev(self.num_timesteps, secs, act)
+            self.paused += time.perf_counter() - t0
+            return not stop
+
+        def _on_training_end(self) -> None:
+            self.last = (self.num_timesteps, time.perf_counter() - self.start - self.paused)
+
+    clock = Clock()
+    model.learn(total_timesteps=budget, callback=clock)
+    env.close()
+    steps, secs = clock.last
+    return ev.trace, secs, steps
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--env", default="CartPole-v1", choices=sorted(THRESHOLDS))
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--agents", default="ppo,a2c,sb3-ppo,sb3-a2c")
+    p.add_argument("--budget", type=int, default=None, help="env steps per run (default: per env)")
+    p.add_argument("--eval-every", type=int, default=1024)
+    p.add_argument("--eval-episodes", type=int, default=20)
+    p.add_argument("--at-steps", type=int, default=None, help="compare eval return at this many env steps")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    env_id, threshold = args.env, THRESHOLDS[args.env]
+    budget = args.budget or BUDGETS[env_id]
+    at_steps = args.at_steps or AT_STEPS[env_id]
+    agents = [a.strip() for a in args.agents.split(",") if a.strip()]
+    run = RunDir.create("bench", f"rl_vs_sb3__{env_id}", None, vars(args))
+
+    rows = []
+    for agent in agents:
+        for seed in range(args.seeds):
+            ev = Evaluator(env_id, args.eval_every, args.eval_episodes, threshold, seed=10_000 + seed)
+            algo = agent.removeprefix("sb3-")
+            trace, secs, steps = (run_sb3 if agent.startswith("sb3-") else run_lab)(algo, env_id, seed, budget, ev)
+            reached = trace.reached()
+            row = {"agent": agent, "seed": seed, "steps_to_threshold": reached[0] if reached else math.nan,
+                   "seconds_to_threshold": reached[1] if reached else math.nan,
+                   f"return_at_{at_steps}": trace.return_at(at_steps), "env_steps": steps, "train_seconds": secs,
+                   "sps": steps / max(secs, 1e-9), "final_eval": trace.evals[-1][2] if trace.evals else math.nan}
+            rows.append(row)
+            print(", ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+
+    report = _report(rows, env_id, threshold, at_steps, budget, args)
+    print(report)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(run.path / "results.csv", buf.getvalue())
+    atomic_write_text(run.path / "report.md", report + "\n")
+    run.write_summary({"rows": rows})
+    print(run.path)
+
+
+def _report(rows, env_id, threshold, at_steps, budget, args) -> str:
+    def ref(agent, seed, key):
+        for r in rows:
+            if r["agent"] == f"sb3-{agent.removeprefix('sb3-')}" and r["seed"] == seed:
+                return r[key]
+        return math.nan
+
+    lines = [f"## {env_id}: steps / train seconds until mean of {args.eval_episodes} deterministic episodes >= {threshold}",
+             f"budget {budget} env steps, eval every {args.eval_every} steps (eval time excluded), 1 torch thread", "",
+             f"| agent | seed | steps to {threshold:g} | s to {threshold:g} | return @ {at_steps} | env steps/s "
+             f"| steps / SB3 same algo | s / SB3 same algo | steps / SB3 PPO | s / SB3 PPO | sps / SB3 same algo |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        a, s = r["agent"], r["seed"]
+        cells = [a, s, f"{r['steps_to_threshold']:.0f}", f"{r['seconds_to_threshold']:.1f}",
+                 f"{r[f'return_at_{at_steps}']:.1f}", f"{r['sps']:.0f}",
+                 f"{r['steps_to_threshold'] / ref(a, s, 'steps_to_threshold'):.2f}",
+                 f"{r['seconds_to_threshold'] / ref(a, s, 'seconds_to_threshold'):.2f}",
+                 f"{r['steps_to_threshold'] / ref('ppo', s, 'steps_to_threshold'):.2f}",
+                 f"{r['seconds_to_threshold'] / ref('ppo', s, 'seconds_to_threshold'):.2f}",
+                 f"{r['sps'] / ref(a, s, 'sps'):.2f}"]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
+    lines.append("")
+    for agent in dict.fromkeys(r["agent"] for r in rows):
+        sel = [r for r in rows if r["agent"] == agent]
+        steps = np.array([r["steps_to_threshold"] for r in sel], dtype=float)
+        secs = np.array([r["seconds_to_threshold"] for r in sel], dtype=float)
+        sps = np.array([r["sps"] for r in sel], dtype=float)
+        lines.append(f"- {agent}: reached on {int(np.isfinite(steps).sum())}/{len(sel)} seeds; median steps "
+                     f"{np.nanmedian(steps) if np.isfinite(steps).any() else math.nan:.0f}, median s "
+                     f"{np.nanmedian(secs) if np.isfinite(secs).any() else math.nan:.1f}, mean env steps/s {sps.mean():.0f}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
