@@ -1,0 +1,65 @@
+"""The lecture's policy-gradient ladder on one plot: return against env steps, mean and spread over seeds.
+
+Variants (Hung-yi Lee, "Policy Gradient" / "Actor-Critic"):
+    v0   vpg, immediate reward            v3   vpg, discounted - batch mean / standardised
+    v1   vpg, reward-to-go                v3.5 vpg, discounted - learned V(s)
+    v2   vpg, discounted reward-to-go     v4   actor-critic (MC and TD critic), A2C, PPO
+
+Each (variant, seed) is an ordinary `rlab train` run folder; the figure is drawn
+by rlab.plots.plot_returns into runs/bench/ladder__<env>__.../ladder.png.
+
+    flock /tmp/rlab-heavy.lock .venv/bin/python bench/ladder.py --env CartPole-v1 --steps 50000 --seeds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from rlab.runs import RunDir, atomic_write_text
+from rlab.train import TrainConfig, train
+
+LADDER: list[tuple[str, dict]] = [
+    ("v0 immediate reward", dict(algo="vpg", returns="immediate", baseline="none")),
+    ("v1 reward-to-go", dict(algo="vpg", returns="reward-to-go", baseline="none")),
+    ("v2 discounted", dict(algo="vpg", returns="discounted", baseline="none")),
+    ("v3 discounted - mean", dict(algo="vpg", returns="discounted", baseline="mean")),
+    ("v3 discounted, standardised", dict(algo="vpg", returns="discounted", baseline="standardize")),
+    ("v3.5 discounted - V(s)", dict(algo="vpg", returns="discounted", baseline="value")),
+    ("ac, MC critic", dict(algo="ac", critic="mc")),
+    ("v4 ac, TD critic", dict(algo="ac", critic="td")),
+    ("a2c", dict(algo="a2c")),
+    ("ppo", dict(algo="ppo")),
+]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--env", default="CartPole-v1")
+    p.add_argument("--steps", type=int, default=50_000, help="env steps per run (the budget)")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--variants", default="all", help="comma-separated indices into the ladder (0-based) or 'all'")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    chosen = LADDER if args.variants == "all" else [LADDER[int(i)] for i in args.variants.split(",")]
+    bench = RunDir.create("bench", f"ladder__{args.env}", None, vars(args))
+    run_dirs = []
+    for label, overrides in chosen:
+        for seed in range(args.seeds):
+            cfg = TrainConfig(env=args.env, steps=args.steps, seed=seed, progress=False, variant=label, device="cpu",
+                              **overrides)
+            run_dirs.append(train(cfg))
+            print(label, seed, run_dirs[-1], flush=True)
+    atomic_write_text(bench.path / "runs.txt", "\n".join(map(str, run_dirs)) + "\n")
+    try:
+        from rlab.plots import plot_returns
+    except ImportError:
+        print("rlab.plots is not available; run folders listed in", bench.path / "runs.txt")
+        return
+    out = plot_returns(run_dirs, bench.path / "ladder.png", title=f"Policy-gradient ladder on {args.env}")
+    print(out)
+
+
+if __name__ == "__main__":
+    main()
