@@ -230,7 +230,6 @@ class RunDir:
                 k += 1
                 path = base.with_name(f"{base.name}-{k}")
         run = cls(path)
-        (path / "checkpoints").mkdir()
         write_json(path / "config.json", {
             "kind": kind, "name": name, "seed": seed, "device": str(device),
             "options": _jsonable(config), "versions": package_versions(), "git_commit": git_commit(),
@@ -261,6 +260,8 @@ class RunDir:
             self.flush()
 
     def flush(self) -> None:
+        if not self._rows and not (self.path / "metrics.csv").exists():
+            return
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=self._columns or ["step"], lineterminator="\n")
         w.writeheader()

@@ -104,4 +104,5 @@ def test_run_folder_layout_and_never_overwritten(runs_root):
     assert reopened.metrics[1]["losses/policy"] == 0.5
     reopened.truncate_metrics(1)
     assert [r["step"] for r in RunDir.open(a.path).metrics] == [1]
-    assert (a.path / "checkpoints").is_dir()
+    a.save_checkpoint({"step": 2})
+    assert a.load_checkpoint()["step"] == 2 and (a.path / "checkpoints" / "last.pt").is_file()

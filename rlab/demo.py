@@ -1,0 +1,237 @@
+"""`rlab demo`: the main job, on the offline default data, in one run folder.
+
+    1. the lecture's ladder on CartPole-v1, a few seeds each: immediate reward (v0),
+       reward-to-go (v1), discounted reward-to-go (v2), baselines (v3), actor-critic
+       with a TD critic, A2C and PPO -> ladder.png
+    2. the MNIST-5k CNN, with standard and with adversarial ("fast") training
+    3. the attack/defense benchmark on both (FGSM and PGD against no defense, blur,
+       median, JPEG, bit depth and random resize-pad, non-adaptive and adaptive)
+    4. report.md and index.html that show every plot and table
+
+Everything lands under runs/demo/demo__<seed>__<time>/ (sub-runs in rl/,
+classifier/, bench/ below it). `--quick` is the same pipeline on tiny budgets
+(about a minute), which the tests run end to end.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rlab.config import check, make_config, opt
+from rlab.runs import RunDir, atomic_write_text, read_json, use_runs_root
+from rlab.runtime import DEVICES
+
+# (label, options) of the lecture's ladder, in the order the lecture climbs it.
+LADDER: list[tuple[str, dict[str, Any]]] = [
+    ("v0 immediate reward", {"algo": "vpg", "returns": "immediate", "baseline": "none"}),
+    ("v1 reward-to-go", {"algo": "vpg", "returns": "reward-to-go", "baseline": "none"}),
+    ("v2 discounted reward-to-go", {"algo": "vpg", "returns": "discounted", "baseline": "none"}),
+    ("v3 + baseline (standardised)", {"algo": "vpg", "returns": "discounted", "baseline": "standardize"}),
+    ("v3 + baseline V(s)", {"algo": "vpg", "returns": "discounted", "baseline": "value"}),
+    ("actor-critic (TD critic)", {"algo": "ac", "critic": "td"}),
+    ("A2C (GAE)", {"algo": "a2c"}),
+    ("PPO-clip", {"algo": "ppo"}),
+]
+QUICK_LADDER = ["v0 immediate reward", "v2 discounted reward-to-go", "PPO-clip"]
+
+
+@dataclass
+class DemoConfig:
+    quick: bool = opt(False, "tiny budgets (about a minute): the same pipeline, for tests and a first look")
+    seeds: int | None = opt(None, "seeds per ladder variant (default: 3, quick: 1)")
+    rl_steps: int | None = opt(None, "environment steps per ladder run (default: 30000, quick: 3000)")
+    epochs: int | None = opt(None, "classifier epochs (default: 8, quick: 1)")
+    bench_n: int | None = opt(None, "test images in the attack benchmark (default: 500, quick: 60)")
+    seed: int = opt(0, "first seed")
+    device: str = opt("auto", "device", choices=list(DEVICES))
+
+    def __post_init__(self) -> None:
+        for name in ("seeds", "rl_steps", "epochs", "bench_n"):
+            value = getattr(self, name)
+            check(value is None or value >= 1, f"--{name.replace('_', '-')} must be >= 1, got {value}")
+
+    def budget(self) -> dict[str, Any]:
+        quick = self.quick
+        return {
+            "seeds": self.seeds or (1 if quick else 3),
+            "rl_steps": self.rl_steps or (3000 if quick else 30000),
+            "epochs": self.epochs or (1 if quick else 8),
+            "train_subset": 2000 if quick else 0,
+            "bench_n": self.bench_n or (60 if quick else 500),
+            "eps": [0.0, 0.3] if quick else [0.0, 0.05, 0.1, 0.2, 0.3],
+            "defenses": ["none", "jpeg", "resize-pad"] if quick else ["none", "blur", "median", "jpeg", "bitdepth", "resize-pad"],
+            "eot_samples": 2 if quick else 8,
+            "ladder": [v for v in LADDER if not quick or v[0] in QUICK_LADDER],
+        }
+
+
+def _ladder(b: dict[str, Any], cfg: DemoConfig) -> list[Path]:
+    from rlab.train import TrainConfig, train
+
+    paths: list[Path] = []
+    for label, options in b["ladder"]:
+        result = train(make_config(TrainConfig, env="CartPole-v1", steps=b["rl_steps"], seed=cfg.seed, seeds=b["seeds"],
+                                   variant=label, device=cfg.device, eval_episodes=5 if cfg.quick else 10,
+                                   **options))
+        paths += result if isinstance(result, list) else [result]
+    return paths
+
+
+def _classifiers(b: dict[str, Any], cfg: DemoConfig) -> dict[str, Path]:
+    from rlab.classifier import TrainConfig, train
+
+    common = {"dataset": "mnist5k", "epochs": b["epochs"], "seed": cfg.seed, "device": cfg.device,
+              "train_subset": b["train_subset"]}
+    return {"standard": train(make_config(TrainConfig, **common)),
+            "adversarial (fast, ε=0.3)": train(make_config(TrainConfig, adv="fast", eps=0.3, **common))}
+
+
+def _bench(classifier: Path, b: dict[str, Any], cfg: DemoConfig, defenses: list[str]) -> Path:
+    from rlab.bench_attacks import BenchConfig, run
+
+    return run(make_config(BenchConfig, classifier=str(classifier), attacks=["fgsm", "pgd"], defenses=defenses,
+                           eps=b["eps"], n=b["bench_n"], eot_samples=b["eot_samples"], seed=cfg.seed,
+                           device=cfg.device, gallery=8))
+
+
+def _training_comparison(benches: dict[str, Path], out_csv: Path) -> Path:
+    """One results.csv where the 'defense' is how the model was trained (bare model, PGD/FGSM rows)."""
+    rows = []
+    for label, path in benches.items():
+        with open(path / "results.csv", newline="") as f:
+            for r in csv.DictReader(f):
+                if r["defense"] == "none":
+                    rows.append({**r, "defense": f"{label} training"})
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(out_csv, buf.getvalue())
+    return out_csv
+
+
+def run(cfg: DemoConfig) -> Path:
+    start = time.perf_counter()
+    b = cfg.budget()
+    demo = RunDir.create("demo", "quick" if cfg.quick else "demo", cfg.seed, cfg)
+    root = demo.path
+    timings: dict[str, float] = {}
+    from rlab.plots import plot_returns, plot_robustness
+
+    with use_runs_root(root):
+        t = time.perf_counter()
+        ladder_runs = _ladder(b, cfg)
+        plot_returns(ladder_runs, root / "ladder.png", window=3,
+                     title=f"CartPole-v1: the lecture's ladder, mean ± 1 std over {b['seeds']} seed(s)")
+        timings["rl_ladder"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        classifiers = _classifiers(b, cfg)
+        timings["classifiers"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        benches = {"standard": _bench(classifiers["standard"], b, cfg, b["defenses"]),
+                   "adversarial": _bench(classifiers["adversarial (fast, ε=0.3)"], b, cfg, ["none"])}
+        comparison = _training_comparison(benches, root / "training_comparison.csv")
+        plot_robustness(comparison, root / "training_comparison.png",
+                        title="MNIST-5k CNN: standard vs adversarial (fast) training, bare model")
+        timings["attack_benchmark"] = time.perf_counter() - t
+
+    summary = _summary(ladder_runs, classifiers, benches, timings, time.perf_counter() - start)
+    demo.write_summary(summary)
+    _write_report(root, b, ladder_runs, classifiers, benches, summary)
+    print(f"\nrlab demo finished in {summary['wall_seconds']:.0f} s. Report: {root / 'report.md'} and {root / 'index.html'}")
+    return root
+
+
+def _summary(ladder_runs, classifiers, benches, timings, wall) -> dict[str, Any]:
+    ladder: dict[str, list[float]] = {}
+    for p in ladder_runs:
+        s = read_json(p / "summary.json")
+        ladder.setdefault(s.get("variant") or p.name, []).append(s["eval/mean_return"])
+    out: dict[str, Any] = {"wall_seconds": wall, "seconds": timings,
+                           "ladder/eval_mean_return": {k: sum(v) / len(v) for k, v in ladder.items()}}
+    for label, p in classifiers.items():
+        out[f"classifier/{label}/test_accuracy"] = read_json(p / "summary.json")["test/accuracy"]
+    for label, p in benches.items():
+        with open(p / "results.csv", newline="") as f:
+            for r in csv.DictReader(f):
+                mode = "adaptive" if r["adaptive"] == "True" else "non-adaptive"
+                out[f"bench/{label}/{r['attack']}/{r['defense']}/{mode}/eps={r['eps']}"] = float(r["robust_accuracy"])
+    return out
+
+
+def _rel(root: Path, p: Path) -> str:
+    return str(p.relative_to(root))
+
+
+def _write_report(root: Path, b, ladder_runs, classifiers, benches, summary) -> None:
+    md = ["# rlab demo report", "",
+          f"Wall time: {summary['wall_seconds']:.0f} s "
+          f"({', '.join(f'{k}: {v:.0f} s' for k, v in summary['seconds'].items())}).", "",
+          "## 1. The policy-gradient ladder on CartPole-v1", "",
+          f"{b['rl_steps']} environment steps per run, {b['seeds']} seed(s) per variant; "
+          "return of a deterministic evaluation at the end (mean over seeds):", "",
+          "| variant | eval return |", "|---|---|"]
+    md += [f"| {k} | {v:.1f} |" for k, v in summary["ladder/eval_mean_return"].items()]
+    md += ["", "![ladder](ladder.png)", "", "## 2. MNIST-5k classifiers", "", "| training | test accuracy (1,000 digits) |",
+           "|---|---|"]
+    md += [f"| {label} | {100 * summary[f'classifier/{label}/test_accuracy']:.1f}% |" for label in classifiers]
+    md += [""] + [f"![{label} learning curve]({_rel(root, p / 'learning_curve.png')})" for label, p in classifiers.items()
+                  if (p / "learning_curve.png").is_file()]
+    md += ["", "## 3. Attacks and defenses", ""]
+    for label, p in benches.items():
+        report = (p / "report.md").read_text().split("\n")
+        table = [line for line in report if line.startswith("|")]
+        md += [f"### {label} model (`{_rel(root, p)}`)", ""] + table + [""]
+        for png in ("robustness.png", "gallery.png"):
+            if (p / png).is_file():
+                md.append(f"![{label} {png[:-4]}]({_rel(root, p / png)})")
+        md.append("")
+    md += ["### Standard vs adversarial training", "", "![training comparison](training_comparison.png)", "",
+           "Passive defenses are judged by the adaptive (dashed) numbers: an attacker who knows the defense "
+           "differentiates through it (BPDA / EOT, Athalye et al. 2018).", ""]
+    atomic_write_text(root / "report.md", "\n".join(md))
+    atomic_write_text(root / "index.html", _markdown_to_html("\n".join(md)))
+
+
+def _markdown_to_html(md: str) -> str:
+    """The report's small markdown subset (headings, tables, images, paragraphs) as one HTML page."""
+    out = ["<!doctype html><html><head><meta charset='utf-8'><title>rlab demo</title><style>"
+           "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+           "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+           "td:first-child,th:first-child{text-align:left}img{max-width:100%;margin:0.5em 0}</style></head><body>"]
+    table: list[list[str]] = []
+
+    def flush_table() -> None:
+        if table:
+            head, *body = table
+            out.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr>")
+            out.extend("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in body)
+            out.append("</table>")
+            table.clear()
+
+    for line in md.split("\n"):
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if not all(set(c) <= {"-", ":"} for c in cells):
+                table.append(cells)
+            continue
+        flush_table()
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            out.append(f"<h{level}>{html.escape(line[level:].strip())}</h{level}>")
+        elif line.startswith("![") and "](" in line:
+            alt, src = line[2:].split("](", 1)
+            out.append(f"<p><img src='{html.escape(src.rstrip(')'))}' alt='{html.escape(alt)}'></p>")
+        elif line.strip():
+            out.append(f"<p>{html.escape(line)}</p>")
+    flush_table()
+    out.append("</body></html>")
+    return "\n".join(out)
