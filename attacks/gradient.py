@@ -18,8 +18,10 @@ The loop remembers, per sample, the first iterate at which the model was fooled
 (it has those logits for free) and returns it when the last iterate is not
 adversarial. With `early_stop` (default) it stops spending gradients on fooled
 samples, skips restarts for them and, for a list of eps, reuses a success at a
-smaller eps for every larger one (the ball grows): the success figures are the
-same, the cost falls, and x_adv is the first adversarial iterate. Without it,
+smaller eps for every larger one (the ball grows) and starts the survivors from
+their last iterate at the smaller eps (a high-loss point, already inside the
+larger ball) instead of a random start: the cost falls, the attack gets no
+weaker, and x_adv is the first adversarial iterate. Without it,
 every sample gets the full budget and x_adv is the last iterate (what transfer
 attacks want: a high-loss point, not a barely-adversarial one).
 """
@@ -152,11 +154,13 @@ class GradientAttack:
             return AttackResult(x_adv, is_adversarial(logits, labels, targeted), queries=x.shape[0])
         grad_steps = queries = 0
         alpha = self.abs_stepsize if self.abs_stepsize is not None else self.rel_stepsize * eps
-        for _ in range(self.restarts):
+        for restart in range(self.restarts):
             todo = (~success).nonzero().squeeze(1)
             if todo.numel() == 0:
                 break
-            run_adv, run_success, run_grads = self.run(model, x[todo], labels[todo], eps, alpha, targeted, generator)
+            start = reuse.x_adv[todo] - x[todo] if reuse is not None and restart == 0 else None
+            run_adv, run_success, run_grads = self.run(model, x[todo], labels[todo], eps, alpha, targeted, generator,
+                                                       start)
             grad_steps += run_grads
             queries += todo.numel()
             x_adv[todo] = run_adv
@@ -164,15 +168,18 @@ class GradientAttack:
         return AttackResult(x_adv, success, grad_steps=grad_steps, queries=queries)
 
     def run(self, model: nn.Module, x: Tensor, labels: Tensor, eps: float, alpha: float, targeted: bool,
-            generator: torch.Generator | None) -> tuple[Tensor, Tensor, int]:
-        """The core loop on one batch: returns (x_adv, success, grad_steps spent)."""
+            generator: torch.Generator | None, start: Tensor | None = None) -> tuple[Tensor, Tensor, int]:
+        """The core loop on one batch from delta = `start` (default: random or zero): (x_adv, success, grad_steps)."""
         norm = NORMS[self.norm]
         lo, hi = self.bounds if self.bounds is not None else (None, None)
         x = x.detach()
         n = x.shape[0]
         x_adv = x.clone()
         success = torch.zeros(n, dtype=torch.bool, device=x.device)
-        delta = norm.random_start(x, eps, generator) if self.random_start else torch.zeros_like(x)
+        if start is not None:
+            delta = norm.project(start.detach(), eps)
+        else:
+            delta = norm.random_start(x, eps, generator) if self.random_start else torch.zeros_like(x)
         if self.bounds is not None:
             delta = (x + delta).clamp(lo, hi) - x
         velocity = torch.zeros_like(x) if self.momentum else None

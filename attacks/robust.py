@@ -6,7 +6,8 @@ that are still classified correctly are attacked: first the clean mistakes are
 dropped, then for increasing eps only the samples that survived the smaller
 eps are attacked (a sample fooled inside a small ball is fooled inside every
 larger one). A robustness curve therefore costs little more than its largest
-eps on the robust samples.
+eps on the robust samples. A gradient attack gets the whole eps list in one
+call, so it also starts each eps from the survivors' last iterate.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from attacks.core import AttackResult, Eps, check_batch, check_labels, check_logits, eps_values, eval_mode
+from attacks.gradient import GradientAttack
 
 
 @dataclass
@@ -69,6 +71,20 @@ def robust_accuracy(model: nn.Module, attack: Callable[..., AttackResult], x: Te
             correct = logits.argmax(1) == yb
             clean_total += int(correct.sum())
             still = correct.clone()
+            positive = [e for e in order if e > 0]
+            if early_stop and isinstance(attack, GradientAttack) and positive and still.any():
+                # one call: the attack itself carries survivors (and their last iterate) from eps to eps
+                todo = still.nonzero().squeeze(1)
+                result = attack(model, xb[todo], yb[todo], eps=positive)
+                grad_steps += result.grad_steps
+                queries += result.queries
+                for k, e in enumerate(positive):
+                    fooled = torch.zeros_like(still)
+                    fooled[todo] = result.success[k].to(still.device)
+                    robust[e] += int((still & ~fooled).sum())
+                if 0.0 in robust:
+                    robust[0.0] += int(still.sum())
+                continue
             for e in order:
                 if e > 0:
                     todo = still.nonzero().squeeze(1) if early_stop else torch.arange(xb.shape[0], device=xb.device)

@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from attacks.core import AttackResult, Eps, check_batch, eval_mode, is_adversarial
+from attacks.core import Eps, check_batch, eval_mode, is_adversarial
 from attacks.gradient import GradientAttack
 
 
