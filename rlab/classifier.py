@@ -174,6 +174,19 @@ def accuracy_and_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float
     return (logits.argmax(1) == labels).float().mean().item(), F.cross_entropy(logits, labels).item()
 
 
+def one_cycle(step: int, total_steps: int, warmup_fraction: float = 0.25) -> float:
+    """Learning-rate factor of the one-cycle schedule (a triangle, Smith & Topin, 2019).
+
+    With w = max(1, round(warmup_fraction * T)) warm-up steps of T in all:
+        factor(t) = (t + 1) / w          for t < w   (linear warm-up to the peak)
+        factor(t) = (T - t) / (T - w)    for t >= w  (linear decay towards 0 at t = T)
+    """
+    w = max(1, round(warmup_fraction * total_steps))
+    if step < w:
+        return (step + 1) / w
+    return max(0.0, (total_steps - step) / max(1, total_steps - w))
+
+
 def steps_per_epoch(n: int, batch_size: int) -> int:
     """Minibatches per epoch; a last batch of one image is dropped (BatchNorm needs two)."""
     return n // batch_size + (1 if n % batch_size >= 2 else 0)
@@ -221,7 +234,11 @@ def _resumed_config(cfg: TrainConfig) -> tuple[TrainConfig, RunDir]:
     saved = dict(run.config["options"])
     if "resume" not in saved or "epochs" not in saved:
         raise UserError(f"{cfg.resume} is not a classifier run folder")
-    saved.update(resume=cfg.resume, device=cfg.device, threads=cfg.threads)
+    saved["resume"] = cfg.resume
+    if cfg.device != "auto":
+        saved["device"] = cfg.device
+    if cfg.threads:
+        saved["threads"] = cfg.threads
     return TrainConfig(**saved), run
 
 
@@ -250,8 +267,8 @@ def train(cfg: TrainConfig) -> Path:
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
                                 weight_decay=cfg.weight_decay)
     n_steps = steps_per_epoch(len(train_data), cfg.batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=cfg.epochs * n_steps,
-                                                    pct_start=0.25, anneal_strategy="linear")
+    total_steps = cfg.epochs * n_steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(one_cycle, total_steps=total_steps))
     loss_fn = functools.partial(F.cross_entropy, label_smoothing=cfg.label_smoothing)
     adv_trainer = _adversarial_trainer(cfg) if cfg.adv != "none" else None
     augment = augmentation_for(cfg.augment, train_data.channels)
