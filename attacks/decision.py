@@ -44,6 +44,7 @@ class DecisionAttack:
 
     method: "hopskipjump" (norm "l2" or "linf") or "boundary" (norm "l2").
     steps:  iterations of the attack (foolbox's `steps`); cost grows with it.
+    seed:   when given, seeds torch's global RNG before the run (foolbox draws from it).
     """
 
     method: str = "hopskipjump"
