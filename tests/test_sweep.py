@@ -196,3 +196,18 @@ def test_failed_cell_is_reported_and_a_resume_runs_only_it_plus_new_cells(runs_r
     assert sorted(c["key"]["smooth"] for c in ran) == ["2", "4"]
     assert [(c["key"]["smooth"], c["status"], c["attempts"]) for c in cells] == [("2", "done", 2), ("4", "done", 1)]
     assert json.loads((sweep / "summary.json").read_text())["skipped"] == 0
+
+
+def test_cli_sweep_over_seeds_of_rlab_train_gathers_summaries_and_a_returns_plot(runs_root, capsys):
+    argv = ["sweep", "--base", "train --algo ppo --env CartPole-v1 --steps 256 --eval-episodes 1",
+            "--grid", "seed=0,1", "--workers", "2", "--name", "ppo-seeds"]
+    assert main(argv) == 0
+    sweep = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert sweep.parent == runs_root / "sweep" and sweep.name.startswith("ppo-seeds__")
+    with open(sweep / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["seed"] for r in rows] == ["0", "1"] and all(float(r["eval/mean_return"]) > 0 for r in rows)
+    run_dirs = [Path(r["run_dir"]) for r in rows]
+    assert [read_json(d / "config.json")["seed"] for d in run_dirs] == [0, 1]
+    assert all(runs_root in d.parents for d in run_dirs)
+    assert (sweep / "returns.png").stat().st_size > 1000
