@@ -89,8 +89,10 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         if _unwrap_optional(tp)[0] is bool:
             parser.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=helptext)
         else:
+            choices = meta.get("choices")
+            metavar = "{" + ",".join(map(str, choices)) + "}" if choices and len(choices) <= 8 else f.name.upper()
             parser.add_argument(*names, dest=f.name, type=_converter(tp), default=default, help=helptext,
-                                metavar=meta.get("metavar", f.name.upper()))
+                                metavar=meta.get("metavar", metavar))
 
 
 def config_from_namespace(cls: type, ns: argparse.Namespace) -> Any:
