@@ -21,6 +21,7 @@ metrics.csv (one row per epoch), learning_curve.png, checkpoints/last.pt
 from __future__ import annotations
 
 import functools
+import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,8 +213,6 @@ def _plot_learning_curve(rows: list[dict], path: Path, title: str) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    import io
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
