@@ -1,6 +1,6 @@
 """The course homework's transfer setting: craft on proxies trained here, measure a different victim.
 
-    flock /tmp/rlab-heavy.lock .venv/bin/python bench/transfer.py [--train-size 5000] [--epochs 4]
+    flock /tmp/rlab-heavy.lock .venv/bin/python bench/transfer.py [--train-size 10000] [--epochs 5]
 
 CIFAR-10 (JPEG copy, ../shared/data via rlab.data), the course's attack set of
 20 test images per class (200), Linf eps = 8/255, 10 iterations of eps/10.
@@ -92,8 +92,8 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train-size", type=int, default=5000)
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--train-size", type=int, default=10000)
+    parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--eps", type=float, default=8 / 255)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--victim", default="vgg_small")
