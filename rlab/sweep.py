@@ -60,6 +60,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
+import importlib
 import io
 import itertools
 import os
@@ -70,7 +72,7 @@ import sys
 import tarfile
 import tempfile
 import time
-import tomllib
+import typing
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -78,6 +80,7 @@ from pathlib import Path
 from typing import Any
 
 from rlab import runs
+from rlab.cli import COMMANDS, GROUPS, _split_command
 from rlab.config import add_config_arguments, check, opt
 from rlab.errors import UserError, unknown_name
 from rlab.runs import RunDir, read_json, write_json
@@ -148,6 +151,10 @@ def option_key(key: str) -> str:
 def grid_from_toml(path: str | Path) -> tuple[str, str, dict[str, list[str]]]:
     """(name, base, axes) from a TOML sweep file; list values become comma-joined strings."""
     try:
+        import tomllib
+    except ModuleNotFoundError:
+        raise UserError("--file needs Python 3.11 or newer (tomllib); use --base and --grid instead") from None
+    try:
         doc = tomllib.loads(Path(path).read_text())
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"--file {path}: not valid TOML ({e})") from None
@@ -176,23 +183,60 @@ def _toml_value(v: Any) -> str:
     return str(v)
 
 
-def expand_grid(base: list[str], axes: dict[str, list[str]]) -> list[dict[str, Any]]:
-    """Every combination of the axes (last axis fastest) as {'key': {...}, 'argv': base + --k v ...}."""
-    given = {option_key(a.split("=")[0]) for a in base if a.startswith("--")}
+def expand_grid(base: list[str], axes: dict[str, list[str]], flags: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
+    """Every combination of the axes (last axis fastest) as {'key': {...}, 'argv': base + --k v ...}.
+
+    An axis over a boolean option named in `flags` takes true/false and becomes `--k` / `--no-k`.
+    """
+    given = {option_key(a.split("=")[0].removeprefix("--no-")) for a in base if a.startswith("--")}
     clash = sorted(given & set(axes))
     if clash:
         raise UserError(f"option(s) {', '.join(clash)} are both in the base command and in the grid; keep them in one place")
     cells = []
     for combo in itertools.product(*axes.values()):
         key = dict(zip(axes, combo))
-        argv = list(base) + [tok for k, v in key.items() for tok in (f"--{k}", v)]
+        argv = list(base)
+        for k, v in key.items():
+            argv.extend([_flag(k, v)] if k in flags else [f"--{k}", v])
         cells.append({"key": key, "argv": argv})
     return cells
+
+
+def _flag(key: str, value: str) -> str:
+    if value.lower() not in ("true", "false"):
+        raise UserError(f"--grid: {key} is an on/off option; its values must be true or false, got {value!r}")
+    return f"--{key}" if value.lower() == "true" else f"--no-{key}"
 
 
 class _RaisingParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # noqa: D401 - argparse hook
         raise UserError(message)
+
+
+def cell_command(argv: list[str]) -> tuple[str, type, list[str]]:
+    """(subcommand, its config class, the remaining argv) of a cell's command line."""
+    name, rest = _split_command(list(argv))
+    if name is None:
+        if not argv:
+            raise UserError("the base command is empty; give --base \"train ...\" or a base in the TOML file")
+        raise unknown_name("cell command", argv[0], [*GROUPS, *COMMANDS])
+    if name == "sweep":
+        raise UserError("a sweep cell cannot be another sweep; put all axes in one --grid")
+    module_name, cls_name, *_ = COMMANDS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name != module_name:
+            raise
+        raise UserError(f"rlab {name} is not built in this version ({module_name} is missing)") from None
+    return name, getattr(module, cls_name), rest
+
+
+def bool_options(cls: type) -> frozenset[str]:
+    """The on/off options (`--x/--no-x`) of a config class, as grid keys."""
+    hints = typing.get_type_hints(cls)
+    return frozenset(f.name.replace("_", "-") for f in dataclasses.fields(cls)
+                     if hints[f.name] is bool or bool in typing.get_args(hints[f.name]))
 
 
 def validate_cell_argv(argv: list[str]) -> str:
@@ -201,32 +245,13 @@ def validate_cell_argv(argv: list[str]) -> str:
     Only the command line is checked here: files a cell reads may appear later
     (or exist only on the cluster's nodes), so config-level checks run in the cell.
     """
-    from rlab.cli import COMMANDS, GROUPS, _split_command
-
-    name, rest = _split_command(list(argv))
-    if name is None:
-        raise unknown_name("cell command", argv[0] if argv else "", [*GROUPS, *COMMANDS]) if argv else \
-            UserError("the base command is empty; give --base \"train ...\" or a base in the TOML file")
-    if name == "sweep":
-        raise UserError("a sweep cell cannot be another sweep; put all axes in one --grid")
-    module_name, cls_name, *_ = COMMANDS[name]
-    try:
-        import importlib
-
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        if e.name != module_name:
-            raise
-        raise UserError(f"rlab {name} is not built in this version ({module_name} is missing)") from None
-    cls = getattr(module, cls_name)
+    name, cls, rest = cell_command(argv)
     parser = _RaisingParser(prog=f"rlab {name}", add_help=False)
     add_config_arguments(parser, cls)
     try:
         ns = parser.parse_args(rest)
     except UserError as e:
         raise UserError(f"cell `rlab {shlex.join(argv)}`: {e}") from None
-    import dataclasses
-
     for f in dataclasses.fields(cls):
         choices = f.metadata.get("choices")
         value = getattr(ns, f.name, None)
@@ -240,8 +265,7 @@ def validate_cell_argv(argv: list[str]) -> str:
 # ----------------------------------------------------------------------------- one cell
 
 
-def run_cell(argv: list[str], runs_root: str, timeout: float = 0.0, python: str | None = None,
-             cwd: str | None = None) -> dict[str, Any]:
+def run_cell(argv: list[str], runs_root: str, timeout: float = 0.0, cwd: str | None = None) -> dict[str, Any]:
     """Run `python -m rlab.cli *argv` as its own process; return returncode, run folders, seconds, log, error tail.
 
     The run folder is the last line the command prints; with `--seeds K` a
@@ -251,7 +275,7 @@ def run_cell(argv: list[str], runs_root: str, timeout: float = 0.0, python: str 
     env = {**os.environ, "RLAB_RUNS": runs_root, "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"}
     start = time.perf_counter()
     try:
-        proc = subprocess.run([python or sys.executable, "-m", "rlab.cli", *argv], capture_output=True, text=True,
+        proc = subprocess.run([sys.executable, "-m", "rlab.cli", *argv], capture_output=True, text=True,
                               env=env, cwd=cwd, timeout=timeout or None)
         returncode, out, err = proc.returncode, proc.stdout, proc.stderr
     except subprocess.TimeoutExpired as e:
@@ -467,9 +491,9 @@ def plan_cells(cfg: SweepConfig) -> tuple[str, list[dict[str, Any]]]:
     base_argv = shlex.split(base)
     if base_argv and base_argv[0] == "rlab":
         base_argv = base_argv[1:]
-    cells = expand_grid(base_argv, axes)
-    command = validate_cell_argv(cells[0]["argv"])
-    for c in cells[1:]:
+    command, cls, _ = cell_command(base_argv)
+    cells = expand_grid(base_argv, axes, bool_options(cls))
+    for c in cells:
         validate_cell_argv(c["argv"])
     return cfg.name or name or command.replace(" ", "-"), cells
 

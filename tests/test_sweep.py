@@ -57,6 +57,28 @@ def test_expand_grid_is_the_cartesian_product_last_axis_fastest():
     assert cells[4]["argv"] == ["train", "--env", "CartPole-v1", "--algo", "a2c", "--seed", "1"]
 
 
+def test_on_off_options_take_true_false_on_the_grid():
+    from dataclasses import dataclass
+
+    from rlab.config import opt
+    from rlab.sweep import bool_options
+
+    @dataclass
+    class Options:
+        obs_norm: bool | None = opt(None)
+        progress: bool = opt(True)
+        steps: int = opt(0)
+        algo: str = opt("ppo")
+
+    assert bool_options(Options) == {"obs-norm", "progress"}
+    cells = expand_grid(["train"], {"obs-norm": ["true", "False"]}, flags=frozenset({"obs-norm"}))
+    assert [c["argv"] for c in cells] == [["train", "--obs-norm"], ["train", "--no-obs-norm"]]
+    with pytest.raises(UserError, match="true or false"):
+        expand_grid(["train"], {"obs-norm": ["yes"]}, flags=frozenset({"obs-norm"}))
+    with pytest.raises(UserError, match="obs-norm"):
+        expand_grid(["train", "--no-obs-norm"], {"obs-norm": ["true"]}, flags=frozenset({"obs-norm"}))
+
+
 def test_an_option_in_both_base_and_grid_is_refused():
     with pytest.raises(UserError, match="seed"):
         expand_grid(["train", "--seed", "3"], {"seed": ["0", "1"]})
