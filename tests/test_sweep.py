@@ -1,6 +1,7 @@
 import csv
 import importlib.util
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from rlab.config import make_config
 from rlab.errors import UserError
 from rlab.runs import RunDir, read_json
 from rlab.sweep import (SweepConfig, expand_grid, gather, grid_from_toml, pack_run_dirs, parse_grid, run,
-                        unpack_run_dirs, validate_cell_argv)
+                        run_cell_anywhere, unpack_run_dirs, validate_cell_argv)
 
 HAS_RAY = importlib.util.find_spec("ray") is not None
 
@@ -156,6 +157,17 @@ def test_run_folders_ship_back_as_a_tar_and_unpack_under_the_drivers_root(tmp_pa
     copy = tmp_path / "driver" / d.relative_to(remote)
     assert read_json(copy / "summary.json") == read_json(d / "summary.json")
     assert (copy / "metrics.csv").read_text() == (d / "metrics.csv").read_text()
+
+
+def test_a_cell_on_another_host_runs_in_scratch_and_its_output_ships_back(runs_root, tmp_path):
+    source = fake_train_run(tmp_path / "inputs", 0)
+    result = run_cell_anywhere(["plot", "returns", str(source)], str(runs_root), 0.0,
+                               driver_host="not-" + socket.gethostname())
+    assert result["ok"] and result["archive"]
+    shipped = Path(result["run_dirs"][-1])
+    assert runs_root in shipped.parents and not shipped.exists()
+    unpack_run_dirs(result["archive"], runs_root)
+    assert shipped.is_file() and shipped.stat().st_size > 1000
 
 
 # ----------------------------------------------------------------------------- whole sweeps, in processes and on Ray
