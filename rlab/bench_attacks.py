@@ -208,10 +208,9 @@ def report_table(rows: list[dict[str, Any]], eps: list[float]) -> str:
 
 
 def plot_transfer(sources: list[str], attack_names: list[str], acc: np.ndarray, eps: float, out: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from rlab.plots import save_figure
 
     fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(attack_names), 1.2 + 0.55 * len(sources)), dpi=120)
     im = ax.imshow(100 * acc, cmap="viridis", vmin=0, vmax=100, aspect="auto")
@@ -224,18 +223,14 @@ def plot_transfer(sources: list[str], attack_names: list[str], acc: np.ndarray, 
     ax.set_ylabel("model the attack is crafted on")
     ax.set_title(f"Victim accuracy under transfer, ε={eps:.4g} (lower: better transfer)", fontsize=9)
     fig.colorbar(im, ax=ax, label="victim accuracy (%)")
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def plot_gallery(model, x, y, classes: list[str], attack_name: str, eps: float, cfg: BenchConfig, out: Path) -> Path:
     """Clean image, adversarial image and the perturbation magnified, with predicted labels."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from rlab.plots import save_figure
 
     k = min(cfg.gallery, len(x))
     picks = _one_per_class(y, k)
@@ -261,10 +256,7 @@ def plot_gallery(model, x, y, classes: list[str], attack_name: str, eps: float, 
     for row, name in enumerate(["clean", f"{attack_name}\nε={eps:.3g}", "perturbation\n(magnified)"]):
         axes[row, 0].set_ylabel(name, fontsize=8)
     fig.suptitle("Predicted labels (red: wrong); perturbation rescaled from [-ε, ε] to [0, 1]", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def _one_per_class(y: torch.Tensor, k: int) -> torch.Tensor:

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import csv
+import io
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ import numpy as np  # noqa: E402
 
 from rlab.config import check, opt  # noqa: E402
 from rlab.errors import UserError  # noqa: E402
-from rlab.runs import RunDir, find_run_dirs  # noqa: E402
+from rlab.runs import RunDir, atomic_write_bytes, find_run_dirs  # noqa: E402
 
 RETURN_COLUMN = "charts/episode_return"
 
@@ -101,11 +102,17 @@ def plot_returns(run_dirs: list[str | Path], out_png: str | Path, x_axis: str = 
     ax.legend(fontsize=8, loc="best", framealpha=0.85)
     if x_axis == "steps":
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(_steps_label))
+    return save_figure(fig, out_png)
+
+
+def save_figure(fig: plt.Figure, out_png: str | Path) -> Path:
+    """Lay out, write (atomically, creating folders) and close a figure."""
     fig.tight_layout()
     out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
     plt.close(fig)
+    atomic_write_bytes(out_png, buf.getvalue())
     return out_png
 
 
@@ -165,12 +172,7 @@ def plot_robustness(results_csv: str | Path, out_png: str | Path, title: str | N
     for ax in list(axes.flat)[len(attacks):]:
         ax.set_visible(False)
     fig.suptitle(title or "Robust accuracy against ε (solid: non-adaptive attacker, dashed: adaptive)", fontsize=10)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png)
-    plt.close(fig)
-    return out_png
+    return save_figure(fig, out_png)
 
 
 @dataclass
