@@ -54,7 +54,7 @@ def cartpole_step(state: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tens
     Same operation order as Gymnasium's CartPoleEnv.step, so float64 results agree.
     """
     x, x_dot, theta, theta_dot = state.unbind(1)
-    force = torch.where(action == 1, FORCE_MAG, -FORCE_MAG).to(state.dtype)
+    force = action.to(state.dtype).mul_(2 * FORCE_MAG).sub_(FORCE_MAG)
     costheta = torch.cos(theta)
     sintheta = torch.sin(theta)
     temp = (force + POLE_MASS_LENGTH * theta_dot.square() * sintheta) / TOTAL_MASS
@@ -62,8 +62,7 @@ def cartpole_step(state: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tens
         HALF_LENGTH * (4.0 / 3.0 - MASS_POLE * costheta.square() / TOTAL_MASS))
     xacc = temp - POLE_MASS_LENGTH * thetaacc * costheta / TOTAL_MASS
     next_state = torch.stack((x + TAU * x_dot, x_dot + TAU * xacc, theta + TAU * theta_dot, theta_dot + TAU * thetaacc), 1)
-    nx, ntheta = next_state[:, 0], next_state[:, 2]
-    terminated = (nx < -X_THRESHOLD) | (nx > X_THRESHOLD) | (ntheta < -THETA_THRESHOLD) | (ntheta > THETA_THRESHOLD)
+    terminated = (next_state[:, 0].abs() > X_THRESHOLD) | (next_state[:, 2].abs() > THETA_THRESHOLD)
     return next_state, terminated
 
 
@@ -132,13 +131,18 @@ class TorchCartPoleVectorEnv(VectorEnv):
         return self._out(self.state.to(torch.float32)), {}
 
     def _actions(self, actions: Any) -> torch.Tensor:
-        a = torch.as_tensor(actions, device=self.device)
-        if a.shape != (self.num_envs,) or a.dtype.is_floating_point or a.dtype == torch.bool:
+        if not isinstance(actions, torch.Tensor):
+            actions = np.asarray(actions)
+            if actions.dtype.kind not in "iu" or actions.shape != (self.num_envs,):
+                raise ValueError(f"actions must be integers of shape ({self.num_envs},) in {{0, 1}}, "
+                                 f"got dtype {actions.dtype} shape {actions.shape}")
+            if actions.min() < 0 or actions.max() > 1:
+                raise ValueError(f"actions must be 0 (push left) or 1 (push right), got values {np.unique(actions)[:5]}")
+            return torch.from_numpy(actions).to(self.device)
+        if actions.shape != (self.num_envs,) or actions.dtype.is_floating_point or actions.dtype == torch.bool:
             raise ValueError(f"actions must be integers of shape ({self.num_envs},) in {{0, 1}}, "
-                             f"got dtype {a.dtype} shape {tuple(a.shape)}")
-        if a.device.type == "cpu" and bool(((a != 0) & (a != 1)).any()):
-            raise ValueError(f"actions must be 0 (push left) or 1 (push right), got {a[(a != 0) & (a != 1)][:5].tolist()}")
-        return a
+                             f"got dtype {actions.dtype} shape {tuple(actions.shape)}")
+        return actions.to(self.device)
 
     def step(self, actions: Any):
         """Step all sub-environments; those that ended on the previous step are reset instead."""
@@ -149,11 +153,17 @@ class TorchCartPoleVectorEnv(VectorEnv):
         self.steps += 1
         truncated = self.steps >= self.max_episode_steps
         reset = self.prev_done
-        self.state = torch.where(reset[:, None], self._uniform_states(), next_state)
-        self.steps = torch.where(reset, 0, self.steps)
-        terminated = terminated & ~reset
-        truncated = truncated & ~reset
-        reward = (~reset).to(torch.float32)
+        # On CPU, skip the reset work on steps where no episode ended (asking costs nothing there);
+        # on an accelerator always do it, so the step never waits for the device.
+        if self.device.type != "cpu" or bool(reset.any()):
+            next_state = torch.where(reset[:, None], self._uniform_states(), next_state)
+            self.steps.masked_fill_(reset, 0)
+            terminated &= ~reset
+            truncated &= ~reset
+            reward = (~reset).to(torch.float32)
+        else:
+            reward = torch.ones(self.num_envs, dtype=torch.float32, device=self.device)
+        self.state = next_state
         self.prev_done = terminated | truncated
         return (self._out(self.state.to(torch.float32)), self._out(reward), self._out(terminated),
                 self._out(truncated), {})

@@ -53,7 +53,7 @@ def test_vector_env_matches_gymnasium_sync_vector_env_step_by_step(max_steps):
     rng = np.random.default_rng(1)
     seen = {"terminated": 0, "truncated": 0, "autoreset": 0}
     for _ in range(1100 if max_steps == 500 else 300):
-        explore = rng.random(n) < (0.3 if max_steps == 40 else np.array([0.02] * 3 + [0.5] * 3))
+        explore = rng.random(n) < np.array([0.02] * 3 + [0.6] * 3)  # some envs balance, some fall
         actions = np.where(explore, rng.integers(0, 2, n), greedy(obs))
         obs, reward, terminated, truncated, _ = ours.step(actions)
         ref_obs, ref_reward, ref_terminated, ref_truncated, _ = ref.step(actions)

@@ -1,0 +1,196 @@
+"""`rlab bench rl-attack RUN_DIR... --eps LIST`: how fragile is a trained agent? (Huang et al., 2017)
+
+For each run folder of `rlab train` and each eps, the agent plays `--episodes` episodes
+(greedy actions, the same env seeds for every attack) while every observation it sees is
+replaced by
+
+    none     s                                   (the clean return)
+    random   s + uniform noise, |delta_i| <= eps * scale_i   (the baseline of the same size)
+    fgsm     one signed-gradient step pushing pi off its clean greedy action
+    pgd      `--pgd-steps` projected steps of the same
+
+with scale = envs.observation_scale(env). Several run folders (e.g. a plain and an
+adversarially trained agent, `rlab train --adv-obs pgd --adv-eps E`) share one plot.
+Writes results.csv (mean / std / min / max return per run, attack, eps), return_vs_eps.png
+and summary.json into runs/bench/rl-attack__<env>__<seed>__<time>/.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch.distributions import Categorical, Distribution
+
+from rlab.config import check, opt
+from rlab.runs import RunDir, atomic_write_text
+from rlab.runtime import resolve_device, seed_everything, set_threads
+
+METHODS = ("none", "random", "fgsm", "pgd")
+
+
+@dataclass
+class RLAttackConfig:
+    """Options of `rlab bench rl-attack`."""
+
+    run_dir: list[str] = opt(help="run folder(s) written by rlab train; several share one plot", positional=True, nargs="+")
+    eps: list[float] = opt([0.0, 0.01, 0.02, 0.05, 0.1], help="attack radii, as fractions of each observation dimension's scale")
+    methods: list[str] = opt(list(METHODS), help="observation perturbations to run", choices=list(METHODS))
+    episodes: int = opt(20, help="episodes per (run, attack, eps), played side by side")
+    pgd_steps: int = opt(10, help="PGD iterations per observation")
+    seed: int = opt(0, help="seed of the episodes and the random noise")
+    device: str = opt("auto", help="auto, cpu, cuda or cuda:N")
+    threads: int = opt(0, help="torch threads (0: 1, RL-sized networks)")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.run_dir, (str, Path)):
+            self.run_dir = [str(self.run_dir)]
+        check(len(self.run_dir) >= 1, "give at least one RUN_DIR")
+        check(len(self.eps) >= 1 and all(e >= 0 for e in self.eps), f"--eps must be a list of numbers >= 0, got {self.eps}")
+        check(all(m in METHODS for m in self.methods), f"--methods must be among {', '.join(METHODS)}, got {self.methods}")
+        check(self.episodes >= 1, f"--episodes must be >= 1, got {self.episodes}")
+        check(self.pgd_steps >= 1, f"--pgd-steps must be >= 1, got {self.pgd_steps}")
+        check(self.seed >= 0, f"--seed must be >= 0, got {self.seed}")
+
+
+def greedy_action(dist: Distribution) -> torch.Tensor:
+    """The action the agent would take: argmax of a Categorical, the mean of a Gaussian."""
+    return dist.probs.argmax(-1) if isinstance(dist, Categorical) else dist.mean
+
+
+def episode_returns(policy: Callable[[torch.Tensor], Distribution], env_id: str, episodes: int, seed: int,
+                    perturb: Callable[[torch.Tensor], torch.Tensor], device: torch.device) -> np.ndarray:
+    """Returns of `episodes` episodes played side by side (one per sub-env), observations passed through `perturb`."""
+    import envs  # noqa: F401  (registers rlab/... env ids)
+
+    spec = gym.spec(env_id)
+    mode = "vector_entry_point" if spec.vector_entry_point is not None else "sync"
+    vec = gym.make_vec(env_id, num_envs=episodes, vectorization_mode=mode)
+    space = vec.single_action_space
+    try:
+        obs, _ = vec.reset(seed=seed)
+        total = np.zeros(episodes)
+        running = np.ones(episodes, dtype=bool)
+        for _ in range((spec.max_episode_steps or 100_000) + 1):
+            seen = perturb(torch.as_tensor(np.asarray(obs, dtype=np.float32), device=device))
+            with torch.no_grad():
+                action = greedy_action(policy(seen)).cpu().numpy()
+            if isinstance(space, gym.spaces.Box):
+                action = np.clip(action, space.low, space.high)
+            obs, reward, terminated, truncated, _ = vec.step(action)
+            total += reward * running
+            running &= ~(np.asarray(terminated) | np.asarray(truncated))
+            if not running.any():
+                break
+        return total
+    finally:
+        vec.close()
+
+
+def attack_curve(policy, env_id: str, eps_list: list[float], methods: list[str], episodes: int, seed: int,
+                 pgd_steps: int, device: torch.device) -> list[dict[str, Any]]:
+    """One row per (method, eps): mean, std, min and max return over the episodes."""
+    from envs.observation_attacks import observation_scale, perturb_observations
+
+    scale = observation_scale(env_id).to(device)
+    generator = torch.Generator(device=device)
+    rows, clean = [], None
+    for method in methods:
+        for eps in (eps_list if method != "none" else [0.0]):
+            generator.manual_seed(seed)
+            returns = episode_returns(
+                policy, env_id, episodes, seed,
+                lambda obs: perturb_observations(policy, obs, eps, method, scale, steps=pgd_steps, generator=generator),
+                device)
+            stats = {"mean_return": float(returns.mean()), "std_return": float(returns.std()),
+                     "min_return": float(returns.min()), "max_return": float(returns.max())}
+            if method == "none":
+                clean = stats
+                rows += [{"method": "none", "eps": e, **stats} for e in eps_list]
+            else:
+                rows.append({"method": method, "eps": eps, **stats})
+    if clean is None:
+        clean = {"mean_return": float(episode_returns(policy, env_id, episodes, seed, lambda o: o, device).mean())}
+    for r in rows:
+        r["relative_return"] = r["mean_return"] / clean["mean_return"] if clean["mean_return"] else float("nan")
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def plot_curves(rows: list[dict[str, Any]], out_png: Path, title: str) -> Path:
+    """Mean return vs eps, shaded +-1 std over episodes; colour = attack, line style = run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {"none": "black", "random": "tab:green", "fgsm": "tab:orange", "pgd": "tab:red"}
+    styles = ["-", "--", ":", "-."]
+    labels = list(dict.fromkeys(r["label"] for r in rows))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for k, label in enumerate(labels):
+        for method in METHODS:
+            sel = sorted((r for r in rows if r["label"] == label and r["method"] == method), key=lambda r: r["eps"])
+            if not sel:
+                continue
+            eps = np.array([r["eps"] for r in sel])
+            mean = np.array([r["mean_return"] for r in sel])
+            std = np.array([r["std_return"] for r in sel])
+            ax.plot(eps, mean, styles[k % len(styles)], color=colours[method], marker="o", ms=3,
+                    label=f"{label}: {method}" if len(labels) > 1 else method)
+            ax.fill_between(eps, mean - std, mean + std, color=colours[method], alpha=0.12)
+    ax.set_xlabel("eps (L-inf radius, fraction of each observation dimension's scale)")
+    ax.set_ylabel("episode return (mean ± std over episodes)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    from rlab.runs import atomic_write_bytes
+
+    atomic_write_bytes(out_png, buf.getvalue())
+    return out_png
+
+
+def run(cfg: RLAttackConfig) -> Path:
+    """Attack every agent in cfg.run_dir at every eps; write results.csv, return_vs_eps.png, summary.json."""
+    from rlab.train import load_agent
+
+    set_threads(cfg.threads, "rl")
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    agents = []
+    for path in cfg.run_dir:
+        policy, options = load_agent(path, device=device)
+        agents.append((path, policy, options))
+    env_id = agents[0][2]["env"]
+    bench = RunDir.create("bench", f"rl-attack__{env_id}", cfg.seed, cfg, device)
+    rows, summary = [], {}
+    for path, policy, options in agents:
+        label = options.get("variant") or options.get("algo", "agent")
+        if options.get("adv_obs", "none") != "none":
+            label = f"{label} (adv-obs {options['adv_obs']} eps {options.get('adv_eps')})"
+        curve = attack_curve(policy, options["env"], cfg.eps, cfg.methods, cfg.episodes, cfg.seed, cfg.pgd_steps, device)
+        rows += [{"run": str(path), "label": label, "env": options["env"], **r, "episodes": cfg.episodes} for r in curve]
+        summary[str(path)] = {"label": label, **{f"{r['method']}@{r['eps']:g}/mean_return": r["mean_return"] for r in curve}}
+        print(f"{label}: " + ", ".join(f"{r['method']}@{r['eps']:g}={r['mean_return']:.0f}" for r in curve), file=sys.stderr)
+    write_csv(bench.path / "results.csv", rows)
+    plot_curves(rows, bench.path / "return_vs_eps.png", f"{env_id}: observation attacks (Huang et al. 2017)")
+    bench.write_summary(summary)
+    return bench.path

@@ -1,0 +1,77 @@
+"""`rlab bench rl-attack`: return vs eps under observation attacks, CSV + plot in a bench run folder."""
+
+import csv
+import json
+
+import pytest
+import torch
+from torch.distributions import Categorical
+
+from rlab.bench_rl_attack import RLAttackConfig, attack_curve, episode_returns
+from rlab.cli import main
+from rlab.config import make_config
+from rlab.errors import UserError
+
+GAINS = torch.tensor([0.1, 0.5, 10.0, 2.0])
+
+
+def balancing_policy(obs: torch.Tensor) -> Categorical:
+    """A hand-made CartPole controller that balances the pole for the full 500 steps."""
+    score = obs @ GAINS
+    return Categorical(logits=torch.stack((-score, score), -1))
+
+
+def test_pgd_costs_a_good_controller_more_than_noise_of_the_same_size():
+    rows = attack_curve(balancing_policy, "CartPole-v1", [0.0, 0.05], ["none", "random", "pgd"], episodes=3, seed=0,
+                        pgd_steps=5, device=torch.device("cpu"))
+    got = {(r["method"], r["eps"]): r for r in rows}
+    assert set(got) == {("none", 0.0), ("none", 0.05), ("random", 0.0), ("random", 0.05), ("pgd", 0.0), ("pgd", 0.05)}
+    assert got["none", 0.0]["mean_return"] == 500
+    assert got["pgd", 0.0]["mean_return"] == 500
+    assert got["random", 0.05]["mean_return"] >= 450
+    assert got["pgd", 0.05]["mean_return"] < 250
+    assert got["pgd", 0.05]["relative_return"] == pytest.approx(got["pgd", 0.05]["mean_return"] / 500)
+    for r in rows:
+        assert r["min_return"] <= r["mean_return"] <= r["max_return"]
+
+
+def test_episode_returns_count_each_episode_once_and_are_seeded():
+    def always_left(obs):
+        return Categorical(logits=torch.tensor([[5.0, 0.0]]).expand(len(obs), 2))
+
+    a = episode_returns(always_left, "rlab/TorchCartPole-v1", 6, 1, lambda o: o, torch.device("cpu"))
+    b = episode_returns(always_left, "rlab/TorchCartPole-v1", 6, 1, lambda o: o, torch.device("cpu"))
+    assert a.shape == (6,) and (a == b).all()
+    assert ((a >= 8) & (a <= 12)).all(), "pushing left all the time drops the pole in about 10 steps"
+
+
+def test_config_validates_its_options():
+    cfg = RLAttackConfig(run_dir="some/run", eps=[0.0, 0.1])
+    assert cfg.run_dir == ["some/run"]
+    with pytest.raises(UserError, match="eps"):
+        RLAttackConfig(run_dir="x", eps=[-0.1])
+    with pytest.raises(UserError, match="methods"):
+        make_config(RLAttackConfig, run_dir=["x"], methods=["cw"])
+    with pytest.raises(UserError, match="episodes"):
+        RLAttackConfig(run_dir="x", episodes=0)
+
+
+@pytest.mark.slow
+def test_cli_end_to_end_on_a_tiny_trained_agent(runs_root, capsys):
+    assert main(["train", "--algo", "ppo", "--env", "CartPole-v1", "--steps", "512", "--n-envs", "4", "--n-steps", "64",
+                 "--eval-episodes", "2", "--no-progress"]) == 0
+    run_dir = capsys.readouterr().out.strip().splitlines()[-1]
+    assert main(["bench", "rl-attack", run_dir, run_dir, "--eps", "0,1/20", "--episodes", "3", "--pgd-steps", "3"]) == 0
+    bench = runs_root / "bench"
+    (folder,) = list(bench.iterdir())
+    assert folder.name.startswith("rl-attack__CartPole-v1__0__")
+    with open(folder / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 * 4 * 2  # two runs x four methods x two eps
+    assert {r["method"] for r in rows} == {"none", "random", "fgsm", "pgd"}
+    assert {float(r["eps"]) for r in rows} == {0.0, 0.05}
+    assert all(float(r["std_return"]) >= 0 and int(r["episodes"]) == 3 for r in rows)
+    assert (folder / "return_vs_eps.png").read_bytes()[:4] == b"\x89PNG"
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary[run_dir]["label"] == "ppo"
+    assert main(["bench", "rl-attack", str(runs_root / "missing"), "--eps", "0.1"]) == 2
