@@ -57,8 +57,9 @@ def run_task(name: str, epochs: int, args: argparse.Namespace) -> tuple[list[dic
               "wall_seconds_incl_eval": wall, "cpu_seconds": cpu, "target": task["target"],
               "budget_s": task["budget_s"], "run": str(run)}
     within = [c for c in curve if c["train_seconds"] <= task["budget_s"]]
-    result["best_within_budget"] = max((c["test_accuracy"] for c in within), default=float("nan"))
-    result["met"] = result["best_within_budget"] >= task["target"]
+    # The accuracy the run had when the budget ran out (its last epoch inside it), not the best epoch.
+    result["at_budget"] = within[-1]["test_accuracy"] if within else float("nan")
+    result["met"] = result["at_budget"] >= task["target"]
     if name == "cifar":
         tta_run = evaluate(EvalConfig(run_dir=str(run), tta=True, threads=args.threads, device=args.device,
                                       data_dir=args.data_dir))
@@ -118,12 +119,12 @@ def main() -> None:
     atomic_write_text(bench.path / "results.csv", buf.getvalue())
     plot(curve, bench.path / "accuracy_vs_time.png")
 
-    lines = ["| task | model | epochs | test acc | train s | CPU s | best acc within budget | target | met |",
+    lines = ["| task | model | epochs | test acc | train s | CPU s | acc at budget | target | met |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         tta = f" (TTA {r['test_accuracy_tta']:.2%})" if "test_accuracy_tta" in r else ""
         lines.append(f"| {r['task']} | {r['model']} | {r['epochs']} | {r['test_accuracy']:.2%}{tta} | "
-                     f"{r['train_seconds']:.0f} | {r['cpu_seconds']:.0f} | {r['best_within_budget']:.2%} | "
+                     f"{r['train_seconds']:.0f} | {r['cpu_seconds']:.0f} | {r['at_budget']:.2%} | "
                      f">= {r['target']:.0%} in {r['budget_s']:.0f} s | {'yes' if r['met'] else 'no'} |")
     lines += ["", "accuracy against training time (per epoch):", "", "| task | epoch | train s | test acc |",
               "|---|---|---|---|"]

@@ -206,7 +206,7 @@ def _plot_learning_curve(rows: list[dict], path: Path, title: str) -> None:
     ax_acc.plot(epochs, [r["train/accuracy"] for r in rows], "o-", label="train")
     ax_acc.plot(epochs, [r["test/accuracy"] for r in rows], "s-", label="test")
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title=title)
-    ax_loss.plot(epochs, [r["train/loss"] for r in rows], "o-", label="train")
+    ax_loss.plot(epochs, [r["train/loss"] for r in rows], "o-", label="train (augmented, smoothed labels)")
     ax_loss.plot(epochs, [r["test/loss"] for r in rows], "s-", label="test")
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
     for ax in (ax_acc, ax_loss):
