@@ -49,7 +49,8 @@ def test_every_pytorchcv_model_builds_and_gives_logits(name):
 
 
 @pytest.mark.parametrize("name, shape", [("mnist_cnn", (1, 28, 28)), ("fastnet", (3, 32, 32)),
-                                         ("fastnet_wide", (3, 32, 32)), ("mnist_cnn", (3, 20, 20))])
+                                         ("fastnet_wide", (3, 32, 32)), ("mnist_cnn", (3, 20, 20)),
+                                         ("mnist_small", (1, 28, 28))])
 def test_lab_models_give_logits_and_gradients(name, shape):
     model = build_model(name, num_classes=7, in_channels=shape[0], image_size=shape[1])
     x = torch.rand(3, *shape, requires_grad=True)
