@@ -15,6 +15,11 @@ package's FGSM / PGD (unbounded inputs) on a wrapper model z = s / scale -> logi
 where the ball is eps in every dimension; PGD stops on a sample once its action flips. The
 Gaussian case has no labels, so it uses the same signed-gradient ascent on the mean distance
 in a small local loop.
+
+Flipping every action is a weak attack on a policy that dithers (CartPole's push left, push
+right, ...): the flipped agent dithers too. "pgd-timed" attacks only the steps where the agent
+is sure of its action (Lin et al., 2017, "Tactics of Adversarial Attack on Deep Reinforcement
+Learning Agents", strategically-timed attack), which is where a wrong action costs.
 `uniform_noise` is the baseline of the same size: delta uniform in the ball.
 """
 
@@ -30,7 +35,7 @@ import torch
 import torch.nn as nn
 from torch.distributions import Categorical, Distribution
 
-OBSERVATION_ATTACKS = ("none", "random", "fgsm", "pgd")
+OBSERVATION_ATTACKS = ("none", "random", "fgsm", "pgd", "pgd-timed")
 
 # Per-dimension scale of observation dimensions whose observation space is unbounded:
 # 2 * max |value| over 20,000 random-policy steps (seed 0), rounded up.
@@ -156,17 +161,20 @@ def _attack_gaussian(policy, obs: torch.Tensor, eps: float, method: str, scale: 
 
 def perturb_observations(policy: Callable[[torch.Tensor], Distribution], obs: torch.Tensor, eps: float,
                          method: str, scale: torch.Tensor, steps: int = 10,
-                         generator: torch.Generator | None = None) -> torch.Tensor:
+                         generator: torch.Generator | None = None, confidence: float = 0.8) -> torch.Tensor:
     """Adversarial observations s' with |s' - s| <= eps * scale per dimension (Huang et al., 2017).
 
     Args:
         policy: obs (N, d) -> torch.distributions.Distribution (Categorical, or Normal / Independent Normal).
         obs: (N, d) float observations as the agent sees them (raw, un-normalised).
         eps: radius as a fraction of each dimension's scale (>= 0).
-        method: "pgd", "fgsm", "random" (uniform in the ball) or "none" (unchanged).
+        method: "pgd", "fgsm", "random" (uniform in the ball), "none" (unchanged), or "pgd-timed":
+            PGD only where the agent is sure, max_a pi(a | s) >= confidence (the strategically-timed
+            attack of Lin et al., 2017; discrete policies only).
         scale: (d,) per-dimension scale, e.g. observation_scale(env_id).
         steps: PGD iterations.
         generator: torch RNG for the random baseline and the Gaussian random start.
+        confidence: threshold of "pgd-timed".
 
     Returns a detached tensor of obs's shape, dtype and device. Parameter gradients are untouched.
     """
@@ -192,6 +200,10 @@ def perturb_observations(policy: Callable[[torch.Tensor], Distribution], obs: to
             dist = policy(obs)
         if isinstance(dist, Categorical):
             x_adv = _attack_categorical(policy, obs, eps, method, scale, steps, generator)
+            if method == "pgd-timed":
+                x_adv = torch.where(dist.probs.amax(-1, keepdim=True) >= confidence, x_adv, obs)
+        elif method == "pgd-timed":
+            raise ValueError("method 'pgd-timed' needs a discrete (Categorical) policy; use 'pgd' for Gaussian ones")
         elif hasattr(dist, "mean"):
             x_adv = _attack_gaussian(policy, obs, eps, method, scale, steps, generator)
         else:

@@ -221,3 +221,20 @@ def test_wrapper_changes_the_agents_actions_and_stays_in_the_space():
     assert flips > 20
     with pytest.raises(ValueError, match="method"):
         envs.AdversarialObservation(gym.make("CartPole-v1"), linear_policy, 0.02, "random")
+
+
+def test_timed_pgd_attacks_only_where_the_agent_is_sure():
+    obs = rollout_observations(300)
+    scale = envs.observation_scale("CartPole-v1")
+    sure = linear_policy(obs).probs.amax(-1) >= 0.8
+    assert 0 < sure.sum() < len(obs)
+    x_timed = envs.perturb_observations(linear_policy, obs, 0.05, "pgd-timed", scale, confidence=0.8)
+    x_pgd = envs.perturb_observations(linear_policy, obs, 0.05, "pgd", scale, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(x_timed[~sure], obs[~sure])
+    assert ((x_timed[sure] - obs[sure]).abs().amax(1) > 0).all()
+    flipped = linear_policy(x_timed).logits.argmax(-1) != linear_policy(obs).logits.argmax(-1)
+    assert not flipped[~sure].any() and flipped[sure].float().mean() > 0.1
+    assert (linear_policy(x_pgd).logits.argmax(-1) != linear_policy(obs).logits.argmax(-1)).sum() >= flipped.sum()
+    _, gauss = gaussian_policy()
+    with pytest.raises(ValueError, match="Categorical"):
+        envs.perturb_observations(gauss, obs, 0.05, "pgd-timed", scale)
