@@ -136,8 +136,9 @@ def main() -> None:
     parser.add_argument("--methods", default="none,pgd,fast,free", help=f"comma-separated of {', '.join(METHODS)}")
     parser.add_argument("--model", default="mnist_small")
     parser.add_argument("--eps", type=float, default=0.3)
-    parser.add_argument("--epochs", default="none=10,pgd=20,fast=40,free=5",
-                        help="passes over the training set per method (free: each pass replays every batch m times)")
+    parser.add_argument("--epochs", default="none=10,pgd=20,fast=30,free=2",
+                        help="passes over the training set per method (free: each pass replays every batch m times; "
+                             "Shafahi et al. train epochs / m passes: 10 / 8 -> 2)")
     parser.add_argument("--lr", type=float, default=5e-3, help="peak Adam learning rate of the cyclic schedule")
     parser.add_argument("--ramp", type=float, default=0.5, help="fraction of the updates over which eps ramps up")
     parser.add_argument("--batch-size", type=int, default=100)
