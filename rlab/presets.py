@@ -33,8 +33,10 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                     ent_coef=0.0, lr=1e-3, anneal_lr=True, clip=0.2, obs_norm=False),
         "a2c": dict(steps=500_000, n_envs=8, n_steps=5, gamma=0.99, gae_lambda=1.0, ent_coef=0.0, lr=7e-4,
                     obs_norm=False),
-        "vpg": dict(steps=200_000, n_envs=8, n_steps=512, lr=5e-3),
-        "ac": dict(steps=200_000, n_envs=8, n_steps=128, lr=1e-3, gamma=0.99),
+        # measured at 30k steps: lr 1e-2 learns ~2x faster than 5e-3; a one-step TD critic with 128-step
+        # rollouts makes too few updates to learn at all, 16 steps per env does (32 collapsed on seed 0)
+        "vpg": dict(steps=200_000, n_envs=8, n_steps=512, lr=1e-2),
+        "ac": dict(steps=200_000, n_envs=8, n_steps=16, lr=1e-3, gamma=0.99),
     },
     "Acrobot-v1": {
         "ppo": dict(steps=1_000_000, n_envs=16, n_steps=256, gae_lambda=0.94, gamma=0.99, epochs=4, minibatch_size=256,
