@@ -90,7 +90,7 @@ def plot_returns(run_dirs: list[str | Path], out_png: str | Path, x_axis: str = 
     curves = returns_by_variant(runs, x_axis, window=window)
     envs = sorted({RunDir.open(r).config.get("options", {}).get("env", "") for r in runs} - {""})
     fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
-    for label, c in sorted(curves.items()):
+    for label, c in curves.items():  # in the order the runs were given
         n = int(c["n"])
         line, = ax.plot(c["x"], c["mean"], lw=1.8, label=f"{label} (n={n} seed{'s' if n != 1 else ''})")
         if n > 1:

@@ -197,7 +197,8 @@ def find_run_dirs(paths: list[str | Path]) -> list[Path]:
         if (p / "config.json").is_file():
             found.append(p)
         else:
-            inner = sorted(c.parent for c in p.rglob("config.json"))
+            # oldest first: the order the runs were made in (e.g. the lecture's ladder)
+            inner = [c.parent for c in sorted(p.rglob("config.json"), key=lambda c: (c.stat().st_mtime_ns, str(c)))]
             if not inner:
                 raise UserError(f"{p} holds no run folder (no config.json below it)")
             found.extend(inner)
