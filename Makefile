@@ -30,6 +30,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[dev,bench]"
+	$(PY) -m pip install --quiet --no-deps "torchattacks>=3.5"
 
 clean-venv:
 	rm -rf $(VENV)
