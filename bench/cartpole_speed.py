@@ -14,6 +14,21 @@ sub-environment advancing once), for
 Part 2, PPO's wall time to a deterministic evaluation return >= 475 with `rlab train --algo ppo`
 (the CartPole preset, --eval-every E) on CartPole-v1 and on rlab/TorchCartPole-v1, same seeds;
 wall time = training seconds (collect + update, evaluation excluded) read from metrics.csv.
+
+Measured on the 2-core development machine, 1 torch thread, under the heavy-run lock (2026-11-22):
+
+     num_envs   gym-sync   gym-vector     torch64   torch32-t   torch64/gym-vector
+            1     44,135       17,713       5,731       5,735   0.32x
+           16     86,151      274,675      74,081      76,635   0.27x
+          256    109,033    5,110,273   1,675,966   1,471,277   0.33x
+         4096          -   22,196,184   9,395,012  12,496,070   0.42x
+        16384          -   20,716,653   8,004,728  10,269,694   0.39x
+
+On this CPU the torch CartPole beats SyncVectorEnv from 16 envs on (86x at 4096 vs 256),
+but not Gymnasium's own NumPy CartPoleVectorEnv (0.3-0.4x): ~45 small torch ops per step
+cost more in dispatch than NumPy's, and per element they are no faster. Its point is the
+GPU (state, step and policy on one device, tensors=True: no host copies), which this
+machine lacks. The PPO part was not run here (heavy-run queue); reproduce with the command above.
 """
 
 from __future__ import annotations
