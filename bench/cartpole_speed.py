@@ -24,7 +24,7 @@ Measured on the 2-core development machine, 1 torch thread, under the heavy-run 
          4096          -   22,196,184   9,395,012  12,496,070   0.42x
         16384          -   20,716,653   8,004,728  10,269,694   0.39x
 
-On this CPU the torch CartPole beats SyncVectorEnv from 16 envs on (86x at 4096 vs 256),
+On this CPU the torch CartPole beats SyncVectorEnv from 256 envs on (15x there),
 but not Gymnasium's own NumPy CartPoleVectorEnv (0.3-0.4x): ~45 small torch ops per step
 cost more in dispatch than NumPy's, and per element they are no faster. Its point is the
 GPU (state, step and policy on one device, tensors=True: no host copies), which this
