@@ -23,12 +23,14 @@ clean (60k images, hours of GPU). Target here: >= 80% robust at >= 97% clean,
 trained in under 10 minutes on a 2-core CPU.
 Results: runs/bench/adv_training_mnist__<seed>__<time>/results.csv and report.md.
 
-What to expect (development runs, PGD-20 on 500 digits): PGD training keeps
-~84% robust at ~97.5% clean; fast training plateaus near 65% (more epochs, a
-wider net or alpha 1.25 eps do not help: with 4,000 digits the one-step inner
-max is too weak at eps 0.3); free training catastrophically overfits: its own
-carried perturbations are resisted on ~85% of training batches while PGD-20
-fools ~90% of the training digits, and robustness falls as passes are added.
+Measured (2 threads, seed 0, one method per locked command, merged with --merge):
+none 97.7% clean / 0.0% robust (5 s); pgd 98.0% / 84.0% (90 s, target met);
+fast 98.0% / 55.7% (15 s); free 97.0% / 5.1% (7 s). Fast training plateaus
+(more epochs, a wider net or alpha 1.25 eps did not help in development runs: with
+4,000 digits the one-step inner max is too weak at eps 0.3); free training
+catastrophically overfits: its own carried perturbations are resisted on ~85% of
+training batches while PGD-20 fools ~90% of the training digits, and robustness
+falls as passes are added (1 pass ~35%, 4 passes ~5% in development runs).
 """
 
 from __future__ import annotations
