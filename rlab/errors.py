@@ -7,7 +7,9 @@ CLI reports; the CLI prints its message on one line and exits with status 2.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 
 class UserError(ValueError):
@@ -20,3 +22,37 @@ def unknown_name(kind: str, name: str, allowed: Iterable[str]) -> UserError:
     close = difflib.get_close_matches(name, allowed, n=3, cutoff=0.5)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     return UserError(f"unknown {kind} {name!r}.{hint} Allowed: {', '.join(allowed)}")
+
+
+class TrainingDiverged(UserError):
+    """The loss or the weights became NaN or inf; training stopped before saving them.
+
+    The message names the step and the last good checkpoint, which is kept as it was.
+    """
+
+
+def first_nonfinite(values: Mapping[str, Any]) -> str | None:
+    """The name of the first value (a float or a floating-point tensor) that holds NaN or inf; None if none does."""
+    for name, value in values.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            return name
+        if hasattr(value, "is_floating_point") and value.is_floating_point() and not bool(value.isfinite().all()):
+            return name
+    return None
+
+
+def load_state_checked(target: Any, state: Any, key: str, source: Any) -> None:
+    """`target.load_state_dict(state[key])`, or a UserError naming `source` when the entry is missing or does not fit.
+
+    A checkpoint that unpickles fine can still be the wrong file: another run's
+    model, an older layout, or a dict someone else saved.
+    """
+    if not isinstance(state, Mapping) or key not in state:
+        found = ", ".join(map(str, state)) if isinstance(state, Mapping) else type(state).__name__
+        raise UserError(f"checkpoint {source} has no {key!r} entry (found: {found or 'nothing'}); "
+                        f"it was not written by this command")
+    try:
+        target.load_state_dict(state[key])
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"checkpoint {source}: its {key!r} does not fit this run ({first[:200]})") from None

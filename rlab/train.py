@@ -28,7 +28,7 @@ import torch
 from rlab import returns as R
 from rlab.agents import ALGOS, ActorCritic, Batch, UpdateSettings, actor_critic_update, make_actor_critic, ppo_update, vpg_update
 from rlab.config import check, opt
-from rlab.errors import UserError, unknown_name
+from rlab.errors import TrainingDiverged, UserError, first_nonfinite, load_state_checked, unknown_name
 from rlab.presets import PRESET_FIELDS, preset
 from rlab.runs import RunDir, rng_state, set_rng_state, utc_stamp, write_json
 from rlab.runtime import resolve_device, seed_everything, set_threads
@@ -93,13 +93,15 @@ class TrainConfig:
               f"--hidden needs positive layer sizes, got {self.hidden}")
         check(self.eval_every >= 0 and self.checkpoint_every >= 0, "--eval-every and --checkpoint-every must be >= 0")
         check(self.eval_episodes >= 1, f"--eval-episodes must be >= 1, got {self.eval_episodes}")
-        check(self.adv_eps >= 0.0, f"--adv-eps must be >= 0, got {self.adv_eps}")
+        check(0.0 <= self.adv_eps <= 1.0,
+              f"--adv-eps must be in [0, 1] (a fraction of each observation's range), got {self.adv_eps}")
         check(self.adv_obs in ADV_OBS, f"--adv-obs {self.adv_obs!r} is not allowed; choose from {', '.join(ADV_OBS)}")
         if self.algo != "vpg":
             check(self.returns is None and self.baseline is None,
                   "--returns and --baseline belong to --algo vpg (ac/a2c/ppo use their critic)")
         if self.algo != "ac":
             check(self.critic is None, "--critic belongs to --algo ac")
+        env_spec(self.env)
 
 
 @dataclass
@@ -142,16 +144,27 @@ def variant_label(cfg: TrainConfig) -> str:
     return cfg.algo
 
 
-def make_envs(env_id: str, num_envs: int, **kwargs: Any) -> gym.vector.VectorEnv:
-    """`gymnasium.make_vec` after registering the lab's envs; native vector envs when the spec has one."""
+def env_spec(env_id: str) -> gym.envs.registration.EnvSpec:
+    """Gymnasium's spec of `env_id` (the lab's envs registered); unknown ids suggest the closest ones."""
     import envs  # noqa: F401  (registers rlab/... env ids)
 
+    if not isinstance(env_id, str):
+        raise TypeError(f"env id must be a string such as 'CartPole-v1', got {type(env_id).__name__}")
     try:
-        spec = gym.spec(env_id)
+        return gym.spec(env_id)
     except gym.error.Error:
         raise unknown_name("environment", env_id, [k for k in gym.registry if "/" not in k or k.startswith("rlab/")]) from None
+
+
+def make_envs(env_id: str, num_envs: int, **kwargs: Any) -> gym.vector.VectorEnv:
+    """`gymnasium.make_vec` after registering the lab's envs; native vector envs when the spec has one."""
+    spec = env_spec(env_id)
     mode = "vector_entry_point" if spec.vector_entry_point is not None else "sync"
-    return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=mode, **kwargs)
+    try:
+        return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=mode, **kwargs)
+    except (gym.error.DependencyNotInstalled, gym.error.DeprecatedEnv, ImportError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"environment {env_id!r} cannot be made here: {first}") from None
 
 
 def make_optimizer(agent: ActorCritic, lr: float) -> torch.optim.Optimizer:
@@ -352,28 +365,33 @@ def _train_one(cfg: TrainConfig, callback: Callback | None = None) -> Path:
     if cfg.resume:
         run = RunDir.open(cfg.resume)
         saved = run.config["options"]
+        if "algo" not in saved or "hidden" not in saved:
+            raise UserError(f"{cfg.resume} is not an RL run folder of `rlab train`")
         known = {f.name for f in dataclasses.fields(TrainConfig)}
         cfg = TrainConfig(**{**{k: v for k, v in saved.items() if k in known},
                              "steps": cfg.steps or saved["steps"], "resume": None,
                              "progress": cfg.progress, "device": cfg.device, "threads": cfg.threads})
-        checkpoint = run.load_checkpoint(map_location=device)
+        # killed before its first checkpoint: start again from step 0 in the same folder
+        if (run.path / "checkpoints" / "last.pt").exists():
+            checkpoint = run.load_checkpoint(map_location=device)
+        seed_everything(cfg.seed)
+        envs = make_envs(cfg.env, cfg.n_envs)
     else:
         cfg = resolve(cfg)
         seed_everything(cfg.seed)
+        envs = make_envs(cfg.env, cfg.n_envs)
         run = RunDir.create("rl", f"{cfg.env}__{cfg.algo}", cfg.seed, cfg, device)
 
     env_steps, updates, train_seconds = 0, 0, 0.0
-    envs = make_envs(cfg.env, cfg.n_envs)
     agent = build_agent(dataclasses.asdict(cfg), envs, device)
     optimizer = make_optimizer(agent, cfg.lr)
     generator = torch.Generator().manual_seed(cfg.seed)
+    good_checkpoint: int | None = None  # env steps of the last checkpoint with finite weights
     if checkpoint is not None:
-        agent.load_state_dict(checkpoint["agent"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        set_rng_state(checkpoint["rng"])
-        generator.set_state(checkpoint["generator"])
-        env_steps, updates, train_seconds = int(checkpoint["env_steps"]), int(checkpoint["updates"]), float(checkpoint["train_seconds"])
-        run.truncate_metrics(env_steps)
+        env_steps, updates, train_seconds = _restore(checkpoint, run.path / "checkpoints" / "last.pt", agent, optimizer,
+                                                     generator)
+        good_checkpoint = env_steps
+    run.truncate_metrics(env_steps)
 
     attack = _observation_attack(cfg, agent, device) if cfg.adv_obs != "none" else None
     collector = Collector(envs, agent, device, seed=cfg.seed + env_steps, attack=attack)
@@ -383,9 +401,11 @@ def _train_one(cfg: TrainConfig, callback: Callback | None = None) -> Path:
     next_eval = (env_steps // cfg.eval_every + 1) * cfg.eval_every if cfg.eval_every else None
 
     def save() -> None:
+        nonlocal good_checkpoint
         run.save_checkpoint({"agent": agent.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state(),
                              "generator": generator.get_state(), "env_steps": env_steps, "updates": updates,
                              "train_seconds": train_seconds})
+        good_checkpoint = env_steps
 
     bar = _progress(cfg, env_steps, run.path.name)
     while env_steps < cfg.steps:
@@ -398,6 +418,12 @@ def _train_one(cfg: TrainConfig, callback: Callback | None = None) -> Path:
         agent.obs_norm.update(rollout.obs[R.valid_step_mask(rollout.first_is_reset, rollout.terminated, rollout.truncated)])
         env_steps += batch_steps
         updates += 1
+        bad = first_nonfinite(losses) or first_nonfinite(agent.state_dict())
+        if bad is not None:
+            bar.close()
+            envs.close()
+            run.flush()
+            raise diverged(env_steps, updates, bad, good_checkpoint, run.path, cfg.lr)
         train_seconds += time.perf_counter() - start
         ep_returns, ep_lengths = collector.pop_episodes()
         row: dict[str, float] = {**losses, "charts/sps": env_steps / max(train_seconds, 1e-9)}
@@ -424,6 +450,29 @@ def _train_one(cfg: TrainConfig, callback: Callback | None = None) -> Path:
                        "env_steps": env_steps, "updates": updates, "wall_seconds": train_seconds,
                        "charts/sps": env_steps / max(train_seconds, 1e-9), "variant": cfg.variant})
     return run.path
+
+
+def diverged(env_steps: int, updates: int, what: str, good_checkpoint: int | None, run_dir: Path,
+             lr: float) -> TrainingDiverged:
+    """The error for a loss or weight that became NaN/inf at `env_steps`; nothing after the last good checkpoint is saved."""
+    kept = (f"the last good checkpoint (env step {good_checkpoint}) is kept in {run_dir / 'checkpoints' / 'last.pt'}"
+            if good_checkpoint is not None else f"no checkpoint had been written yet in {run_dir}")
+    return TrainingDiverged(f"training diverged at env step {env_steps} (update {updates}): {what} is NaN or inf; "
+                            f"{kept}; try a smaller --lr than {lr:g}")
+
+
+def _restore(checkpoint: dict[str, Any], path: Path, agent: ActorCritic, optimizer: torch.optim.Optimizer,
+             generator: torch.Generator) -> tuple[int, int, float]:
+    """Load agent, optimizer and RNG states from a resume checkpoint; (env_steps, updates, train_seconds)."""
+    load_state_checked(agent, checkpoint, "agent", path)
+    load_state_checked(optimizer, checkpoint, "optimizer", path)
+    try:
+        set_rng_state(checkpoint["rng"])
+        generator.set_state(checkpoint["generator"])
+        return int(checkpoint["env_steps"]), int(checkpoint["updates"]), float(checkpoint["train_seconds"])
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+        raise UserError(f"checkpoint {path} lacks a readable {e if isinstance(e, KeyError) else 'RNG or step'} "
+                        f"entry ({type(e).__name__}); it was not written by `rlab train`") from None
 
 
 def _observation_attack(cfg: TrainConfig, agent: ActorCritic, device: torch.device):
@@ -455,7 +504,7 @@ def load_agent(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple
         agent = build_agent(options, envs, device)
     finally:
         envs.close()
-    agent.load_state_dict(run.load_checkpoint(map_location=device)["agent"])
+    load_state_checked(agent, run.load_checkpoint(map_location=device), "agent", run.path / "checkpoints" / "last.pt")
     agent.eval()
     return agent, options
 
