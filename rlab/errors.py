@@ -2,6 +2,8 @@
 
 `UserError` subclasses ValueError so the Python API raises the same thing the
 CLI reports; the CLI prints its message on one line and exits with status 2.
+`TrainingDiverged` is the UserError of a loss or weight that became NaN or inf:
+training stops at that step, before saving it, and keeps the last good checkpoint.
 """
 
 from __future__ import annotations
