@@ -11,8 +11,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import io
+import json
 import random
 import shutil
 import struct
@@ -31,7 +33,6 @@ from PIL import Image
 
 import attacks
 import defenses
-import rlab.runs
 from rlab.cli import COMMANDS, _Parser, _split_command, main
 from rlab.config import add_config_arguments, config_from_namespace
 from rlab.data import load_dataset
@@ -60,9 +61,7 @@ def trained(tmp_path_factory):
     with use_runs_root(root):
         for kind, argv in (("rl", TINY_RL), ("classifier", TINY_CLS)):
             buf = io.StringIO()
-            from contextlib import redirect_stdout
-
-            with redirect_stdout(buf):
+            with contextlib.redirect_stdout(buf):
                 assert main(argv) == 0
             out[kind] = Path(buf.getvalue().strip().splitlines()[-1])
     mp.undo()
@@ -169,9 +168,12 @@ CLI_CASES = [
 def test_bad_command_lines_print_one_line_and_exit_2(line, fragment, trained, runs_root, capsys):
     argv = line.format(rl=trained["rl"], cls=trained["classifier"]).split()
     before = config_count(runs_root)
-    with pytest.raises(SystemExit) if fragment == PARSE else _no_exit() as exit_:
+    if fragment == PARSE:
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        rc = exit_.value.code
+    else:
         rc = main(argv)
-    rc = exit_.value.code if fragment == PARSE else rc
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err, err
     assert fragment == PARSE or fragment.lower() in err.lower(), err
@@ -190,16 +192,6 @@ def test_bad_command_lines_print_one_line_and_exit_2(line, fragment, trained, ru
     with pytest.raises((ValueError, TypeError)) as e:
         getattr(module, fn_name)(config_from_namespace(cls, ns))
     assert err == f"rlab {name}: error: {e.value}\n"
-
-
-class _no_exit:
-    """A context manager that expects no exception (pairs with pytest.raises(SystemExit) above)."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 # ----------------------------------------------------------------------------- the attacks / defenses API
@@ -282,7 +274,7 @@ def test_known_gaps_in_attack_and_defense_input_checks(call, fragment):
     (lambda: defenses.make_defense("jpeg", colour=1), TypeError, "defense 'jpeg'"),
 ])
 def test_named_constructors_reject_bad_names_and_options(call, exc, fragment):
-    with pytest.raises(exc, match=None) as e:
+    with pytest.raises(exc) as e:
         call()
     assert fragment in str(e.value)
     TALLY["api"] += 1
@@ -369,6 +361,20 @@ def test_corrupted_checkpoint_is_one_line_exit_2_and_leaves_the_folder_alone(kin
     assert (run / "metrics.csv").read_bytes() == metrics, "a failed resume changed metrics.csv"
     assert config_count(runs_root) == before
     TALLY["checkpoints"] += 1
+
+
+@pytest.mark.xfail(strict=True, raises=json.JSONDecodeError,
+                   reason="rlab/runs.py read_json/RunDir.config: turn JSONDecodeError into a UserError naming the file")
+@pytest.mark.parametrize("kind, command", COMMANDS_ON_RUNS, ids=[c[1].split(" {")[0] for c in COMMANDS_ON_RUNS])
+def test_truncated_config_json_is_one_line_exit_2(kind, command, trained, tmp_path, capsys):
+    """config.json is written atomically, but a user may still damage it (RunDir.config lets JSONDecodeError out)."""
+    run = tmp_path / "run"
+    shutil.copytree(trained[kind], run)
+    text = (run / "config.json").read_text()
+    (run / "config.json").write_text(text[: len(text) // 2])
+    assert main(command.format(run=run).split()) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "config.json" in err
 
 
 @NEEDS_RUNS_PY
