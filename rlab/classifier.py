@@ -317,7 +317,7 @@ def train(cfg: TrainConfig) -> Path:
             total_loss += loss_value * len(y)
             total_correct += (logits.argmax(1) == y).sum().item()
             seen += len(y)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.set_postfix(loss=f"{loss_value:.3f}")
         train_seconds += time.perf_counter() - t0
         bad = first_nonfinite(model.state_dict())
         if bad is not None:
