@@ -25,7 +25,7 @@ from typing import Any
 
 from rlab.config import check, make_config, opt
 from rlab.runs import RunDir, atomic_write_text, read_json, use_runs_root
-from rlab.runtime import DEVICES
+from rlab.runtime import DEVICES, resolve_device
 
 # (label, options) of the lecture's ladder, in the order the lecture climbs it.
 LADDER: list[tuple[str, dict[str, Any]]] = [
@@ -52,6 +52,7 @@ class DemoConfig:
     device: str = opt("auto", "device", choices=list(DEVICES))
 
     def __post_init__(self) -> None:
+        resolve_device(self.device)  # a device that is not there fails before any run folder exists
         for name in ("seeds", "rl_steps", "epochs", "bench_n"):
             value = getattr(self, name)
             check(value is None or value >= 1, f"--{name.replace('_', '-')} must be >= 1, got {value}")

@@ -193,8 +193,9 @@ class PlotRobustnessConfig:
 
 
 def plot_returns_cmd(cfg: PlotReturnsConfig) -> Path:
+    runs = find_run_dirs(cfg.run_dirs)  # refuse bad paths before making an output folder
     out = Path(cfg.out) if cfg.out else RunDir.create("plots", "returns", None, cfg).path / "returns.png"
-    return plot_returns(cfg.run_dirs, out, x_axis=cfg.x, window=cfg.smooth)
+    return plot_returns(runs, out, x_axis=cfg.x, window=cfg.smooth)
 
 
 def plot_robustness_cmd(cfg: PlotRobustnessConfig) -> Path:

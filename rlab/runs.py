@@ -73,7 +73,11 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
+    """Parse a JSON file; a damaged one is a UserError naming it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is damaged and cannot be parsed as JSON ({type(e).__name__} at {getattr(e, 'pos', '?')})") from None
 
 
 def _jsonable(obj: Any) -> Any:
@@ -107,6 +111,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    corrupted = f"checkpoint {path} is truncated or corrupted and cannot be read"
+    try:  # torch.load does not check the zip's CRCs: flipped bits in tensor data would load silently
+        with zipfile.ZipFile(path) as archive:
+            bad_member = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, zipfile.LargeZipFile) as e:
+        raise CheckpointError(f"{corrupted} (not a complete torch checkpoint archive: {type(e).__name__})") from None
+    if bad_member is not None:
+        raise CheckpointError(f"{corrupted} (checksum mismatch in {bad_member})")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
@@ -115,8 +127,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"refusing checkpoint {path}: it holds more than weights (objects or code that "
             f"weights-only loading does not allow: {first[:200]})"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {path} is truncated or corrupted and cannot be read ({type(e).__name__})") from None
+    except Exception as e:  # noqa: BLE001 - any failure to decode is a damaged file, reported in one line
+        raise CheckpointError(f"{corrupted} ({type(e).__name__})") from None
 
 
 def rng_state() -> dict[str, Any]:
@@ -243,6 +255,7 @@ class RunDir:
         path = Path(path)
         if not (path / "config.json").is_file():
             raise UserError(f"{path} is not a run folder (no config.json)")
+        _remove_stale_temp_files(path)
         return cls(path)
 
     @property
@@ -295,6 +308,17 @@ class RunDir:
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
+
+
+def _remove_stale_temp_files(path: Path, older_than_s: float = 60.0) -> None:
+    """Delete the temp files of atomic writes that a killed process left behind (never read, possibly large)."""
+    now = time.time()
+    for tmp in list(path.glob(".*.tmp")) + list(path.glob("checkpoints/.*.tmp")):
+        try:
+            if now - tmp.stat().st_mtime > older_than_s:
+                tmp.unlink()
+        except OSError:
+            pass
 
 
 def _scalar(v: Any) -> Any:

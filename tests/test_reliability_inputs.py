@@ -250,13 +250,12 @@ NAN_X = X.masked_fill(X > 0.5, float("nan"))
 
 @pytest.mark.parametrize("call, fragment", [
     pytest.param(lambda m: attacks.make_attack(a, **({"seed": 0} if a in ("square", "simba") else {}))(m, NAN_X, Y, eps=0.1),
-                 "finite", id=f"{a} images with NaN", marks=NEEDS_ATTACKS) for a in API_ATTACKS] + [
+                 "finite", id=f"{a} images with NaN") for a in API_ATTACKS] + [
     pytest.param(lambda m: attacks.make_attack("onepixel", seed=0)(m, X.flatten(), Y, eps=0.1), "shape",
-                 id="onepixel images without a batch axis", marks=NEEDS_ATTACKS),
+                 id="onepixel images without a batch axis"),
     pytest.param(lambda m: attacks.make_attack("hopskipjump", seed=0)(m, X, Y + 3, eps=0.1), "[0, 2]",
-                 id="hopskipjump labels too large", marks=NEEDS_ATTACKS),
-    pytest.param(lambda m: defenses.make_defense("jpeg")(X + 1), "[0, 1]", id="jpeg images above 1",
-                 marks=NEEDS_ATTACKS),
+                 id="hopskipjump labels too large"),
+    pytest.param(lambda m: defenses.make_defense("jpeg")(X + 1), "[0, 1]", id="jpeg images above 1"),
 ])
 def test_known_gaps_in_attack_and_defense_input_checks(call, fragment):
     with pytest.raises((ValueError, TypeError)) as e:
@@ -305,12 +304,6 @@ def _torch_bytes(obj):
     return buf.getvalue()
 
 
-# Known failures, to fix in rlab/runs.py (owned elsewhere): load_checkpoint lets the weights-only unpickler's
-# IndexError/KeyError through on non-zip bytes (legacy pickle path), and torch.load does not check the zip CRCs,
-# so flipped bits in tensor data load silently. Strict: they turn red once runs.py is fixed.
-NEEDS_RUNS_PY = pytest.mark.xfail(strict=True, reason="rlab/runs.py load_checkpoint: catch every unpickling "
-                                  "error and verify zip CRCs (see the comment above)")
-
 # name -> bytes -> bytes (None: last.pt becomes a folder)
 CORRUPTIONS = {
     "empty": lambda data: b"",
@@ -334,8 +327,7 @@ COMMANDS_ON_RUNS = [("rl", "eval {run} --episodes 1 --device cpu"),
 
 
 @pytest.mark.parametrize("kind, command", COMMANDS_ON_RUNS, ids=[c[1].split(" {")[0] for c in COMMANDS_ON_RUNS])
-@pytest.mark.parametrize("corruption", [pytest.param(c, marks=NEEDS_RUNS_PY) if c == "text file" else c
-                                        for c in CORRUPTIONS])
+@pytest.mark.parametrize("corruption", list(CORRUPTIONS))
 def test_corrupted_checkpoint_is_one_line_exit_2_and_leaves_the_folder_alone(kind, command, corruption, trained,
                                                                              tmp_path, runs_root, capsys):
     run = tmp_path / "run"
@@ -363,8 +355,6 @@ def test_corrupted_checkpoint_is_one_line_exit_2_and_leaves_the_folder_alone(kin
     TALLY["checkpoints"] += 1
 
 
-@pytest.mark.xfail(strict=True, raises=json.JSONDecodeError,
-                   reason="rlab/runs.py read_json/RunDir.config: turn JSONDecodeError into a UserError naming the file")
 @pytest.mark.parametrize("kind, command", COMMANDS_ON_RUNS, ids=[c[1].split(" {")[0] for c in COMMANDS_ON_RUNS])
 def test_truncated_config_json_is_one_line_exit_2(kind, command, trained, tmp_path, capsys):
     """config.json is written atomically, but a user may still damage it (RunDir.config lets JSONDecodeError out)."""
@@ -377,7 +367,6 @@ def test_truncated_config_json_is_one_line_exit_2(kind, command, trained, tmp_pa
     assert err.count("\n") == 1 and "config.json" in err
 
 
-@NEEDS_RUNS_PY
 def test_random_bytes_and_bit_flips_never_load_silently(tmp_path):
     """Seeded random garbage and bit flips: CheckpointError, or (flips in tensor data) the same bytes never load."""
     path = tmp_path / "last.pt"
