@@ -76,7 +76,7 @@ def eps_values(eps: Eps, upper: float | None = 1.0, name: str = "eps") -> tuple[
 
 
 def check_batch(x: Tensor, y: Tensor, bounds: tuple[float, float] | None = (0.0, 1.0)) -> None:
-    """Raise TypeError/ValueError unless x is a float batch (N, ...) inside bounds and y int labels (N,)."""
+    """Raise TypeError/ValueError unless x is a finite float batch (N, ...) inside bounds and y int labels (N,)."""
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a torch.Tensor of images, got {type(x).__name__}")
     if not x.is_floating_point():
@@ -93,6 +93,11 @@ def check_batch(x: Tensor, y: Tensor, bounds: tuple[float, float] | None = (0.0,
         raise ValueError(f"labels are on {y.device} but x is on {x.device}; put both on one device")
     if y.numel() and int(y.min()) < 0:
         raise ValueError(f"labels must be >= 0, got {int(y.min())}")
+    if x.numel() and not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        allowed = f"values in [{bounds[0]:g}, {bounds[1]:g}]" if bounds is not None else "finite values"
+        raise ValueError(f"x must be finite: it holds {bad} NaN/inf value(s) of {x.numel()}; "
+                         f"allowed: {allowed}")
     if bounds is not None and x.numel():
         lo, hi = bounds
         if float(x.min()) < lo or float(x.max()) > hi:

@@ -20,7 +20,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from attacks.core import AttackResult, Eps, check_batch, eps_values, eval_mode, resolve_target
+from attacks.core import (AttackResult, Eps, check_batch, check_labels, check_logits, eps_values, eval_mode,
+                          resolve_target)
 
 METHODS = ("hopskipjump", "boundary")
 
@@ -80,7 +81,13 @@ class DecisionAttack:
             torch.manual_seed(self.seed)
         counter = QueryCounter(model).eval()
         with eval_mode(model):
+            with torch.no_grad():
+                logits = counter(x)  # one counted query: the model's classes, to check the labels against
+            check_logits(logits, x.shape[0])
+            check_labels(y, logits.shape[1])
             labels, _ = resolve_target(target, counter, x, y, None)
+            if labels is not None:
+                check_labels(labels, logits.shape[1], "target labels")
             criterion = fb.criteria.TargetedMisclassification(labels) if labels is not None else y
             fmodel = fb.PyTorchModel(counter, bounds=(0, 1), device=x.device)
             _, clipped, success = self._foolbox_attack()(fmodel, x, criterion, epsilons=values)

@@ -207,7 +207,10 @@ class OnePixel:
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, eps: Eps = 1,
                  target: Tensor | str | None = None) -> AttackResult:
-        return _run_per_eps(self, model, x, y, eps, target, upper=float(x[0, 0].numel()), integer_eps=True)
+        check_batch(x, y)
+        if x.ndim != 4:
+            raise ValueError(f"OnePixel takes images of shape (N, C, H, W), got shape {tuple(x.shape)}")
+        return _run_per_eps(self, model, x, y, eps, target, upper=float(x.shape[2] * x.shape[3]), integer_eps=True)
 
     @staticmethod
     def paint(x: Tensor, genes: Tensor) -> Tensor:

@@ -42,11 +42,20 @@ GRADIENT_RULES = ("exact", "surrogate", "bpda", "eot")
 
 
 def check_images(x: torch.Tensor) -> None:
-    """Defenses take float images (N, C, H, W)."""
+    """Defenses take finite float images (N, C, H, W) in [0, 1]."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"a defense takes a torch.Tensor of images, got {type(x).__name__}")
     if x.dim() != 4 or not x.is_floating_point():
         raise ValueError(f"a defense takes float images (N, C, H, W) in [0, 1], got {x.dtype} of shape {tuple(x.shape)}")
+    if x.numel():
+        with torch.no_grad():
+            finite = bool(torch.isfinite(x).all())
+            lo, hi = float(x.min()), float(x.max())
+        if not finite:
+            raise ValueError("a defense takes finite images with values in [0, 1], got NaN/inf values")
+        if lo < 0 or hi > 1:
+            raise ValueError(f"a defense takes images with values in [0, 1], got values in [{lo:g}, {hi:g}] "
+                             "(normalise inside the model, not the data)")
 
 
 def bpda(x: torch.Tensor, transformed: torch.Tensor, surrogate: torch.Tensor | None = None) -> torch.Tensor:

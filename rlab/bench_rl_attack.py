@@ -54,7 +54,8 @@ class RLAttackConfig:
         if isinstance(self.run_dir, (str, Path)):
             self.run_dir = [str(self.run_dir)]
         check(len(self.run_dir) >= 1, "give at least one RUN_DIR")
-        check(len(self.eps) >= 1 and all(e >= 0 for e in self.eps), f"--eps must be a list of numbers >= 0, got {self.eps}")
+        check(len(self.eps) >= 1 and all(0 <= e <= 1 for e in self.eps),
+              f"--eps must be a list of numbers >= 0 and <= 1 (fractions of the observation scale), got {self.eps}")
         check(all(m in METHODS for m in self.methods), f"--methods must be among {', '.join(METHODS)}, got {self.methods}")
         check(self.episodes >= 1, f"--episodes must be >= 1, got {self.episodes}")
         check(self.pgd_steps >= 1, f"--pgd-steps must be >= 1, got {self.pgd_steps}")

@@ -153,6 +153,8 @@ CLI_CASES = [
     ("bench attacks --classifier {rl}", "not a classifier run folder"),
     ("bench rl-attack /nonexistent/run --eps 0.1", "not a run folder"),
     ("bench rl-attack {rl} --eps -0.1", "--eps must be a list of numbers >= 0"),
+    ("bench rl-attack {rl} --eps 5", "<= 1 (fractions of the observation scale)"),
+    ("bench rl-attack {rl} --eps 0,1.5", "<= 1 (fractions of the observation scale)"),
     ("bench rl-attack {rl} --methods cw", "--methods: 'cw' is not allowed"),
     ("bench rl-attack {rl} --episodes 0", "--episodes must be >= 1"),
     ("plot robustness /nonexistent/results.csv", "results file not found"),
@@ -241,10 +243,6 @@ def test_attack_api_rejects_bad_input_clearly(attack_name, what, call, exc, frag
     TALLY["api"] += 1
 
 
-NEEDS_ATTACKS = pytest.mark.xfail(strict=True, reason="attacks/ and defenses/ (owned elsewhere): check_batch "
-                                  "lets NaN/inf images through, OnePixel indexes before checking the shape, "
-                                  "DecisionAttack neither checks labels against the model's classes nor NaN, "
-                                  "preprocessing defenses do not check that x lies in [0, 1]")
 NAN_X = X.masked_fill(X > 0.5, float("nan"))
 
 
@@ -255,7 +253,11 @@ NAN_X = X.masked_fill(X > 0.5, float("nan"))
                  id="onepixel images without a batch axis"),
     pytest.param(lambda m: attacks.make_attack("hopskipjump", seed=0)(m, X, Y + 3, eps=0.1), "[0, 2]",
                  id="hopskipjump labels too large"),
+    pytest.param(lambda m: attacks.make_attack("hopskipjump", seed=0)(m, NAN_X, Y, eps=0.1), "finite",
+                 id="hopskipjump images with NaN"),
     pytest.param(lambda m: defenses.make_defense("jpeg")(X + 1), "[0, 1]", id="jpeg images above 1"),
+    pytest.param(lambda m: defenses.make_defense("blur")(X - 1), "[0, 1]", id="blur images below 0"),
+    pytest.param(lambda m: defenses.make_defense("bitdepth")(NAN_X), "finite", id="bitdepth images with NaN"),
 ])
 def test_known_gaps_in_attack_and_defense_input_checks(call, fragment):
     with pytest.raises((ValueError, TypeError)) as e:
