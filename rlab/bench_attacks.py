@@ -45,6 +45,7 @@ class BenchConfig:
                               "defenses in front of the victim (see defenses.DEFENSES; none: the bare model)")
     eps: list[float] | None = opt(None, "L-inf radii, e.g. 0,2/255,8/255 (default: 0..0.3 for MNIST, 0..16/255 for RGB)")
     steps: int = opt(10, "gradient steps of iterative attacks (PGD, BIM, MI-FGSM, ...)")
+    restarts: int = opt(1, "random restarts of attacks that start at random (PGD)")
     n: int = opt(500, "number of test images (a fixed random draw)")
     per_class: int = opt(0, "use a fixed draw of N test images per class instead of --n (the course uses 20)")
     surrogates: list[str] = opt([], "classifier run folders to craft transfer attacks on (black-box)")
@@ -60,6 +61,7 @@ class BenchConfig:
     def __post_init__(self) -> None:
         check(self.classifier is not None, "--classifier RUN_DIR is required (a run folder of `rlab classifier train`)")
         check(self.steps >= 1, f"--steps must be >= 1, got {self.steps}")
+        check(self.restarts >= 1, f"--restarts must be >= 1, got {self.restarts}")
         check(self.n >= 1, f"--n must be >= 1, got {self.n}")
         check(self.per_class >= 0, f"--per-class must be >= 0, got {self.per_class}")
         check(self.eot_samples >= 1, f"--eot-samples must be >= 1, got {self.eot_samples}")
@@ -83,7 +85,7 @@ def default_eps(channels: int) -> list[float]:
     return [0.0, 0.05, 0.1, 0.2, 0.3] if channels == 1 else [0.0, 2 / 255, 4 / 255, 8 / 255, 16 / 255]
 
 
-def make_attack(name: str, steps: int, seed: int):
+def make_attack(name: str, steps: int, seed: int, restarts: int = 1):
     """An attack by name with the benchmark's budget (single-step attacks ignore `steps`)."""
     import attacks
     from attacks.registry import canonical_name
@@ -95,6 +97,8 @@ def make_attack(name: str, steps: int, seed: int):
         kwargs["steps"] = steps
     if "seed" in fields:
         kwargs["seed"] = seed
+    if restarts > 1 and "restarts" in fields and getattr(cls(), "random_start", False):
+        kwargs["restarts"] = restarts
     return cls(**kwargs)
 
 
@@ -121,7 +125,7 @@ def evaluate_grid(model, x, y, attack_names, defense_names, eps, cfg: BenchConfi
     rows = []
     cells = [(a, d) for d in defense_names for a in attack_names]
     for attack_name, defense_name in tqdm(cells, desc="attack x defense", unit="cell"):
-        attack = make_attack(attack_name, cfg.steps, cfg.seed)
+        attack = make_attack(attack_name, cfg.steps, cfg.seed, cfg.restarts)
         start = time.perf_counter()
         if defense_name == "none":
             ra = attacks.robust_accuracy(model, attack, x, y, eps, batch_size=cfg.batch_size)
@@ -286,7 +290,8 @@ def run(cfg: BenchConfig) -> Path:
                     title=f"{options['model']} on {options['dataset']} (n={len(x)}): robust accuracy vs ε "
                           "(solid: non-adaptive, dashed: adaptive)")
     report = [f"# Attack/defense benchmark: {options['model']} on {options['dataset']}", "",
-              f"Victim: `{cfg.classifier}`; {len(x)} test images; attacks with {cfg.steps} steps; "
+              f"Victim: `{cfg.classifier}`; {len(x)} test images; attacks with {cfg.steps} steps"
+              f"{f' and {cfg.restarts} restarts' if cfg.restarts > 1 else ''}; "
               f"EOT samples {cfg.eot_samples}. Robust accuracy (%) per ε (L∞, images in [0, 1]).", "",
               report_table(rows, eps), "", "![robustness](robustness.png)", ""]
     summary: dict[str, Any] = {"n_images": len(x), "eps": eps, "rows": len(rows)}

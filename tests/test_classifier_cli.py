@@ -88,15 +88,21 @@ def test_adversarial_training_goes_through_defenses(runs_root, capsys, monkeypat
     calls = []
     real_step = defenses.AdversarialTraining.step
 
-    def spy(self, model, x, y, optimizer, loss_fn=None):
-        calls.append((self.method, self.eps))
-        return real_step(self, model, x, y, optimizer, loss_fn)
+    def spy(self, model, x, y, optimizer, loss_fn=None, eps=None):
+        calls.append((self.method, self.eps if eps is None else eps))
+        return real_step(self, model, x, y, optimizer, loss_fn, eps=eps)
 
     monkeypatch.setattr(defenses.AdversarialTraining, "step", spy)
     run = train_cli(capsys, "--epochs", "1", "--adv", "fast", "--eps", "0.1")
     assert calls == [("fast", 0.1)] * 4
     assert json.loads((run / "config.json").read_text())["options"]["adv"] == "fast"
     assert summary(run)["test/accuracy"] is not None
+
+    calls.clear()  # eps ramps linearly over the first half of the 4 updates, from (almost) 0
+    train_cli(capsys, "--epochs", "1", "--adv", "pgd", "--eps", "0.1", "--adv-steps", "2", "--adv-ramp", "0.5",
+              "--optimizer", "adam")
+    assert [m for m, _ in calls] == ["pgd"] * 4
+    assert [e for _, e in calls] == pytest.approx([1e-3, 0.05, 0.1, 0.1])
 
 
 @pytest.mark.parametrize("args, message", [
@@ -105,6 +111,8 @@ def test_adversarial_training_goes_through_defenses(runs_root, capsys, monkeypat
     (["--model", "resnet20_cifar10", "--epochs", "1"], "32x32"),
     (["--dataset", "mnist"], "Did you mean 'mnist5k'"),
     (["--epochs", "0"], "--epochs must be >= 1"),
+    (["--adv", "pgd", "--eps", "0.3", "--adv-ramp", "2"], "--adv-ramp must be in [0, 1]"),
+    (["--optimizer", "rmsprop"], "not allowed"),
     (["--model", "resnet"], "not allowed"),
 ])
 def test_user_errors_are_one_line_exit_2(runs_root, capsys, args, message):
