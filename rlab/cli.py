@@ -12,7 +12,7 @@ import importlib
 import sys
 from pathlib import Path
 
-from rlab.errors import UserError
+from rlab.errors import PartialFailure, UserError
 
 # name -> (module, config dataclass, function, one-line description)
 COMMANDS: dict[str, tuple[str, str, str, str]] = {
@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "plot returns": ("rlab.plots", "PlotReturnsConfig", "plot_returns_cmd", "plot return vs env steps, mean and spread over seeds"),
     "plot robustness": ("rlab.plots", "PlotRobustnessConfig", "plot_robustness_cmd", "plot accuracy vs eps from a results.csv"),
     "demo": ("rlab.demo", "DemoConfig", "run", "the main job: RL ladder, classifier, attack/defense benchmark, report"),
-    "sweep": ("rlab.sweep", "SweepConfig", "run", "run a grid of configurations in parallel (processes or Ray)"),
+    "sweep": ("rlab.sweep", "SweepConfig", "run_cli", "run a grid of configurations in parallel (processes or Ray)"),
 }
 GROUPS = sorted({name.split()[0] for name in COMMANDS})
 
@@ -90,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"rlab {name}: error: {e}", file=sys.stderr)
         return 2
+    except PartialFailure as e:
+        print(e.path)
+        print(f"rlab {name}: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"\nrlab {name}: interrupted; the run folder keeps its last checkpoint (resume with --resume)", file=sys.stderr)
         return 130

@@ -58,3 +58,14 @@ def load_state_checked(target: Any, state: Any, key: str, source: Any) -> None:
     except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"checkpoint {source}: its {key!r} does not fit this run ({first[:200]})") from None
+
+
+class PartialFailure(Exception):
+    """A command finished and wrote its outputs, but part of its work failed (e.g. sweep cells).
+
+    The CLI prints `path` like any result, then the message, and exits with status 1.
+    """
+
+    def __init__(self, message: str, path):
+        super().__init__(message)
+        self.path = path

@@ -82,7 +82,7 @@ from typing import Any
 from rlab import runs
 from rlab.cli import COMMANDS, GROUPS, _split_command
 from rlab.config import add_config_arguments, check, opt
-from rlab.errors import UserError, unknown_name
+from rlab.errors import PartialFailure, UserError, unknown_name
 from rlab.runs import RunDir, read_json, write_json
 
 ERROR_TAIL_LINES = 20
@@ -578,6 +578,15 @@ def run(cfg: SweepConfig, on_attempt: Callable[[dict[str, Any]], None] | None = 
         print(f"rlab sweep: {len(failed)} of {len(cells)} cells failed (see {sweep.path / 'cells.json'}; "
               f"re-run with --resume {sweep.path})", file=sys.stderr)
     return sweep.path
+
+
+def run_cli(cfg: SweepConfig) -> Path:
+    """`rlab sweep`: `run`, and exit status 1 when any cell failed (its folder is still printed)."""
+    path = run(cfg)
+    failed = read_json(path / "summary.json")["failed"]
+    if failed:
+        raise PartialFailure(f"{failed} cell(s) failed; re-run with --resume {path}", path)
+    return path
 
 
 def _key_text(cell: dict[str, Any]) -> str:

@@ -245,3 +245,13 @@ def test_cli_sweep_over_seeds_of_rlab_train_gathers_summaries_and_a_returns_plot
     assert [read_json(d / "config.json")["seed"] for d in run_dirs] == [0, 1]
     assert all(runs_root in d.parents for d in run_dirs)
     assert (sweep / "returns.png").stat().st_size > 1000
+
+
+def test_cli_exit_status_is_1_when_a_cell_failed(runs_root, tmp_path, capsys):
+    """The sweep's folder is printed either way; a failed cell makes the exit status 1."""
+    argv = ["sweep", "--base", f"plot returns {tmp_path / 'never-made'}", "--grid", "smooth=2", "--retries", "0",
+            "--workers", "1"]
+    assert main(argv) == 1
+    out, err = capsys.readouterr()
+    assert out.strip().splitlines()[-1].startswith(str(runs_root / "sweep"))
+    assert "1 cell(s) failed" in err
