@@ -195,7 +195,9 @@ def write_results(run: RunDir, rows: list[dict[str, Any]]) -> Path:
 
 def report_table(rows: list[dict[str, Any]], eps: list[float]) -> str:
     """Markdown: one line per attack/defense/mode, robust accuracy (%) per eps."""
-    head = "| attack | defense | attacker | clean | " + " | ".join(f"ε={e:.4g}" for e in eps) + " |"
+    from rlab.plots import eps_label
+
+    head = "| attack | defense | attacker | clean | " + " | ".join(f"ε={eps_label(e)}" for e in eps) + " |"
     lines = [head, "|" + "---|" * (4 + len(eps))]
     keys = []
     for r in rows:

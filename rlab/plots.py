@@ -132,7 +132,7 @@ def read_results(results_csv: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _eps_label(eps: float) -> str:
+def eps_label(eps: float) -> str:
     """0 -> '0'; multiples of 1/255 below 0.1 -> 'k/255'; else the number."""
     k = eps * 255
     if eps == 0:
@@ -162,7 +162,7 @@ def plot_robustness(results_csv: str | Path, out_png: str | Path, title: str | N
                     ax.plot([p[0] for p in pts], [p[1] for p in pts], "--" if adaptive else "-", marker="o", ms=3.5,
                             lw=1.6, color=colors[defense], label=defense + (" (adaptive)" if adaptive else ""))
         ax.set_title(attack, fontsize=10)
-        ax.set_xticks(eps_values, [_eps_label(e) for e in eps_values], fontsize=8)
+        ax.set_xticks(eps_values, [eps_label(e) for e in eps_values], fontsize=8)
         ax.set_xlabel("ε (L∞, images in [0, 1])")
         ax.set_ylim(-2, 102)
         ax.grid(alpha=0.3)
