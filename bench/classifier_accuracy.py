@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rlab.classifier import EvalConfig, TrainConfig, evaluate, train  # noqa: E402
-from rlab.runs import RunDir, atomic_write_bytes, atomic_write_text, read_json  # noqa: E402
+from rlab.runs import RunDir, atomic_write_text, read_json  # noqa: E402
 
 TASKS = {
     "mnist": dict(label="MNIST-5k", dataset="mnist5k", model="mnist_cnn", target=0.98, budget_s=60.0),
@@ -68,10 +68,9 @@ def run_task(name: str, epochs: int, args: argparse.Namespace) -> tuple[list[dic
 
 
 def plot(curve: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from rlab.plots import save_figure
 
     tasks = sorted({c["task"] for c in curve})
     fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
@@ -84,11 +83,7 @@ def plot(curve: list[dict], path: Path) -> None:
         ax.set(xlabel="training wall time (s, 2-core CPU)", ylabel="test accuracy", title=task)
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path)
 
 
 def main() -> None:

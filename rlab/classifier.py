@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import io
 import math
 import time
 from dataclasses import dataclass
@@ -202,12 +201,9 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
 
 
 def _plot_learning_curve(rows: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from rlab.runs import atomic_write_bytes
+    from rlab.plots import save_figure
 
     epochs = [r["epoch"] for r in rows]
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
@@ -220,11 +216,7 @@ def _plot_learning_curve(rows: list[dict], path: Path, title: str) -> None:
     for ax in (ax_acc, ax_loss):
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path)
 
 
 def _adversarial_trainer(cfg: TrainConfig):
