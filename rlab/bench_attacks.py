@@ -166,7 +166,8 @@ def transfer_matrix(victim, x, y, surrogate_dirs: list[str], attack_names: list[
     for d in surrogate_dirs:
         m, opts = load_classifier(d, device)
         surrogates.append(m)
-        names.append(f"{opts['model']} ({Path(d).name.split('__')[-1][:15]})")
+        name = f"{opts['model']} ({Path(d).name.split('__')[-1][:15]})"
+        names.append(name if name not in names else f"{name} #{len(names) + 1}")
     sources = [("victim (white-box)", victim)] + list(zip(names, surrogates))
     if len(surrogates) > 1:
         sources.append(("ensemble of surrogates", attacks.Ensemble(surrogates)))
@@ -218,7 +219,7 @@ def plot_transfer(sources: list[str], attack_names: list[str], acc: np.ndarray, 
 
     from rlab.plots import save_figure
 
-    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(attack_names), 1.2 + 0.55 * len(sources)), dpi=120)
+    fig, ax = plt.subplots(figsize=(4.8 + 1.3 * len(attack_names), 1.8 + 0.55 * len(sources)), dpi=120)
     im = ax.imshow(100 * acc, cmap="viridis", vmin=0, vmax=100, aspect="auto")
     ax.set_xticks(range(len(attack_names)), attack_names)
     ax.set_yticks(range(len(sources)), sources, fontsize=8)
@@ -227,7 +228,7 @@ def plot_transfer(sources: list[str], attack_names: list[str], acc: np.ndarray, 
             ax.text(j, i, f"{100 * acc[i, j]:.0f}%", ha="center", va="center", color="w" if acc[i, j] < 0.6 else "k", fontsize=8)
     ax.set_xlabel("attack")
     ax.set_ylabel("model the attack is crafted on")
-    ax.set_title(f"Victim accuracy under transfer, ε={eps:.4g} (lower: better transfer)", fontsize=9)
+    ax.set_title(f"Victim accuracy under transfer, ε={eps:.4g}\n(lower: the attack transfers better)", fontsize=9)
     fig.colorbar(im, ax=ax, label="victim accuracy (%)")
     return save_figure(fig, out)
 

@@ -1,6 +1,7 @@
 """`rlab bench attacks` on a tiny trained classifier: the results table and its errors."""
 
 import csv
+import json
 
 import pytest
 
@@ -54,3 +55,16 @@ def test_bad_input_is_one_line_exit_2(tiny_classifier, runs_root, capsys, args, 
 def test_missing_classifier_folder(runs_root, tmp_path, capsys):
     assert main(["bench", "attacks", "--classifier", str(tmp_path / "nope")]) == 2
     assert "not a run folder" in capsys.readouterr().err
+
+
+def test_transfer_from_surrogates_writes_a_heat_map(tiny_classifier, runs_root, capsys):
+    """Crafting on a surrogate identical to the victim transfers exactly as well as the white-box attack."""
+    assert main(["bench", "attacks", "--classifier", str(tiny_classifier), "--surrogates",
+                 f"{tiny_classifier},{tiny_classifier}", "--attacks", "fgsm", "--defenses", "none",
+                 "--eps", "0,0.2", "--n", "20", "--gallery", "0", "--device", "cpu"]) == 0
+    (bench,) = (runs_root / "bench").iterdir()
+    transfer = json.loads((bench / "summary.json").read_text())["transfer"]
+    assert len(transfer) == 4  # victim, two surrogates, their ensemble
+    white_box, *others = [row["fgsm"] for row in transfer.values()]
+    assert all(a == white_box for a in others)
+    assert (bench / "transfer.png").is_file() and "## Transfer (black-box)" in (bench / "report.md").read_text()
