@@ -44,7 +44,8 @@ def _top_help() -> str:
     return "\n".join(lines)
 
 
-def _split_command(argv: list[str]) -> tuple[str | None, list[str]]:
+def split_command(argv: list[str]) -> tuple[str | None, list[str]]:
+    """(subcommand name, its arguments) for argv, or (None, argv) when argv names no subcommand."""
     if not argv:
         return None, argv
     if len(argv) >= 2 and f"{argv[0]} {argv[1]}" in COMMANDS:
@@ -56,7 +57,7 @@ def _split_command(argv: list[str]) -> tuple[str | None, list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    name, rest = _split_command(argv)
+    name, rest = split_command(argv)
     if name is None:
         if not argv or argv[0] in ("-h", "--help"):
             print(_top_help())

@@ -80,7 +80,7 @@ from pathlib import Path
 from typing import Any
 
 from rlab import runs
-from rlab.cli import COMMANDS, GROUPS, _split_command
+from rlab.cli import COMMANDS, GROUPS, split_command
 from rlab.config import add_config_arguments, check, opt
 from rlab.errors import PartialFailure, UserError, unknown_name
 from rlab.runs import RunDir, read_json, write_json
@@ -215,7 +215,7 @@ class _RaisingParser(argparse.ArgumentParser):
 
 def cell_command(argv: list[str]) -> tuple[str, type, list[str]]:
     """(subcommand, its config class, the remaining argv) of a cell's command line."""
-    name, rest = _split_command(list(argv))
+    name, rest = split_command(list(argv))
     if name is None:
         if not argv:
             raise UserError("the base command is empty; give --base \"train ...\" or a base in the TOML file")

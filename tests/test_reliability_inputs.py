@@ -33,7 +33,7 @@ from PIL import Image
 
 import attacks
 import defenses
-from rlab.cli import COMMANDS, _Parser, _split_command, main
+from rlab.cli import COMMANDS, _Parser, split_command, main
 from rlab.config import add_config_arguments, config_from_namespace
 from rlab.data import load_dataset
 from rlab.errors import UserError
@@ -182,7 +182,7 @@ def test_bad_command_lines_print_one_line_and_exit_2(line, fragment, trained, ru
     assert config_count(runs_root) == before, "a user error left a run folder behind"
     TALLY["argv"] += 1
 
-    name, rest = _split_command(argv)
+    name, rest = split_command(argv)
     if fragment == PARSE or name is None:
         return
     module_name, cls_name, fn_name, _ = COMMANDS[name]
