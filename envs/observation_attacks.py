@@ -21,6 +21,21 @@ right, ...): the flipped agent dithers too. "pgd-timed" attacks only the steps w
 is sure of its action (Lin et al., 2017, "Tactics of Adversarial Attack on Deep Reinforcement
 Learning Agents", strategically-timed attack), which is where a wrong action costs.
 `uniform_noise` is the baseline of the same size: delta uniform in the ball.
+
+"pgd-worst" is the attack that makes a *consistent* error: the attacks package's PGD, targeted at
+the env's worst action a_w(s) instead of "anything but a*" (Pattanaik et al., 2018, "Robust Deep
+Reinforcement Learning with Adversarial Attacks", target the action of lowest Q; Lin et al., 2017,
+and Hussenot et al., 2019, "Targeted Attacks on Deep Reinforcement Learning Agents through
+Adversarial Observations", argue for targets over untargeted flips). The worst action comes from
+the env's physics (WORST_ACTIONS); for CartPole it is the push that tips the pole further over,
+a_w = push right when the pole leans left (theta < 0), else push left. Where the agent already
+takes a_w the observation is left alone. Why untargeted flips are weak here, measured on PPO
+agents (`rlab train --algo ppo --env CartPole-v1`, seeds 0-2, 20 episodes): untargeted PGD also
+flips the agent's *destabilising* dithers into stabilising pushes, so it returns 500 at eps 0.02
+on two of three agents (and is non-monotone in eps on the third: 283 at 0.01, 500 at 0.02), while
+pgd-worst at eps 0.0175 drops the pole within 13-83 steps on all three; fixed targets ("always
+push left") only hurt some agents (a trained agent is not symmetric), and "push the cart away from
+the centre" (the track edge as the lure) is about as strong as pgd-worst.
 """
 
 from __future__ import annotations
@@ -35,7 +50,16 @@ import torch
 import torch.nn as nn
 from torch.distributions import Categorical, Distribution
 
-OBSERVATION_ATTACKS = ("none", "random", "fgsm", "pgd", "pgd-timed")
+OBSERVATION_ATTACKS = ("none", "random", "fgsm", "pgd", "pgd-timed", "pgd-worst")
+
+
+def cartpole_worst_action(obs: torch.Tensor) -> torch.Tensor:
+    """CartPole's worst push: away from the side the pole leans to (1 = right when theta < 0, else 0 = left)."""
+    return (obs[:, 2] < 0).long()
+
+
+# Per env family: obs (N, d) -> the action (N,) that does the most harm, from the env's physics.
+WORST_ACTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"CartPole": cartpole_worst_action}
 
 # Per-dimension scale of observation dimensions whose observation space is unbounded:
 # 2 * max |value| over 20,000 random-policy steps (seed 0), rounded up.
@@ -48,6 +72,15 @@ def _env_family(env_id: str) -> str:
     """'CartPole-v1' and 'rlab/TorchCartPole-v1' -> 'CartPole'."""
     name = env_id.split("/")[-1].split("-v")[0]
     return name[len("Torch"):] if name.startswith("Torch") else name
+
+
+def worst_action_rule(env_id: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The target rule of "pgd-worst" for `env_id`: obs (N, d) -> int64 actions (N,)."""
+    family = _env_family(env_id)
+    if family not in WORST_ACTIONS:
+        raise ValueError(f"attack 'pgd-worst' needs a worst-action rule for {env_id}; known env families: "
+                         f"{', '.join(sorted(WORST_ACTIONS))} (use pgd or pgd-timed on other envs)")
+    return WORST_ACTIONS[family]
 
 
 @functools.lru_cache(maxsize=None)
@@ -123,8 +156,10 @@ def _attack_seed(generator: torch.Generator | None) -> int | None:
 
 
 def _attack_categorical(policy, obs: torch.Tensor, eps: float, method: str, scale: torch.Tensor, steps: int,
-                        generator: torch.Generator | None) -> torch.Tensor:
-    """Untargeted FGSM / PGD of the attacks package against the clean greedy action a*, in z = s / scale."""
+                        generator: torch.Generator | None,
+                        worst_action: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """FGSM / PGD of the attacks package in z = s / scale: untargeted against the clean greedy action a*,
+    or ("pgd-worst") targeted at worst_action(s) on the observations where a* is not already that action."""
     import attacks
 
     with torch.no_grad():
@@ -134,8 +169,19 @@ def _attack_categorical(policy, obs: torch.Tensor, eps: float, method: str, scal
         attack = attacks.FGSM(bounds=None, seed=seed)
     else:
         attack = attacks.PGD(steps=steps, rel_stepsize=2.5 / steps, bounds=None, seed=seed)
-    result = attack(_ScaledPolicyLogits(policy, scale), obs / scale, clean_action, eps=eps)
-    return result.x_adv.detach() * scale
+    model = _ScaledPolicyLogits(policy, scale)
+    if method != "pgd-worst":
+        return attack(model, obs / scale, clean_action, eps=eps).x_adv.detach() * scale
+    target = torch.as_tensor(worst_action(obs), device=obs.device).long()
+    if target.shape != clean_action.shape:
+        raise ValueError(f"worst_action must return one action per observation, shape {tuple(clean_action.shape)}, "
+                         f"got {tuple(target.shape)}")
+    todo = target != clean_action
+    x_adv = obs.clone()
+    if todo.any():
+        result = attack(model, obs[todo] / scale, clean_action[todo], eps=eps, target=target[todo])
+        x_adv[todo] = result.x_adv.detach() * scale
+    return x_adv
 
 
 def _signed_gradient_ascent(loss_fn: Callable[[torch.Tensor], torch.Tensor], obs: torch.Tensor, start: torch.Tensor,
@@ -161,7 +207,8 @@ def _attack_gaussian(policy, obs: torch.Tensor, eps: float, method: str, scale: 
 
 def perturb_observations(policy: Callable[[torch.Tensor], Distribution], obs: torch.Tensor, eps: float,
                          method: str, scale: torch.Tensor, steps: int = 10,
-                         generator: torch.Generator | None = None, confidence: float = 0.8) -> torch.Tensor:
+                         generator: torch.Generator | None = None, confidence: float = 0.8,
+                         worst_action: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """Adversarial observations s' with |s' - s| <= eps * scale per dimension (Huang et al., 2017).
 
     Args:
@@ -170,11 +217,13 @@ def perturb_observations(policy: Callable[[torch.Tensor], Distribution], obs: to
         eps: radius as a fraction of each dimension's scale (>= 0).
         method: "pgd", "fgsm", "random" (uniform in the ball), "none" (unchanged), or "pgd-timed":
             PGD only where the agent is sure, max_a pi(a | s) >= confidence (the strategically-timed
-            attack of Lin et al., 2017; discrete policies only).
+            attack of Lin et al., 2017; discrete policies only), or "pgd-worst": PGD targeted at
+            worst_action(s) (discrete policies only).
         scale: (d,) per-dimension scale, e.g. observation_scale(env_id).
         steps: PGD iterations.
         generator: torch RNG for the random baseline and the Gaussian random start.
         confidence: threshold of "pgd-timed".
+        worst_action: target rule of "pgd-worst", obs (N, d) -> int64 actions (N,), e.g. worst_action_rule(env_id).
 
     Returns a detached tensor of obs's shape, dtype and device. Parameter gradients are untouched.
     """
@@ -190,6 +239,8 @@ def perturb_observations(policy: Callable[[torch.Tensor], Distribution], obs: to
     scale = torch.as_tensor(scale, dtype=obs.dtype, device=obs.device)
     if scale.shape != obs.shape[1:]:
         raise ValueError(f"scale must have shape ({obs.shape[1]},) to match obs, got {tuple(scale.shape)}")
+    if method == "pgd-worst" and not callable(worst_action):
+        raise ValueError("method 'pgd-worst' needs worst_action=obs -> target actions, e.g. worst_action_rule(env_id)")
     if method == "none" or eps == 0:
         return obs.detach().clone()
     if method == "random":
@@ -199,11 +250,11 @@ def perturb_observations(policy: Callable[[torch.Tensor], Distribution], obs: to
         with torch.no_grad():
             dist = policy(obs)
         if isinstance(dist, Categorical):
-            x_adv = _attack_categorical(policy, obs, eps, method, scale, steps, generator)
+            x_adv = _attack_categorical(policy, obs, eps, method, scale, steps, generator, worst_action)
             if method == "pgd-timed":
                 x_adv = torch.where(dist.probs.amax(-1, keepdim=True) >= confidence, x_adv, obs)
-        elif method == "pgd-timed":
-            raise ValueError("method 'pgd-timed' needs a discrete (Categorical) policy; use 'pgd' for Gaussian ones")
+        elif method in ("pgd-timed", "pgd-worst"):
+            raise ValueError(f"method {method!r} needs a discrete (Categorical) policy; use 'pgd' for Gaussian ones")
         elif hasattr(dist, "mean"):
             x_adv = _attack_gaussian(policy, obs, eps, method, scale, steps, generator)
         else:

@@ -1,6 +1,7 @@
 """Gymnasium wrappers that perturb what a policy observes (Huang et al., 2017).
 
     AdversarialObservation(env, policy, eps, method)   s -> FGSM / PGD s' that pushes `policy` off its action
+                                                        (or, "pgd-worst", onto the env's worst action)
     RandomObservationNoise(env, eps)                    s -> s + uniform noise in the same ball (the baseline)
 
 Both perturb within |s' - s|_i <= eps * scale_i (scale: envs.observation_scale of the env id), clip
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 from torch.distributions import Distribution
 
-from envs.observation_attacks import observation_scale, perturb_observations
+from envs.observation_attacks import observation_scale, perturb_observations, worst_action_rule
 
 
 def _scale_for(env: gymnasium.Env, scale: torch.Tensor | np.ndarray | None) -> torch.Tensor:
@@ -39,8 +40,9 @@ class _PerturbedObservation(gymnasium.ObservationWrapper):
 
     method = "random"
 
-    def __init__(self, env: gymnasium.Env, eps: float, scale=None, policy=None, steps: int = 10):
+    def __init__(self, env: gymnasium.Env, eps: float, scale=None, policy=None, steps: int = 10, worst_action=None):
         super().__init__(env)
+        self.worst_action = worst_action
         _check_box(env)
         if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not np.isfinite(eps) or eps < 0:
             raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
@@ -61,7 +63,7 @@ class _PerturbedObservation(gymnasium.ObservationWrapper):
     def observation(self, observation: np.ndarray) -> np.ndarray:
         obs = torch.as_tensor(np.asarray(observation, dtype=np.float32), device=self.device)[None]
         perturbed = perturb_observations(self.policy, obs, self.eps, self.method, self.scale.to(self.device),
-                                         steps=self.steps, generator=self._generator)
+                                         steps=self.steps, generator=self._generator, worst_action=self.worst_action)
         space = self.observation_space
         return np.clip(perturbed[0].cpu().numpy(), space.low, space.high).astype(space.dtype)
 
@@ -73,21 +75,29 @@ class AdversarialObservation(_PerturbedObservation, gymnasium.utils.RecordConstr
         env: a Gymnasium env with a flat Box observation space.
         policy: obs (N, d) tensor -> torch.distributions.Distribution (the attacked agent).
         eps: radius as a fraction of each dimension's scale.
-        method: "fgsm" or "pgd".
+        method: "fgsm", "pgd" or "pgd-worst" (PGD targeted at the env's worst action, discrete policies).
         scale: per-dimension scale; default observation_scale(env.spec.id).
         steps: PGD iterations.
+        worst_action: target rule of "pgd-worst"; default worst_action_rule(env.spec.id).
     """
 
+    METHODS = ("fgsm", "pgd", "pgd-worst")
+
     def __init__(self, env: gymnasium.Env, policy: Callable[[torch.Tensor], Distribution], eps: float,
-                 method: str = "pgd", scale=None, steps: int = 10):
-        if method not in ("fgsm", "pgd"):
-            raise ValueError(f"method must be 'fgsm' or 'pgd', got {method!r}")
+                 method: str = "pgd", scale=None, steps: int = 10, worst_action=None):
+        if method not in self.METHODS:
+            raise ValueError(f"method must be one of {', '.join(self.METHODS)}, got {method!r}")
+        if method == "pgd-worst" and worst_action is None:
+            if env.spec is None:
+                raise ValueError("this env has no spec id to look its worst action up; pass worst_action=... explicitly")
+            worst_action = worst_action_rule(env.spec.id)
         if not callable(policy):
             raise TypeError(f"policy must be callable obs -> distribution, got {type(policy).__name__}")
         gymnasium.utils.RecordConstructorArgs.__init__(self, policy=policy, eps=eps, method=method, scale=scale,
-                                                       steps=steps, _disable_deepcopy=True)
+                                                       steps=steps, worst_action=worst_action, _disable_deepcopy=True)
         self.method = method
-        _PerturbedObservation.__init__(self, env, eps, scale=scale, policy=policy, steps=steps)
+        _PerturbedObservation.__init__(self, env, eps, scale=scale, policy=policy, steps=steps,
+                                       worst_action=worst_action)
 
 
 class RandomObservationNoise(_PerturbedObservation, gymnasium.utils.RecordConstructorArgs):

@@ -9,6 +9,8 @@ replaced by
     fgsm     one signed-gradient step pushing pi off its clean greedy action
     pgd      `--pgd-steps` projected steps of the same
     pgd-timed  pgd only on steps where the agent is sure, max_a pi(a|s) >= 0.8 (Lin et al., 2017)
+    pgd-worst  pgd targeted at the env's worst action (CartPole: tip the pole further over), a consistent
+               error instead of a flip (Pattanaik et al., 2018; see envs.observation_attacks)
 
 with scale = envs.observation_scale(env). Several run folders (e.g. a plain and an
 adversarially trained agent, `rlab train --adv-obs pgd --adv-eps E`) share one plot.
@@ -31,10 +33,11 @@ import torch
 from torch.distributions import Categorical, Distribution
 
 from rlab.config import check, opt
+from rlab.errors import UserError
 from rlab.runs import RunDir, atomic_write_text
 from rlab.runtime import resolve_device, seed_everything, set_threads
 
-METHODS = ("none", "random", "fgsm", "pgd", "pgd-timed")
+METHODS = ("none", "random", "fgsm", "pgd", "pgd-timed", "pgd-worst")
 
 
 @dataclass
@@ -99,9 +102,13 @@ def episode_returns(policy: Callable[[torch.Tensor], Distribution], env_id: str,
 def attack_curve(policy, env_id: str, eps_list: list[float], methods: list[str], episodes: int, seed: int,
                  pgd_steps: int, device: torch.device) -> list[dict[str, Any]]:
     """One row per (method, eps): mean, std, min and max return over the episodes."""
-    from envs.observation_attacks import observation_scale, perturb_observations
+    from envs.observation_attacks import observation_scale, perturb_observations, worst_action_rule
 
     scale = observation_scale(env_id).to(device)
+    try:
+        worst_action = worst_action_rule(env_id) if "pgd-worst" in methods else None
+    except ValueError as e:
+        raise UserError(str(e)) from None
     generator = torch.Generator(device=device)
     rows, clean = [], None
     for method in methods:
@@ -109,7 +116,8 @@ def attack_curve(policy, env_id: str, eps_list: list[float], methods: list[str],
             generator.manual_seed(seed)
             returns = episode_returns(
                 policy, env_id, episodes, seed,
-                lambda obs: perturb_observations(policy, obs, eps, method, scale, steps=pgd_steps, generator=generator),
+                lambda obs: perturb_observations(policy, obs, eps, method, scale, steps=pgd_steps, generator=generator,
+                                                 worst_action=worst_action),
                 device)
             stats = {"mean_return": float(returns.mean()), "std_return": float(returns.std()),
                      "min_return": float(returns.min()), "max_return": float(returns.max())}
@@ -140,7 +148,8 @@ def plot_curves(rows: list[dict[str, Any]], out_png: Path, title: str) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = {"none": "black", "random": "tab:green", "fgsm": "tab:orange", "pgd": "tab:red", "pgd-timed": "tab:purple"}
+    colours = {"none": "black", "random": "tab:green", "fgsm": "tab:orange", "pgd": "tab:red", "pgd-timed": "tab:purple",
+               "pgd-worst": "tab:brown"}
     styles = ["-", "--", ":", "-."]
     labels = list(dict.fromkeys(r["label"] for r in rows))
     fig, ax = plt.subplots(figsize=(7, 4.5))

@@ -33,7 +33,7 @@ from rlab.presets import PRESET_FIELDS, preset
 from rlab.runs import RunDir, rng_state, set_rng_state, utc_stamp, write_json
 from rlab.runtime import resolve_device, seed_everything, set_threads
 
-ADV_OBS = ("none", "fgsm", "pgd")
+ADV_OBS = ("none", "fgsm", "pgd", "pgd-worst")
 
 
 @dataclass
@@ -476,10 +476,15 @@ def _restore(checkpoint: dict[str, Any], path: Path, agent: ActorCritic, optimiz
 
 
 def _observation_attack(cfg: TrainConfig, agent: ActorCritic, device: torch.device):
-    from envs.observation_attacks import observation_scale, perturb_observations
+    from envs.observation_attacks import observation_scale, perturb_observations, worst_action_rule
 
     scale = observation_scale(cfg.env).to(device)
-    return lambda obs: perturb_observations(agent, obs, eps=cfg.adv_eps, method=cfg.adv_obs, scale=scale)
+    try:
+        worst_action = worst_action_rule(cfg.env) if cfg.adv_obs == "pgd-worst" else None
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    return lambda obs: perturb_observations(agent, obs, eps=cfg.adv_eps, method=cfg.adv_obs, scale=scale,
+                                            worst_action=worst_action)
 
 
 def _progress(cfg: TrainConfig, initial: int, name: str):

@@ -75,3 +75,14 @@ def test_cli_end_to_end_on_a_tiny_trained_agent(runs_root, capsys):
     summary = json.loads((folder / "summary.json").read_text())
     assert summary[run_dir]["label"] == "ppo"
     assert main(["bench", "rl-attack", str(runs_root / "missing"), "--eps", "0.1"]) == 2
+
+
+def test_worst_action_attack_runs_in_the_curve_and_needs_a_rule_for_the_env():
+    rows = attack_curve(balancing_policy, "CartPole-v1", [0.0, 0.05], ["none", "pgd-worst"], episodes=2, seed=0,
+                        pgd_steps=3, device=torch.device("cpu"))
+    got = {(r["method"], r["eps"]): r["mean_return"] for r in rows}
+    assert got["pgd-worst", 0.0] == 500 and got["pgd-worst", 0.05] < 500
+    assert RLAttackConfig(run_dir="x", methods=["none", "pgd-worst"]).methods == ["none", "pgd-worst"]
+    with pytest.raises(UserError, match="worst-action rule for Acrobot-v1"):
+        attack_curve(balancing_policy, "Acrobot-v1", [0.1], ["pgd-worst"], episodes=1, seed=0, pgd_steps=1,
+                     device=torch.device("cpu"))

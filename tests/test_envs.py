@@ -238,3 +238,63 @@ def test_timed_pgd_attacks_only_where_the_agent_is_sure():
     _, gauss = gaussian_policy()
     with pytest.raises(ValueError, match="Categorical"):
         envs.perturb_observations(gauss, obs, 0.05, "pgd-timed", scale)
+
+
+def test_worst_action_pgd_steers_the_agent_onto_the_worst_action_and_leaves_the_rest():
+    obs = rollout_observations(400)
+    scale = envs.observation_scale("CartPole-v1")
+    worst = envs.observation_attacks.worst_action_rule("rlab/TorchCartPole-v1")
+    target = worst(obs)
+    assert torch.equal(target, (obs[:, 2] < 0).long()), "CartPole's worst push is away from the pole's lean"
+    clean = linear_policy(obs).logits.argmax(-1)
+    already = clean == target
+    assert 0 < already.sum() < len(obs)
+
+    def on_target(method):
+        x = envs.perturb_observations(linear_policy, obs, 0.02, method, scale, generator=torch.Generator().manual_seed(0),
+                                      worst_action=worst)
+        assert ((x - obs).abs() <= 0.02 * scale * (1 + 1e-5) + 1e-7).all()
+        return x, (linear_policy(x).logits.argmax(-1) == target).float().mean().item()
+
+    x_worst, worst_rate = on_target("pgd-worst")
+    _, random_rate = on_target("random")
+    _, pgd_rate = on_target("pgd")
+    assert torch.equal(x_worst[already], obs[already]), "where the agent already errs, nothing is perturbed"
+    assert worst_rate >= already.float().mean().item() + 0.1
+    assert worst_rate > random_rate + 0.1
+    assert worst_rate > pgd_rate, "untargeted flips also turn the agent's own errors into good pushes"
+
+
+def test_worst_action_pgd_validates_its_inputs():
+    obs = rollout_observations(50)
+    scale = envs.observation_scale("CartPole-v1")
+    with pytest.raises(ValueError, match="worst_action"):
+        envs.perturb_observations(linear_policy, obs, 0.05, "pgd-worst", scale)
+    with pytest.raises(ValueError, match="worst-action rule for Pendulum-v1.*CartPole"):
+        envs.observation_attacks.worst_action_rule("Pendulum-v1")
+    with pytest.raises(ValueError, match="one action per observation"):
+        envs.perturb_observations(linear_policy, obs, 0.05, "pgd-worst", scale, worst_action=lambda o: torch.zeros(3))
+    _, gauss = gaussian_policy()
+    with pytest.raises(ValueError, match="Categorical"):
+        envs.perturb_observations(gauss, obs, 0.05, "pgd-worst", scale, worst_action=lambda o: o[:, 0].long())
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_worst_action_wrapper_passes_the_env_checker_and_errs_consistently():
+    check_env(envs.AdversarialObservation(gym.make("CartPole-v1"), linear_policy, 0.05, "pgd-worst"),
+              skip_render_check=True)
+    env = envs.AdversarialObservation(gym.make("CartPole-v1"), linear_policy, 0.05, "pgd-worst")
+    obs, _ = env.reset(seed=0)
+    steered = 0
+    for _ in range(200):
+        clean = env.unwrapped.state.astype(np.float32)
+        worst = int(clean[2] < 0)
+        if greedy(clean[None])[0] == worst:
+            assert np.allclose(obs, clean), "where the agent already errs, the wrapper leaves the observation alone"
+        steered += greedy(clean[None])[0] != worst and greedy(obs[None])[0] == worst
+        obs, _, terminated, truncated, _ = env.step(int(greedy(obs[None])[0]))
+        if terminated or truncated:
+            obs, _ = env.reset()
+    assert steered > 50
+    with pytest.raises(ValueError, match="worst-action rule"):
+        envs.AdversarialObservation(gym.make("Pendulum-v1"), linear_policy, 0.05, "pgd-worst")
