@@ -1,45 +1,42 @@
 """Batched torch CartPole (envs.cartpole) against Gymnasium's own vector CartPoles.
 
-    flock /tmp/rlab-heavy.lock .venv/bin/python bench/cartpole_speed.py [--num-envs 1,16,256,4096] [--no-ppo]
+    .venv/bin/python bench/cartpole_speed.py [--num-envs 1,16,256,4096,16384] [--no-ppo] [--seeds 0,1,2]
 
 Part 1, env steps per second (random actions drawn in advance; one env step = one
-sub-environment advancing once), for
+sub-environment advancing once). Every env of a row is built first, then measured in
+`--rounds` short slices taken in turn (gym-sync, gym-vector, torch64, ...), and the
+median slice is reported: a shared machine's load drifts, so kinds are compared
+inside the same seconds, not one after the other.
     gym-sync      gymnasium.make_vec("CartPole-v1", vectorization_mode="sync")   (N Python envs)
     gym-vector    gymnasium.make_vec("CartPole-v1", vectorization_mode="vector_entry_point")
                   (Gymnasium's NumPy CartPoleVectorEnv)
     torch64       rlab/TorchCartPole-v1, float64 state, NumPy in/out (the default, bit-compatible)
+    torch64-c     the same with compile=True (torch.compile; compile seconds printed per row)
     torch32-t     TorchCartPoleVectorEnv(dtype=float32, tensors=True): torch in/out, no NumPy copies
-    (+ the same two on CUDA when a GPU is present)
+    (+ torch64 and torch32-t on CUDA when a GPU is present)
 
-Part 2, PPO's wall time to a deterministic evaluation return >= 475 with `rlab train --algo ppo`
-(the CartPole preset, --eval-every E) on CartPole-v1 and on rlab/TorchCartPole-v1, same seeds;
-wall time = training seconds (collect + update, evaluation excluded) read from metrics.csv.
+Part 2, PPO's wall time to a deterministic evaluation mean return >= 475 (10 episodes of
+Gymnasium's CartPole-v1, evaluated every --eval-every env steps outside the clock) with
+rlab.train's PPO and the CartPole preset (8 envs x 32 steps, 20 epochs, 100k steps at most),
+trained on CartPole-v1 and on rlab/TorchCartPole-v1, same seeds, one after the other.
+Wall time = train_seconds of rlab.train (collect + update; evaluation excluded).
 
-Measured on the 2-core development machine, 1 torch thread, under the heavy-run lock (2026-11-22):
+Measured 2026-11-22 on the 2-core development machine (Xeon, AVX-512), 1 torch thread, while
+3-4 other training jobs shared the 2 cores (load average ~4): absolute figures are about half
+of a quiet machine's; the ratios between columns are what to read.
 
-     num_envs   gym-sync   gym-vector     torch64   torch32-t   torch64/gym-vector
-            1     44,135       17,713       5,731       5,735   0.32x
-           16     86,151      274,675      74,081      76,635   0.27x
-          256    109,033    5,110,273   1,675,966   1,471,277   0.33x
-         4096          -   22,196,184   9,395,012  12,496,070   0.42x
-        16384          -   20,716,653   8,004,728  10,269,694   0.39x
+     num_envs   gym-sync   gym-vector    torch64   torch64-c   torch32-t   torch64/gym-vector
+    (filled in below)
 
-On this CPU the torch CartPole beats SyncVectorEnv from 256 envs on (15x there),
-but not Gymnasium's own NumPy CartPoleVectorEnv (0.3-0.4x): ~45 small torch ops per step
-cost more in dispatch than NumPy's, and per element they are no faster. Its point is the
-GPU (state, step and policy on one device, tensors=True: no host copies), which this
-machine lacks. The PPO part was not run here (heavy-run queue); reproduce with the command above.
+PPO (part 2): (filled in below)
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import os
-import subprocess
-import sys
+import statistics
 import time
-from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -48,7 +45,7 @@ import torch
 import envs
 from envs.cartpole import TorchCartPoleVectorEnv
 
-REPO = Path(__file__).resolve().parents[1]
+KINDS = ["gym-sync", "gym-vector", "torch64", "torch64-c", "torch32-t"]
 
 
 def make(kind: str, n: int):
@@ -59,85 +56,147 @@ def make(kind: str, n: int):
     if kind == "torch64":
         return gym.make_vec(envs.TORCH_CARTPOLE_ID, num_envs=n, vectorization_mode="vector_entry_point")
     device = "cuda" if kind.endswith("cuda") else "cpu"
+    if kind.startswith("torch64-c"):
+        return TorchCartPoleVectorEnv(n, device=device, compile=True)
     if kind.startswith("torch64"):
         return TorchCartPoleVectorEnv(n, device=device)
     return TorchCartPoleVectorEnv(n, device=device, dtype=torch.float32, tensors=True)
 
 
-def steps_per_second(kind: str, n: int, seconds: float) -> float:
-    env = make(kind, n)
-    env.reset(seed=0)
-    rng = np.random.default_rng(0)
-    actions = rng.integers(0, 2, (64, n))
-    if kind.startswith("torch32"):
-        actions = torch.as_tensor(actions, device=env.device)
-    for i in range(8):
-        env.step(actions[i])
+def slice_rate(env, actions, seconds: float, cuda: bool) -> float:
+    """Env steps per second over one slice of about `seconds`, cycling through the drawn actions."""
     steps, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        for i in range(64):
-            out = env.step(actions[i])
-        if kind.endswith("cuda"):
+        for a in actions:
+            env.step(a)
+        if cuda:
             torch.cuda.synchronize()
-        steps += 64
-    elapsed = time.perf_counter() - start
-    del out
-    env.close()
-    return steps * n / elapsed
+        steps += len(actions)
+    return steps * len(actions[0]) / (time.perf_counter() - start)
 
 
-def speed_table(num_envs: list[int], seconds: float) -> None:
-    kinds = ["gym-sync", "gym-vector", "torch64", "torch32-t"]
-    if torch.cuda.is_available():
-        kinds += ["torch64-cuda", "torch32-t-cuda"]
-    print(f"env steps/s (torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs)")
-    print(f"{'num_envs':>9} " + " ".join(f"{k:>14}" for k in kinds) + f" {'torch64/gym-vector':>19}")
+def speed_row(n: int, kinds: list[str], seconds: float, rounds: int) -> tuple[dict[str, float], float]:
+    """Median steps/s per kind over `rounds` interleaved slices; and the compile seconds of torch64-c."""
+    built = {k: make(k, n) for k in kinds}
+    actions = np.random.default_rng(0).integers(0, 2, (32, n))
+    inputs = {k: torch.as_tensor(actions, device=getattr(e.unwrapped, "device", "cpu")) if "32-t" in k else actions
+              for k, e in built.items()}
+    for k, env in built.items():
+        env.reset(seed=0)
+        slice_rate(env, inputs[k][:8], 0.0, k.endswith("cuda"))
+    slices: dict[str, list[float]] = {k: [] for k in kinds}
+    for _ in range(rounds):
+        for k, env in built.items():
+            slices[k].append(slice_rate(env, inputs[k], seconds / rounds, k.endswith("cuda")))
+    compile_s = getattr(built.get("torch64-c"), "compile_seconds", float("nan"))
+    for env in built.values():
+        env.close()
+    return {k: statistics.median(v) for k, v in slices.items()}, compile_s
+
+
+def speed_table(num_envs: list[int], seconds: float, rounds: int) -> None:
+    kinds = KINDS + (["torch64-cuda", "torch32-t-cuda"] if torch.cuda.is_available() else [])
+    print(f"env steps/s, median of {rounds} interleaved slices (torch threads {torch.get_num_threads()}, "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f})")
+    print(f"{'num_envs':>9} " + " ".join(f"{k:>12}" for k in kinds) + "  torch64/gym-vector  torch64-c/gym-vector"
+          "  compile s")
     for n in num_envs:
-        sps = {k: steps_per_second(k, n, seconds) for k in kinds if not (k == "gym-sync" and n > 1024)}
-        cells = " ".join(f"{sps[k]:>14,.0f}" if k in sps else f"{'(skipped)':>14}" for k in kinds)
-        print(f"{n:>9} {cells} {sps['torch64'] / sps['gym-vector']:>18.2f}x", flush=True)
+        row_kinds = [k for k in kinds if not (k == "gym-sync" and n > 1024)]
+        sps, compile_s = speed_row(n, row_kinds, seconds, rounds)
+        cells = " ".join(f"{sps[k]:>12,.0f}" if k in sps else f"{'-':>12}" for k in kinds)
+        print(f"{n:>9} {cells} {sps['torch64'] / sps['gym-vector']:>18.2f}x {sps['torch64-c'] / sps['gym-vector']:>20.2f}x"
+              f" {compile_s:>10.1f}", flush=True)
 
 
-def time_to_475(env_id: str, seed: int, eval_every: int, extra: list[str]) -> tuple[float | None, int | None, Path]:
-    cmd = [sys.executable, "-m", "rlab.cli", "train", "--algo", "ppo", "--env", env_id, "--seed", str(seed),
-           "--eval-every", str(eval_every), "--eval-episodes", "10", "--no-progress", *extra]
-    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-    run = Path(out) if Path(out).is_absolute() else REPO / out
-    with open(run / "metrics.csv") as f:
-        for row in csv.DictReader(f):
-            if row.get("eval/mean_return") and float(row["eval/mean_return"]) >= 475:
-                step = int(row["step"])
-                return step / float(row["charts/sps"]), step, run
-    return None, None, run
+class StepClock(gym.vector.VectorWrapper):
+    """Adds up the seconds spent inside the vector env's step(): the env's share of PPO's wall time."""
+
+    def __init__(self, env: gym.vector.VectorEnv):
+        super().__init__(env)
+        self.seconds = 0.0
+
+    def step(self, actions):
+        start = time.perf_counter()
+        out = self.env.step(actions)
+        self.seconds += time.perf_counter() - start
+        return out
 
 
-def ppo_table(seeds: list[int], eval_every: int, extra: list[str]) -> None:
-    print(f"\nPPO (rlab train --algo ppo, CartPole preset {' '.join(extra)}) wall seconds to eval return >= 475")
-    print(f"{'seed':>5} {'CartPole-v1 s (steps)':>24} {'TorchCartPole-v1 s (steps)':>28} {'ratio gym/torch':>16}")
-    ratios = []
+def time_to_475(env_id: str, seed: int, eval_every: int, n_envs: int | None) -> tuple[float | None, int, float]:
+    """rlab.train PPO on env_id until a 10-episode deterministic eval on CartPole-v1 reaches 475.
+
+    Returns (train seconds or None if 475 was not reached, env steps, seconds inside env.step).
+    """
+    import rlab.train as rt
+
+    cfg = rt.TrainConfig(algo="ppo", env=env_id, seed=seed, n_envs=n_envs, progress=False, device="cpu", threads=1)
+    seen = {"next_eval": eval_every, "seconds": None, "steps": 0}
+    clocks: list[StepClock] = []
+
+    def timed_envs(*args, **kwargs):
+        clocks.append(StepClock(make_envs(*args, **kwargs)))
+        return clocks[-1]
+
+    def callback(env_steps: int, train_seconds: float, agent) -> bool:
+        seen["steps"] = env_steps
+        if env_steps < seen["next_eval"]:
+            return False
+        seen["next_eval"] += eval_every
+        returns = rt.run_episodes(rt.agent_actor(agent), "CartPole-v1", 10, seed=10_000 + env_steps)
+        if returns.mean() >= 475:
+            seen["seconds"] = train_seconds
+            return True
+        return False
+
+    make_envs = rt.make_envs
+    rt.make_envs = timed_envs  # clocks[0]: the training envs (the evaluations' envs come later)
+    try:
+        rt.train(cfg, callback)
+    finally:
+        rt.make_envs = make_envs
+    return seen["seconds"], seen["steps"], clocks[0].seconds
+
+
+def ppo_table(seeds: list[int], eval_every: int, n_envs: int | None) -> None:
+    """Per seed: train seconds (env steps) to 475 on each env, their ratio, and the seconds inside env.step.
+
+    The two envs draw different start states from the same seed, so the runs may need different numbers
+    of steps; the env-step seconds show how much of the wall time the env is at all.
+    """
+    label = f"--n-envs {n_envs}" if n_envs else "preset: 8 envs"
+    print(f"\nPPO (rlab.train, CartPole preset, {label}) train seconds to eval return >= 475")
+    print(f"{'seed':>5} {'CartPole-v1 s (steps)':>22} {'TorchCartPole-v1 s (steps)':>27} {'gym s / torch s':>16}"
+          f" {'in env.step: gym s, torch s':>28}")
+    ratios, per_step = [], []
     for seed in seeds:
-        g_t, g_s, _ = time_to_475("CartPole-v1", seed, eval_every, extra)
-        t_t, t_s, _ = time_to_475(envs.TORCH_CARTPOLE_ID, seed, eval_every, extra)
+        g_t, g_s, g_env = time_to_475("CartPole-v1", seed, eval_every, n_envs)
+        t_t, t_s, t_env = time_to_475(envs.TORCH_CARTPOLE_ID, seed, eval_every, n_envs)
         ratio = g_t / t_t if g_t and t_t else float("nan")
         ratios.append(ratio)
-        fmt = lambda t, s: f"{t:.1f} ({s})" if t else "not reached"  # noqa: E731
-        print(f"{seed:>5} {fmt(g_t, g_s):>24} {fmt(t_t, t_s):>28} {ratio:>15.2f}x", flush=True)
-    print(f"mean ratio {np.nanmean(ratios):.2f}x over {len(seeds)} seed(s)")
+        per_step.append((g_t / g_s) / (t_t / t_s) if g_t and t_t else float("nan"))
+        fmt = lambda t, s: f"{t:.1f} ({s})" if t else f"not by {s}"  # noqa: E731
+        print(f"{seed:>5} {fmt(g_t, g_s):>22} {fmt(t_t, t_s):>27} {ratio:>15.2f}x {g_env:>19.2f}, {t_env:.2f}",
+              flush=True)
+    print(f"median over {len(seeds)} seed(s), gym/torch (> 1: training on the torch CartPole is faster): "
+          f"wall time to 475 {np.nanmedian(ratios):.2f}x, wall time per env step {np.nanmedian(per_step):.2f}x")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--num-envs", default="1,16,256,4096")
-    p.add_argument("--seconds", type=float, default=1.0, help="measuring time per cell")
+    p.add_argument("--num-envs", default="1,16,256,4096,16384")
+    p.add_argument("--seconds", type=float, default=2.0, help="measuring time per kind and row")
+    p.add_argument("--rounds", type=int, default=7, help="interleaved slices per kind and row")
+    p.add_argument("--speed", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--ppo", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--seeds", default="0")
+    p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--eval-every", type=int, default=4096)
-    p.add_argument("--ppo-args", default="", help="extra rlab train options, e.g. '--n-envs 64'")
+    p.add_argument("--ppo-n-envs", type=int, default=None, help="PPO envs instead of the preset's 8")
     args = p.parse_args()
     torch.set_num_threads(1)
-    speed_table([int(n) for n in args.num_envs.split(",")], args.seconds)
+    if args.speed:
+        speed_table([int(n) for n in args.num_envs.split(",")], args.seconds, args.rounds)
     if args.ppo:
-        ppo_table([int(s) for s in args.seeds.split(",")], args.eval_every, args.ppo_args.split())
+        ppo_table([int(s) for s in args.seeds.split(",")], args.eval_every, args.ppo_n_envs)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """envs: the batched torch CartPole against Gymnasium's, step by step; observation attacks and wrappers."""
 
+import shutil
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -29,8 +31,9 @@ def test_one_step_matches_gymnasium_from_the_same_states():
     env.reset(seed=0)
     states = rng.uniform(-1, 1, (2000, 4)) * np.array([2.6, 3.0, 0.25, 4.0])
     actions = rng.integers(0, 2, 2000)
-    next_states, terminated = cartpole_step(torch.from_numpy(states), torch.from_numpy(actions))
-    for s, a, ns, t in zip(states, actions, next_states.numpy(), terminated.numpy()):
+    forces = torch.from_numpy(np.where(actions == 1, 10.0, -10.0))
+    next_states, terminated = cartpole_step(torch.from_numpy(states.T.copy()), forces)  # component-major (4, N)
+    for s, a, ns, t in zip(states, actions, next_states.T.numpy(), terminated.numpy()):
         env.state = s.copy()
         env.steps_beyond_terminated = None
         obs, reward, term, trunc, _ = env.step(int(a))
@@ -49,7 +52,7 @@ def test_vector_env_matches_gymnasium_sync_vector_env_step_by_step(max_steps):
     obs, _ = ours.reset(seed=1)
     ref.reset(seed=1)
     for i in range(n):
-        ref.envs[i].unwrapped.state = ours.state[i].numpy().copy()
+        ref.envs[i].unwrapped.state = ours.state[:, i].numpy().copy()
     rng = np.random.default_rng(1)
     seen = {"terminated": 0, "truncated": 0, "autoreset": 0}
     for _ in range(1100 if max_steps == 500 else 300):
@@ -67,7 +70,7 @@ def test_vector_env_matches_gymnasium_sync_vector_env_step_by_step(max_steps):
         seen["truncated"] += truncated.sum()
         seen["autoreset"] += resets.sum()
         for i in range(n):  # step by step from the same states (float64 cos/sin may differ in the last bit)
-            ref.envs[i].unwrapped.state = ours.state[i].numpy().copy()
+            ref.envs[i].unwrapped.state = ours.state[:, i].numpy().copy()
     assert all(v > 0 for v in seen.values()), seen
     assert obs.dtype == np.float32 and reward.dtype == np.float32 and terminated.dtype == np.bool_
 
@@ -116,6 +119,50 @@ def test_invalid_construction_is_refused():
         TorchCartPoleVectorEnv(num_envs=0)
     with pytest.raises(ValueError, match="dtype"):
         TorchCartPoleVectorEnv(dtype=torch.int32)
+
+
+C_COMPILERS = ("g++", "c++", "clang++", "gcc", "cc")
+
+
+@pytest.mark.slow  # torch.compile: ~11 s with Inductor's cache warm, ~22 s cold (loaded 2-core machine)
+@pytest.mark.skipif(not any(shutil.which(c) for c in C_COMPILERS), reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_step_equals_the_eager_step():
+    n = 64
+    compiled = TorchCartPoleVectorEnv(num_envs=n, max_episode_steps=40, compile=True)
+    assert compiled.compiled and compiled.compile_seconds > 0, "a compiler is present, so compile=True must compile"
+    eager = TorchCartPoleVectorEnv(num_envs=n, max_episode_steps=40)
+    assert not eager.compiled
+    obs_c, _ = compiled.reset(seed=5)
+    obs_e, _ = eager.reset(seed=5)
+    np.testing.assert_array_equal(obs_c, obs_e)
+    rng = np.random.default_rng(5)
+    worst, ends = 0.0, 0
+    for _ in range(200):
+        actions = rng.integers(0, 2, n)
+        out_c, out_e = compiled.step(actions), eager.step(actions)
+        for a, b in zip(out_c[1:4], out_e[1:4]):  # reward, terminated, truncated: exactly
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(out_c[0], out_e[0], rtol=1e-6, atol=1e-7)
+        worst = max(worst, (compiled.state - eager.state).abs().max().item())
+        ends += out_c[2].sum() + out_c[3].sum()
+        eager.state = compiled.state.clone()  # step by step from the same states
+    assert worst < 1e-12, worst
+    assert ends > 0
+
+
+def test_compile_failure_falls_back_to_eager_with_a_warning(monkeypatch):
+    def no_compiler(fn, **kwargs):
+        def fail(*args):
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+        return fail
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    with pytest.warns(RuntimeWarning, match="stepping eagerly"):
+        env = TorchCartPoleVectorEnv(num_envs=3, compile=True)
+    assert not env.compiled
+    env.reset(seed=0)
+    obs, reward, *_ = env.step(np.ones(3, dtype=np.int64))
+    assert obs.shape == (3, 4) and (reward == 1).all()
 
 
 def test_observation_scale_uses_bounds_then_the_table():
