@@ -22,13 +22,56 @@ trained on CartPole-v1 and on rlab/TorchCartPole-v1, same seeds, one after the o
 Wall time = train_seconds of rlab.train (collect + update; evaluation excluded).
 
 Measured 2026-11-22 on the 2-core development machine (Xeon, AVX-512), 1 torch thread, while
-3-4 other training jobs shared the 2 cores (load average ~4): absolute figures are about half
-of a quiet machine's; the ratios between columns are what to read.
+3-4 other training jobs shared the 2 cores (load average 4.3-5.0): absolute figures are about
+half of a quiet machine's and drift by 20-30% between runs; read the ratios inside a row.
 
-     num_envs   gym-sync   gym-vector    torch64   torch64-c   torch32-t   torch64/gym-vector
-    (filled in below)
+     num_envs   gym-sync   gym-vector    torch64   torch64-c   torch32-t   torch64/gym-vector  torch64-c/gym-vector
+            1     32,205       12,739      5,447       5,969       5,499   0.43x               0.47x  (compile 8.5 s)
+           16     40,928      150,348     42,578      54,086      46,270   0.28x               0.36x
+          256     41,853    1,608,824    536,369     506,876     497,860   0.33x               0.32x
+         4096          -    5,026,006  3,301,917   4,428,015   5,163,871   0.66x               0.88x
+        16384          -    8,871,464  8,383,228   8,225,441  14,414,755   0.94x               0.93x
+    (compile s after the first row: 0.3-0.5, Inductor's cache; a cold first compile took 10-45 s)
 
-PPO (part 2): (filled in below)
+The same day, this version against the one before it (commit bc6281d: (N, 4) state, Python-float
+constants), interleaved the same way (/tmp script, gym-vector / old / new only), steps/s:
+    num_envs 1: 4,936 -> 6,113 (1.24x)   16: 67,006 -> 93,951 (1.40x)   256: 865,288 -> 1,235,363 (1.43x)
+    4096: 4,342,444 -> 8,138,756 (1.87x)   16384: 5,315,325 -> 11,014,205 (2.07x)  (gym-vector 0.44-0.97x of new)
+What made it faster: a (4, N) state (contiguous rows; the (N, 4) columns were strided), 0-dim tensor
+constants (an op with a Python float wraps it, ~1 us), one stack-multiply-add for the integrator,
+termination as two row compares (any(0) over 2 rows cost ~200 us at 16384), int32 step counters,
+random draws only for the envs that ended. Still ~45 small torch ops a step: under ~1000 envs each op's
+~2 us of dispatch is more than NumPy's ~0.5 us, so Gymnasium's NumPy CartPoleVectorEnv stays 2-3x
+faster there; from 4096 envs on they are close, and float32 with tensor I/O (torch32-t) passes it
+at 16384 (1.6x). compile=True fuses the step into one C++ kernel, but on this machine that kernel
+(timed alone with Inductor's own benchmark: ~0.8 ms at 16384 envs) is no faster than the eager ops
+and each call pays ~40 us of guards, so it gains 0-30% at best; its point is a GPU (not measured here).
+
+PPO (part 2), `.venv/bin/python bench/cartpole_speed.py --no-speed --seeds 0,1,2,3,4,5,6,7,8,9`, same day, same load:
+
+     seed  CartPole-v1 s (steps)  TorchCartPole-v1 s (steps)  gym s / torch s  in env.step: gym s, torch s
+        0           11.9 (32768)                10.3 (32768)            1.15x                0.83, 0.99
+        1            5.1 (16384)                 6.8 (20480)            0.75x                0.31, 0.66
+        2            7.6 (20480)                 4.6 (12288)            1.66x                0.54, 0.52
+        3            5.1 (16384)                 7.8 (24576)            0.66x                0.37, 0.81
+        4             1.2 (4096)                 6.4 (20480)            0.18x                0.07, 0.60
+        5            5.2 (16384)                 9.3 (24576)            0.56x                0.32, 0.97
+        6            5.9 (16384)                 7.3 (20480)            0.81x                0.43, 0.81
+        7            7.6 (24576)                  3.3 (8192)            2.33x                0.45, 0.33
+        8            7.1 (20480)                10.1 (24576)            0.70x                0.50, 1.06
+        9             3.2 (8192)                 6.2 (16384)            0.51x                0.23, 0.67
+    median gym/torch: wall time to 475 0.73x (seeds 0,1,2 only: 1.15x), wall time per env step 0.97x
+    seeds 10-29 (--seeds 10,...,29): 0.94x and 0.95x. All 30 seeds: wall time to 475 0.83x, per env
+    step 0.96x; median steps to 475 16,384 (gym) and 20,480 (torch), torch needing more in 18 seeds,
+    fewer in 9, as many in 3 (Wilcoxon p = 0.28: no evidence the two learn differently; under a random
+    policy their episode lengths agree too, 21.87 vs 21.92 mean over ~34,600 episodes, KS p = 0.90).
+
+With the preset's 8 envs the env is 7% (gym) and 11% (torch) of PPO's wall time, updates dominate,
+so the torch env's slower step (0.041 vs 0.026 ms per env step inside env.step) costs ~4% per env
+step; the spread of the wall-time ratio (0.18x-2.67x) is the seeds needing 4k-37k steps, because
+the two envs draw different start states from the same seed.
+PPO with 256 envs (--ppo-n-envs 256, seed 0 only) reached 475 on neither env within the preset's 100k
+steps (12 updates), so the many-envs regime has no row here.
 """
 
 from __future__ import annotations
@@ -55,12 +98,15 @@ def make(kind: str, n: int):
         return gym.make_vec("CartPole-v1", num_envs=n, vectorization_mode="vector_entry_point")
     if kind == "torch64":
         return gym.make_vec(envs.TORCH_CARTPOLE_ID, num_envs=n, vectorization_mode="vector_entry_point")
-    device = "cuda" if kind.endswith("cuda") else "cpu"
-    if kind.startswith("torch64-c"):
+    device = "cuda" if kind.endswith("-cuda") else "cpu"
+    base = kind.removesuffix("-cuda")
+    if base == "torch64-c":
         return TorchCartPoleVectorEnv(n, device=device, compile=True)
-    if kind.startswith("torch64"):
+    if base == "torch64":
         return TorchCartPoleVectorEnv(n, device=device)
-    return TorchCartPoleVectorEnv(n, device=device, dtype=torch.float32, tensors=True)
+    if base == "torch32-t":
+        return TorchCartPoleVectorEnv(n, device=device, dtype=torch.float32, tensors=True)
+    raise ValueError(f"unknown kind {kind!r}")
 
 
 def slice_rate(env, actions, seconds: float, cuda: bool) -> float:

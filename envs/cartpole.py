@@ -66,8 +66,6 @@ _CONSTANTS = tuple(map(_scalar, (GRAVITY, MASS_POLE, TOTAL_MASS, HALF_LENGTH, PO
                                   X_THRESHOLD, THETA_THRESHOLD)))
 
 
-
-
 def cartpole_step(state: torch.Tensor, force: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One Euler step of the cart-pole. state (4, N) rows (x, x_dot, theta, theta_dot), force (N,) in newtons.
 
@@ -125,7 +123,7 @@ class TorchCartPoleVectorEnv(VectorEnv):
         num_envs: number of sub-environments (>= 1).
         max_episode_steps: truncation limit (CartPole-v1: 500).
         device: where the state lives and the dynamics run ("cpu", "cuda", a torch.device).
-        dtype: torch.float64 (default, matches Gymnasium bit for bit) or torch.float32.
+        dtype: torch.float64 (default, Gymnasium's numbers up to the last bit of sin/cos) or torch.float32.
         tensors: return torch tensors on `device` instead of NumPy arrays.
         compile: step with `torch.compile` (one fused kernel; compiled at construction, `compile_seconds`
             says how long it took; warns and steps eagerly if it fails). Same operations, but Inductor's
@@ -176,6 +174,8 @@ class TorchCartPoleVectorEnv(VectorEnv):
                        self.steps, self.prev_done, self._max_steps)
             self._advance, self.compile_seconds = compile_or_eager(advance, example)
         self.compiled = self._advance is not advance
+        # an accelerator never waits: resets by mask with a full draw; on CPU, asking "any ended?" is free
+        self.resets_by_mask = self.device.type != "cpu"
 
     def _uniform_states(self, n: int) -> torch.Tensor:
         states = torch.empty((4, n), dtype=self.dtype, device=self.device)
@@ -228,9 +228,9 @@ class TorchCartPoleVectorEnv(VectorEnv):
         ended = self.prev_done
         self.state, self.steps, reward, terminated, truncated = self._advance(
             self.state, force, self.steps, ended, self._max_steps)
-        if self.device.type != "cpu":  # a full draw and a mask: never wait for the device
+        if self.resets_by_mask:
             self.state = torch.where(ended, self._uniform_states(self.num_envs), self.state)
-        elif ended.any():  # on CPU asking is free: draw only for the envs that ended
+        elif ended.any():  # draw only for the envs that ended
             (i,) = ended.nonzero(as_tuple=True)
             self.state[:, i] = self._uniform_states(len(i))
         self.prev_done = terminated | truncated

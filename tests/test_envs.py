@@ -150,6 +150,30 @@ def test_compiled_step_equals_the_eager_step():
     assert ends > 0
 
 
+def test_mask_resets_of_accelerators_equal_index_resets_on_cpu():
+    """The GPU path (reset by torch.where over a full draw, never asking the device) run on CPU."""
+    n = 32
+    masked, indexed = (TorchCartPoleVectorEnv(num_envs=n, max_episode_steps=30) for _ in range(2))
+    masked.resets_by_mask = True
+    masked.reset(seed=2)
+    indexed.reset(seed=2)
+    rng = np.random.default_rng(2)
+    resets = truncations = 0
+    for _ in range(120):
+        actions = rng.integers(0, 2, n)
+        was_done = indexed.prev_done.numpy().copy()
+        resets += was_done.sum()
+        obs_m, *out_m, _ = masked.step(actions)
+        obs_i, *out_i, _ = indexed.step(actions)
+        for a, b in zip(out_m, out_i):  # reward, terminated, truncated
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(obs_m[~was_done], obs_i[~was_done])
+        assert (np.abs(obs_m[was_done]) <= 0.05).all() and (out_m[0][was_done] == 0).all()
+        truncations += out_i[2].sum()
+        masked.state[:, was_done] = indexed.state[:, was_done]  # the two draw different fresh states
+    assert resets > 0 and truncations > 0, (resets, truncations)
+
+
 def test_compile_failure_falls_back_to_eager_with_a_warning(monkeypatch):
     def no_compiler(fn, **kwargs):
         def fail(*args):
