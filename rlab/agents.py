@@ -118,34 +118,45 @@ class ActorCritic(nn.Module):
     def forward(self, obs: Tensor) -> Distribution:
         return self.pi(obs)
 
-    def evaluate_actions(self, obs: Tensor, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(log pi(a|s), entropy H[pi(.|s)], V(s)) for a minibatch: the updates' hot path, no Distribution objects."""
-        x = self.obs_norm(obs)
+    def evaluate_actions(self, obs: Tensor, actions: Tensor, normalized: bool = False,
+                         with_entropy: bool = True) -> tuple[Tensor, Tensor | None, Tensor]:
+        """(log pi(a|s), entropy H[pi(.|s)], V(s)) for a minibatch: the updates' hot path, no Distribution objects.
+
+        `normalized`: obs already went through `obs_norm` (the update normalises a rollout once).
+        `with_entropy=False` returns None for the entropy and spares its ops (entropy bonus 0).
+        """
+        x = obs if normalized else self.obs_norm(obs)
         out = self.actor(x)
         value = self.critic(x).squeeze(-1)
         if self.discrete:
             logp_all = torch.log_softmax(out, -1)
             logp = logp_all.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
-            return logp, -(logp_all.exp() * logp_all).sum(-1), value
+            return logp, -(logp_all.exp() * logp_all).sum(-1) if with_entropy else None, value
         std = self.log_std.exp()
         logp = (-((actions - out) ** 2) / (2 * std**2) - self.log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
-        entropy = (0.5 + 0.5 * math.log(2 * math.pi) + self.log_std).sum().expand(len(obs))
+        entropy = (0.5 + 0.5 * math.log(2 * math.pi) + self.log_std).sum().expand(len(obs)) if with_entropy else None
         return logp, entropy, value
 
     @torch.no_grad()
-    def act(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-        """(action, log pi(a|s), V(s)) for a batch, with few tensor ops (the collect loop's hot path)."""
-        x = self.obs_norm(obs)
-        out = self.actor(x)
-        value = self.critic(x).squeeze(-1)
+    def sample(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor]:
+        """(action, log pi(a|s)) for a batch: the actor alone, with few tensor ops (the collect loop's hot path)."""
+        out = self.actor(self.obs_norm(obs))
         if self.discrete:
             logp_all = torch.log_softmax(out, -1)
-            action = logp_all.argmax(-1) if deterministic else torch.multinomial(logp_all.exp(), 1).squeeze(-1)
-            return action, logp_all.gather(-1, action.unsqueeze(-1)).squeeze(-1), value
+            # sampling by the Gumbel-max trick, argmax(log pi - log E) with E ~ Exp(1): three times
+            # cheaper than torch.multinomial for a few envs, the same distribution
+            action = logp_all if deterministic else logp_all - torch.empty_like(logp_all).exponential_().log_()
+            action = action.argmax(-1)
+            return action, logp_all.gather(-1, action.unsqueeze(-1)).squeeze(-1)
         std = self.log_std.exp()
         action = out if deterministic else out + std * torch.randn_like(out)
         logp = (-((action - out) ** 2) / (2 * std**2) - self.log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
-        return action, logp, value
+        return action, logp
+
+    @torch.no_grad()
+    def act(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        """(action, log pi(a|s), V(s)) for a batch."""
+        return *self.sample(obs, deterministic), self.v(obs)
 
     def env_action(self, action: Tensor) -> np.ndarray:
         """What the environment receives: the sampled action, clipped to the Box bounds."""
@@ -271,12 +282,15 @@ def ppo_update(agent: ActorCritic, optimizer: torch.optim.Optimizer, b: Batch, s
     clip fraction) are taken on the last epoch only, to keep the loop lean.
     """
     b_adv = _normalized(b.advantages, s.norm_adv)
+    b_x = agent.obs_norm(b.obs)  # the statistics stay fixed during the update: normalise once
+    bonus = s.ent_coef != 0
     n = len(b.obs)
     whole = s.minibatch_size <= 0 or s.minibatch_size >= n
     for epoch in range(s.epochs):
         batches = [slice(None)] if whole else list(_minibatches(n, s.minibatch_size, generator))
         for idx in batches:
-            new_logp, entropy, new_value = agent.evaluate_actions(b.obs[idx], b.actions[idx])
+            new_logp, entropy, new_value = agent.evaluate_actions(b_x[idx], b.actions[idx], normalized=True,
+                                                                  with_entropy=bonus)
             log_ratio = new_logp - b.logp[idx]
             ratio = log_ratio.exp()
             mb_adv = b_adv[idx]
@@ -286,10 +300,15 @@ def ppo_update(agent: ActorCritic, optimizer: torch.optim.Optimizer, b: Batch, s
                 value_loss = torch.max((new_value - b.returns[idx]) ** 2, (v_clipped - b.returns[idx]) ** 2).mean()
             else:
                 value_loss = F.mse_loss(new_value, b.returns[idx])
-            entropy = entropy.mean()
-            _step(agent, optimizer, policy_loss + s.vf_coef * value_loss - s.ent_coef * entropy, s.max_grad_norm)
+            loss = policy_loss + s.vf_coef * value_loss
+            if bonus:
+                entropy = entropy.mean()
+                loss = loss - s.ent_coef * entropy
+            _step(agent, optimizer, loss, s.max_grad_norm)
     with torch.no_grad():
         approx_kl = ((ratio - 1) - log_ratio).mean()
         clipfrac = ((ratio - 1).abs() > s.clip).float().mean()
+        if not bonus:  # diagnostic only: the last minibatch's entropy, after the update
+            entropy = agent.evaluate_actions(b_x[idx], b.actions[idx], normalized=True)[1].mean()
     return {"losses/policy": policy_loss.item(), "losses/value": value_loss.item(), "losses/entropy": entropy.item(),
             "losses/approx_kl": approx_kl.item(), "losses/clipfrac": clipfrac.item()}

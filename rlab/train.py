@@ -223,7 +223,7 @@ class Collector:
         rew_buf = np.empty((n_steps, N), dtype=np.float32)
         term_buf = np.empty((n_steps, N), dtype=bool)
         trunc_buf = np.empty((n_steps, N), dtype=bool)
-        actions, logps, values = [], [], []
+        actions, logps = [], []
         first_is_reset = torch.from_numpy(self.prev_done.copy())
         obs, prev_done = self.obs, self.prev_done
         ep_return, ep_length = self.ep_return, self.ep_length
@@ -233,10 +233,9 @@ class Collector:
                 obs_t = self.attack(obs_t)
                 obs = obs_t.detach().cpu().numpy()
             obs_buf[t] = obs
-            action, logp, value = agent.act(obs_t)
+            action, logp = agent.sample(obs_t)
             actions.append(action)
             logps.append(logp)
-            values.append(value)
             next_obs, reward, terminated, truncated, _ = envs.step(agent.env_action(action))
             rew_buf[t], term_buf[t], trunc_buf[t] = reward, terminated, truncated
             real = ~prev_done
@@ -253,7 +252,10 @@ class Collector:
         last_obs = torch.from_numpy(obs).to(dev)
         if self.attack is not None:
             last_obs = self.attack(last_obs).detach()
-        return Rollout(torch.from_numpy(obs_buf).to(dev), torch.stack(actions), torch.stack(logps), torch.stack(values),
+        all_obs = torch.from_numpy(obs_buf).to(dev)
+        with torch.no_grad():  # V(s_t) for the whole rollout in one pass: the weights did not change while collecting
+            values = agent.v(all_obs)
+        return Rollout(all_obs, torch.stack(actions), torch.stack(logps), values,
                        torch.from_numpy(rew_buf).to(dev), torch.from_numpy(term_buf).to(dev),
                        torch.from_numpy(trunc_buf).to(dev), first_is_reset.to(dev), last_obs)
 
@@ -339,7 +341,7 @@ def run_episodes(act: Callable[[torch.Tensor], np.ndarray], env_id: str, episode
 
 
 def agent_actor(agent: ActorCritic, deterministic: bool = True) -> Callable[[torch.Tensor], np.ndarray]:
-    return lambda obs: agent.env_action(agent.act(obs, deterministic=deterministic)[0])
+    return lambda obs: agent.env_action(agent.sample(obs, deterministic=deterministic)[0])
 
 
 # ----------------------------------------------------------------------------- training
