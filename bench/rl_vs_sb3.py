@@ -4,7 +4,8 @@ Each agent trains until the mean of `--eval-episodes` deterministic episodes
 (evaluated every `--eval-every` env steps, the same `rlab.train.run_episodes` for
 both sides, its time excluded from the clock) reaches the threshold, or the
 budget runs out. SB3 uses rl-baselines3-zoo's hyperparameters (hyperparams/
-ppo.yml, a2c.yml); this lab uses its presets (rlab/presets.py), which copy them.
+ppo.yml, a2c.yml); this lab uses its presets (rlab/presets.py), which copy them
+except PPO on LunarLander-v3 (retuned: 16x256 rollouts, minibatch 256, 10 epochs, lr 1e-3).
 
 Prints per agent and seed: env steps and train seconds to the threshold, eval
 return at `--at-steps` (the last evaluation at or before it), env steps per
