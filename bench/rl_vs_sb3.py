@@ -148,6 +148,9 @@ def main() -> None:
     p.add_argument("--eval-every", type=int, default=1024)
     p.add_argument("--eval-episodes", type=int, default=20)
     p.add_argument("--at-steps", type=int, default=None, help="compare eval return at this many env steps")
+    p.add_argument("--reuse", default=None, metavar="RESULTS_CSV",
+                   help="take the rows of agents not in --agents from an earlier run's results.csv (e.g. SB3's "
+                        "LunarLander runs, ~25 min a seed); the report says which rows were reused")
     args = p.parse_args()
     torch.set_num_threads(1)
     env_id, threshold = args.env, THRESHOLDS[args.env]
@@ -156,7 +159,7 @@ def main() -> None:
     agents = [a.strip() for a in args.agents.split(",") if a.strip()]
     run = RunDir.create("bench", f"rl_vs_sb3__{env_id}", None, vars(args))
 
-    rows = []
+    rows = _reused_rows(args.reuse, agents, at_steps) if args.reuse else []
     for agent in agents:
         for seed in range(args.seeds):
             ev = Evaluator(env_id, args.eval_every, args.eval_episodes, threshold, seed=10_000 + seed)
@@ -166,7 +169,8 @@ def main() -> None:
             row = {"agent": agent, "seed": seed, "steps_to_threshold": reached[0] if reached else math.nan,
                    "seconds_to_threshold": reached[1] if reached else math.nan,
                    f"return_at_{at_steps}": trace.return_at(at_steps), "env_steps": steps, "train_seconds": secs,
-                   "sps": steps / max(secs, 1e-9), "final_eval": trace.evals[-1][2] if trace.evals else math.nan}
+                   "sps": steps / max(secs, 1e-9), "final_eval": trace.evals[-1][2] if trace.evals else math.nan,
+                   "reused": 0}
             rows.append(row)
             print(", ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
 
@@ -180,6 +184,23 @@ def main() -> None:
     atomic_write_text(run.path / "report.md", report + "\n")
     run.write_summary({"rows": rows})
     print(run.path)
+
+
+def _reused_rows(path: str, agents: list[str], at_steps: int) -> list[dict]:
+    """Rows of an earlier results.csv for agents this call does not run, marked reused=1."""
+    from pathlib import Path
+
+    from rlab.errors import UserError
+
+    if not Path(path).is_file():
+        raise UserError(f"--reuse {path}: no such results.csv (give one written by bench/rl_vs_sb3.py)")
+    with open(path, newline="") as f:
+        old = [r for r in csv.DictReader(f) if r["agent"] not in agents]
+    if not old or f"return_at_{at_steps}" not in old[0]:
+        raise UserError(f"--reuse {path}: no rows for other agents with return_at_{at_steps}; allowed: a results.csv "
+                        "of the same --env and --at-steps")
+    return [{k: (v if k == "agent" else int(v) if k == "seed" else float(v)) for k, v in r.items() if k != "reused"}
+            | {"reused": 1} for r in old]
 
 
 def _report(rows, env_id, threshold, at_steps, budget, args) -> str:
@@ -205,6 +226,9 @@ def _report(rows, env_id, threshold, at_steps, budget, args) -> str:
                  f"{r['sps'] / ref(a, s, 'sps'):.2f}"]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     lines.append("")
+    reused = sorted({r["agent"] for r in rows if r.get("reused")})
+    if reused:
+        lines += [f"Rows of {', '.join(reused)} reused from {args.reuse} (an earlier run; its machine load may differ).", ""]
     for agent in dict.fromkeys(r["agent"] for r in rows):
         sel = [r for r in rows if r["agent"] == agent]
         steps = np.array([r["steps_to_threshold"] for r in sel], dtype=float)
