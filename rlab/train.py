@@ -75,6 +75,7 @@ class TrainConfig:
     variant: str | None = opt(None, help="label of the run in plots (default: from algo/returns/baseline)")
     adv_obs: str = opt("none", help="attack the observations the agent sees while training", choices=list(ADV_OBS))
     adv_eps: float = opt(0.0, help="observation attack budget, in units of the observation scale")
+    adv_frac: float = opt(1.0, help="fraction of the training observations attacked, each drawn independently (1: all)")
 
     def __post_init__(self) -> None:
         check(self.algo in ALGOS, f"--algo {self.algo!r} is not allowed; choose from {', '.join(ALGOS)}")
@@ -96,6 +97,7 @@ class TrainConfig:
         check(0.0 <= self.adv_eps <= 1.0,
               f"--adv-eps must be in [0, 1] (a fraction of each observation's range), got {self.adv_eps}")
         check(self.adv_obs in ADV_OBS, f"--adv-obs {self.adv_obs!r} is not allowed; choose from {', '.join(ADV_OBS)}")
+        check(0.0 < self.adv_frac <= 1.0, f"--adv-frac must be in (0, 1] (the fraction of observations attacked), got {self.adv_frac}")
         if self.algo != "vpg":
             check(self.returns is None and self.baseline is None,
                   "--returns and --baseline belong to --algo vpg (ac/a2c/ppo use their critic)")
@@ -485,8 +487,22 @@ def _observation_attack(cfg: TrainConfig, agent: ActorCritic, device: torch.devi
         worst_action = worst_action_rule(cfg.env) if cfg.adv_obs == "pgd-worst" else None
     except ValueError as e:
         raise UserError(str(e)) from None
-    return lambda obs: perturb_observations(agent, obs, eps=cfg.adv_eps, method=cfg.adv_obs, scale=scale,
-                                            worst_action=worst_action)
+
+    def attack(obs: torch.Tensor) -> torch.Tensor:
+        return perturb_observations(agent, obs, eps=cfg.adv_eps, method=cfg.adv_obs, scale=scale, worst_action=worst_action)
+
+    if cfg.adv_frac >= 1.0:
+        return attack
+
+    def attack_some(obs: torch.Tensor) -> torch.Tensor:
+        """Mix clean and adversarial observations (Pattanaik et al., 2018): each one attacked with prob. adv_frac."""
+        hit = torch.rand(len(obs), device=obs.device) < cfg.adv_frac  # global RNG: seeded and checkpointed
+        seen = obs.clone()
+        if hit.any():
+            seen[hit] = attack(obs[hit])
+        return seen
+
+    return attack_some
 
 
 def _progress(cfg: TrainConfig, initial: int, name: str):

@@ -86,3 +86,22 @@ def test_worst_action_attack_runs_in_the_curve_and_needs_a_rule_for_the_env():
     with pytest.raises(UserError, match="worst-action rule for Acrobot-v1"):
         attack_curve(balancing_policy, "Acrobot-v1", [0.1], ["pgd-worst"], episodes=1, seed=0, pgd_steps=1,
                      device=torch.device("cpu"))
+
+
+def test_adv_frac_validates_and_attacks_that_fraction_of_the_training_observations():
+    from rlab.train import TrainConfig, _observation_attack
+
+    for bad in (0.0, -0.5, 1.5):
+        with pytest.raises(UserError, match="--adv-frac must be in"):
+            TrainConfig(adv_obs="pgd", adv_eps=0.05, adv_frac=bad)
+    torch.manual_seed(0)
+    obs = (torch.rand(2000, 4) - 0.5) * torch.tensor([0.2, 0.5, 0.1, 0.5])
+    changed = {}
+    for frac in (1.0, 0.3):
+        attack = _observation_attack(TrainConfig(adv_obs="pgd", adv_eps=0.05, adv_frac=frac), balancing_policy,
+                                     torch.device("cpu"))
+        seen = attack(obs)
+        assert seen.shape == obs.shape
+        changed[frac] = (seen != obs).any(1).float().mean().item()
+    assert changed[1.0] > 0.95
+    assert 0.25 < changed[0.3] < 0.35, "about 30% of the observations are attacked, the rest left exactly as they are"
