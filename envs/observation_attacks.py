@@ -48,7 +48,12 @@ edge coming. Today's recipe, `--steps 200000 --gamma 0.995 --gae-lambda 0.95`, k
 under pgd-worst at 0.016 and 0.0175 on seeds 0 and 1 (runs ...040244Z, ...040520Z); seed 2 (...040749Z)
 still drifts: 270 clean, 229 under pgd-worst (85% of its own clean return, 46% of the plain agent's).
 The same options without the attack (...041244Z, ...041315Z, ...041340Z) leave pgd-worst at 7-15% of
-clean: the robustness is the adversarial training's. Other tries, each failing on at least one seed:
+clean: the robustness is the adversarial training's. A wider network fixes the drift: with
+`--hidden 128,128 --steps 200000 --gamma 0.995 --gae-lambda 0.95 --adv-obs pgd-worst --adv-eps 0.0175`
+all three seeds return 500 clean and keep 98%, 100%, 100% under pgd-worst at eps 0.016 (92%, 100%,
+100% at 0.0175; random noise and untargeted pgd: 100%), runs ...041830Z-2, ...042104Z, ...042336Z,
+while the same network and options without the attack (...042842Z, ...042917Z, ...042956Z) fall to
+10%, 10%, 7%. gamma 0.999 with 64x64 held seeds 1 and 2 but not seed 0 (66% at 0.016). Other tries, each failing on at least one seed:
 gamma 0.99, lambda 0.8, 200k steps (seed 1: 500, seed 2: 233); gamma 0.995 with gae lambda 0.8 (seed 2: 500;
 seeds 0, 1: 232, 215), also at 300k steps (seed 0: 250 of 483); --adv-frac 0.5 --adv-eps 0.02 at gamma
 0.98 (seeds 1, 2: 152, 212; 212 and 402 clean). Which seed drifts looks close to a coin flip. On a

@@ -141,6 +141,32 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
+def agent_labels(options: list[dict], run_dirs: list) -> list[str]:
+    """One legend label per agent: its variant, its adversarial training, then what tells equal labels apart.
+
+    Agents whose labels would collide get the training options in which they differ (e.g. `hidden [128, 128]`),
+    and the run folder's name where even those agree, so no two curves share a label.
+    """
+    base = []
+    for o in options:
+        label = o.get("variant") or o.get("algo", "agent")
+        if o.get("adv_obs", "none") != "none":
+            label = f"{label} (adv-obs {o['adv_obs']} eps {o.get('adv_eps')})"
+        base.append(label)
+    out = list(base)
+    for label in set(base):
+        same = [i for i, b in enumerate(base) if b == label]
+        if len({str(run_dirs[i]) for i in same}) < 2:  # one agent (the same folder given twice) keeps its label
+            continue
+        keys = [k for k in sorted({k for i in same for k in options[i]} - {"run_dir", "resume", "progress", "device",
+                                                                            "threads", "variant"})
+                if len({repr(options[i].get(k)) for i in same}) > 1]
+        for i in same:
+            extra = ", ".join(f"{k} {options[i].get(k)}" for k in keys[:3]) or Path(str(run_dirs[i])).name
+            out[i] = f"{label} ({extra})"
+    return out
+
+
 def plot_curves(rows: list[dict[str, Any]], out_png: Path, title: str) -> Path:
     """Mean return vs eps, shaded +-1 std over episodes; colour = attack, line style = run."""
     import matplotlib
@@ -193,10 +219,7 @@ def run(cfg: RLAttackConfig) -> Path:
     env_id = agents[0][2]["env"]
     bench = RunDir.create("bench", f"rl-attack__{env_id}", cfg.seed, cfg, device)
     rows, summary = [], {}
-    for path, policy, options in agents:
-        label = options.get("variant") or options.get("algo", "agent")
-        if options.get("adv_obs", "none") != "none":
-            label = f"{label} (adv-obs {options['adv_obs']} eps {options.get('adv_eps')})"
+    for (path, policy, options), label in zip(agents, agent_labels([o for _, _, o in agents], cfg.run_dir)):
         curve = attack_curve(policy, options["env"], cfg.eps, cfg.methods, cfg.episodes, cfg.seed, cfg.pgd_steps, device)
         rows += [{"run": str(path), "label": label, "env": options["env"], **r, "episodes": cfg.episodes} for r in curve]
         summary[str(path)] = {"label": label, **{f"{r['method']}@{r['eps']:g}/mean_return": r["mean_return"] for r in curve}}

@@ -105,3 +105,17 @@ def test_adv_frac_validates_and_attacks_that_fraction_of_the_training_observatio
         changed[frac] = (seen != obs).any(1).float().mean().item()
     assert changed[1.0] > 0.95
     assert 0.25 < changed[0.3] < 0.35, "about 30% of the observations are attacked, the rest left exactly as they are"
+
+
+def test_agents_with_equal_labels_get_the_options_that_tell_them_apart():
+    from rlab.bench_rl_attack import agent_labels
+
+    plain = {"algo": "ppo", "adv_obs": "none", "hidden": [64, 64], "gamma": 0.98, "seed": 0}
+    control = {**plain, "hidden": [128, 128], "gamma": 0.995}
+    defended = {**control, "adv_obs": "pgd-worst", "adv_eps": 0.0175}
+    labels = agent_labels([plain, control, defended], ["runs/a", "runs/b", "runs/c"])
+    assert len(set(labels)) == 3
+    assert labels[0] == "ppo (gamma 0.98, hidden [64, 64])" and labels[1] == "ppo (gamma 0.995, hidden [128, 128])"
+    assert labels[2] == "ppo (adv-obs pgd-worst eps 0.0175)"
+    # identical options: the run folders tell them apart
+    assert agent_labels([plain, dict(plain)], ["runs/x__1", "runs/y__2"]) == ["ppo (x__1)", "ppo (y__2)"]
