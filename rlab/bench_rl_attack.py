@@ -141,6 +141,10 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
+# training options that best tell agents apart in a legend, first first
+LABEL_KEYS = ["hidden", "gamma", "steps", "gae_lambda", "lr", "n_envs", "n_steps", "obs_norm", "seed"]
+
+
 def agent_labels(options: list[dict], run_dirs: list) -> list[str]:
     """One legend label per agent: its variant, its adversarial training, then what tells equal labels apart.
 
@@ -158,9 +162,10 @@ def agent_labels(options: list[dict], run_dirs: list) -> list[str]:
         same = [i for i, b in enumerate(base) if b == label]
         if len({str(run_dirs[i]) for i in same}) < 2:  # one agent (the same folder given twice) keeps its label
             continue
-        keys = [k for k in sorted({k for i in same for k in options[i]} - {"run_dir", "resume", "progress", "device",
-                                                                            "threads", "variant"})
-                if len({repr(options[i].get(k)) for i in same}) > 1]
+        shared = set.intersection(*(set(options[i]) for i in same)) - {"run_dir", "resume", "progress", "device",
+                                                                        "threads", "variant"}
+        keys = [k for k in sorted(shared, key=lambda k: (LABEL_KEYS.index(k) if k in LABEL_KEYS else len(LABEL_KEYS), k))
+                if len({repr(options[i][k]) for i in same}) > 1]
         for i in same:
             extra = ", ".join(f"{k} {options[i].get(k)}" for k in keys[:3]) or Path(str(run_dirs[i])).name
             out[i] = f"{label} ({extra})"

@@ -115,7 +115,9 @@ def test_agents_with_equal_labels_get_the_options_that_tell_them_apart():
     defended = {**control, "adv_obs": "pgd-worst", "adv_eps": 0.0175}
     labels = agent_labels([plain, control, defended], ["runs/a", "runs/b", "runs/c"])
     assert len(set(labels)) == 3
-    assert labels[0] == "ppo (gamma 0.98, hidden [64, 64])" and labels[1] == "ppo (gamma 0.995, hidden [128, 128])"
+    assert labels[0] == "ppo (hidden [64, 64], gamma 0.98)" and labels[1] == "ppo (hidden [128, 128], gamma 0.995)"
+    # an option only newer runs record (absent from older config.json) does not label
+    assert "adv_frac" not in agent_labels([plain, {**control, "adv_frac": 1.0}], ["runs/a", "runs/b"])[1]
     assert labels[2] == "ppo (adv-obs pgd-worst eps 0.0175)"
     # identical options: the run folders tell them apart
     assert agent_labels([plain, dict(plain)], ["runs/x__1", "runs/y__2"]) == ["ppo (x__1)", "ppo (y__2)"]
