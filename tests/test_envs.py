@@ -25,6 +25,16 @@ def greedy(obs: np.ndarray) -> np.ndarray:
     return (obs.astype(np.float64) @ GAINS.double().numpy() > 0).astype(np.int64)
 
 
+def greedy_rollout(env: gym.Env, steps: int):
+    """Drive a wrapped CartPole with `greedy` on what it sees; yield (true state, observation seen) per step."""
+    obs, _ = env.reset(seed=0)
+    for _ in range(steps):
+        yield env.unwrapped.state.astype(np.float32), obs
+        obs, _, terminated, truncated, _ = env.step(int(greedy(obs[None])[0]))
+        if terminated or truncated:
+            obs, _ = env.reset()
+
+
 def test_one_step_matches_gymnasium_from_the_same_states():
     rng = np.random.default_rng(0)
     env = gym.make("CartPole-v1").unwrapped
@@ -279,16 +289,11 @@ def test_wrappers_pass_gymnasiums_env_checker():
 
 def test_wrapper_changes_the_agents_actions_and_stays_in_the_space():
     env = envs.AdversarialObservation(gym.make("CartPole-v1"), linear_policy, 0.02, "pgd")
-    obs, _ = env.reset(seed=0)
     flips = 0
-    for _ in range(100):
-        clean = env.unwrapped.state.astype(np.float32)
+    for clean, obs in greedy_rollout(env, 100):
         assert env.observation_space.contains(obs)
         assert np.all(np.abs(obs - clean) <= 0.02 * envs.observation_scale("CartPole-v1").numpy() + 1e-6)
         flips += greedy(obs[None])[0] != greedy(clean[None])[0]
-        obs, _, terminated, truncated, _ = env.step(int(greedy(obs[None])[0]))
-        if terminated or truncated:
-            obs, _ = env.reset()
     assert flips > 20
     with pytest.raises(ValueError, match="method"):
         envs.AdversarialObservation(gym.make("CartPole-v1"), linear_policy, 0.02, "random")
@@ -355,17 +360,12 @@ def test_worst_action_wrapper_passes_the_env_checker_and_errs_consistently():
     check_env(envs.AdversarialObservation(gym.make("CartPole-v1"), linear_policy, 0.05, "pgd-worst"),
               skip_render_check=True)
     env = envs.AdversarialObservation(gym.make("CartPole-v1"), linear_policy, 0.05, "pgd-worst")
-    obs, _ = env.reset(seed=0)
     steered = 0
-    for _ in range(200):
-        clean = env.unwrapped.state.astype(np.float32)
+    for clean, obs in greedy_rollout(env, 200):
         worst = int(clean[2] < 0)
         if greedy(clean[None])[0] == worst:
             assert np.allclose(obs, clean), "where the agent already errs, the wrapper leaves the observation alone"
         steered += greedy(clean[None])[0] != worst and greedy(obs[None])[0] == worst
-        obs, _, terminated, truncated, _ = env.step(int(greedy(obs[None])[0]))
-        if terminated or truncated:
-            obs, _ = env.reset()
     assert steered > 50
     with pytest.raises(ValueError, match="worst-action rule"):
         envs.AdversarialObservation(gym.make("Pendulum-v1"), linear_policy, 0.05, "pgd-worst")
