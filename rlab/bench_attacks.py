@@ -174,7 +174,7 @@ def transfer_matrix(victim, x, y, surrogate_dirs: list[str], attack_names: list[
     acc = np.zeros((len(sources), len(attack_names)))
     for i, (_, source) in enumerate(tqdm(sources, desc="transfer sources")):
         for j, a in enumerate(attack_names):
-            attack = make_attack(a, cfg.steps, cfg.seed)
+            attack = make_attack(a, cfg.steps, cfg.seed, cfg.restarts)
             correct = 0
             for b in range(0, len(x), cfg.batch_size):
                 xb, yb = x[b:b + cfg.batch_size], y[b:b + cfg.batch_size]

@@ -1,4 +1,5 @@
 import os
+import sys
 
 import pytest
 import torch
@@ -17,3 +18,12 @@ def runs_root(tmp_path, monkeypatch):
 
     monkeypatch.setattr(rlab.runs, "RUNS_ROOT", root)
     return root
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The reliability tests' counts (kills injected, bad inputs refused), once the run is over."""
+    for module in list(sys.modules.values()):
+        if getattr(module, "__name__", "").rsplit(".", 1)[-1].startswith("test_reliability"):
+            line = getattr(module, "reliability_report", lambda: "")()
+            if line:
+                terminalreporter.write_line(line)
