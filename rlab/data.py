@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from rlab.errors import UserError
+from rlab.runs import extract_tar
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -325,7 +326,7 @@ def _unpack_once(archive: Path, sha256: str, name: str) -> Path:
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
     with tarfile.open(archive, "r:*") as tar:
-        tar.extractall(target, filter="data")
+        extract_tar(tar, target)
     done.write_text(sha256 + "\n")
     return _single_subfolder(target)
 

@@ -21,6 +21,7 @@ import pickle
 import platform
 import random
 import subprocess
+import tarfile
 import tempfile
 import time
 import zipfile
@@ -188,6 +189,23 @@ def utc_stamp() -> str:
 
 # ----------------------------------------------------------------------------- the run folder
 
+
+def extract_tar(tar: tarfile.TarFile, dest: str | Path) -> None:
+    """`tar.extractall` under the "data" filter (PEP 706): regular files and folders only, nothing outside `dest`.
+
+    Pythons without the filter (before 3.11.4, e.g. Debian 12's 3.11.2) get the same refusal by hand.
+    """
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(dest, filter="data")
+        return
+    root = Path(dest).resolve()
+    members = tar.getmembers()
+    for m in members:
+        target = (root / m.name).resolve()
+        if not (m.isfile() or m.isdir()) or Path(m.name).is_absolute() or (target != root and root not in target.parents):
+            raise tarfile.TarError(f"refusing tar member {m.name!r}: only regular files and folders inside {root} "
+                                   "are extracted")
+    tar.extractall(dest, members=members)
 
 @contextmanager
 def use_runs_root(root: str | Path) -> Iterator[Path]:

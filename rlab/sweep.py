@@ -83,7 +83,7 @@ from rlab import runs
 from rlab.cli import COMMANDS, GROUPS, split_command
 from rlab.config import add_config_arguments, check, opt
 from rlab.errors import PartialFailure, UserError, unknown_name
-from rlab.runs import RunDir, read_json, write_json
+from rlab.runs import RunDir, extract_tar, read_json, write_json
 
 ERROR_TAIL_LINES = 20
 FINISHED = "done"
@@ -315,7 +315,7 @@ def pack_run_dirs(run_dirs: list[str], root: str) -> bytes:
 def unpack_run_dirs(blob: bytes, root: str | Path) -> None:
     """Inverse of `pack_run_dirs`: extract under `root`, refusing links and paths that escape it."""
     with tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz") as tar:
-        tar.extractall(root, filter="data")
+        extract_tar(tar, root)
 
 
 def run_cell_anywhere(argv: list[str], runs_root: str, timeout: float, driver_host: str) -> dict[str, Any]:

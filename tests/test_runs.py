@@ -106,3 +106,30 @@ def test_run_folder_layout_and_never_overwritten(runs_root):
     assert [r["step"] for r in RunDir.open(a.path).metrics] == [1]
     a.save_checkpoint({"step": 2})
     assert a.load_checkpoint()["step"] == 2 and (a.path / "checkpoints" / "last.pt").is_file()
+
+
+@pytest.mark.parametrize("has_filter", [True, False], ids=["data-filter", "python-without-filter"])
+def test_extract_tar_keeps_files_and_refuses_escapes(tmp_path, monkeypatch, has_filter):
+    import io
+    import tarfile
+
+    from rlab.runs import extract_tar
+
+    if not has_filter:  # Debian 12's Python 3.11.2 has no tarfile.data_filter
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+
+    def archive(*names):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            for name in names:
+                info = tarfile.TarInfo(name)
+                info.size = 2
+                tar.addfile(info, io.BytesIO(b"ok"))
+        buf.seek(0)
+        return tarfile.open(fileobj=buf)
+
+    extract_tar(archive("a/b.txt"), tmp_path / "out")
+    assert (tmp_path / "out" / "a" / "b.txt").read_bytes() == b"ok"
+    with pytest.raises(tarfile.TarError):
+        extract_tar(archive("../escaped.txt"), tmp_path / "out2")
+    assert not (tmp_path / "escaped.txt").exists()
