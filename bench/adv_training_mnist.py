@@ -47,9 +47,9 @@ import torch.nn.functional as F
 from attacks import PGD, robust_accuracy
 from defenses import AdversarialTraining, correct
 from defenses.adversarial_training import ramped_eps
-from rlab.classifier import one_cycle
-from rlab.data import load_dataset
-from rlab.models import build_model
+from rlab.vision.classifier import one_cycle
+from rlab.vision.data import load_dataset
+from rlab.vision.models import build_model
 from rlab.runs import RunDir, atomic_write_text
 from rlab.runtime import seed_everything, set_threads
 

@@ -17,9 +17,9 @@ inside the same seconds, not one after the other.
 
 Part 2, PPO's wall time to a deterministic evaluation mean return >= 475 (10 episodes of
 Gymnasium's CartPole-v1, evaluated every --eval-every env steps outside the clock) with
-rlab.train's PPO and the CartPole preset (8 envs x 32 steps, 20 epochs, 100k steps at most),
+rlab.rl.trainer's PPO and the CartPole preset (8 envs x 32 steps, 20 epochs, 100k steps at most),
 trained on CartPole-v1 and on rlab/TorchCartPole-v1, same seeds, one after the other.
-Wall time = train_seconds of rlab.train (collect + update; evaluation excluded).
+Wall time = train_seconds of rlab.rl.trainer (collect + update; evaluation excluded).
 
 Measured 2026-11-22 on the 2-core development machine (Xeon, AVX-512), 1 torch thread, while
 3-4 other training jobs shared the 2 cores (load average 4.3-5.0): absolute figures are about
@@ -169,11 +169,11 @@ class StepClock(gym.vector.VectorWrapper):
 
 
 def time_to_475(env_id: str, seed: int, eval_every: int, n_envs: int | None) -> tuple[float | None, int, float]:
-    """rlab.train PPO on env_id until a 10-episode deterministic eval on CartPole-v1 reaches 475.
+    """rlab.rl.trainer PPO on env_id until a 10-episode deterministic eval on CartPole-v1 reaches 475.
 
     Returns (train seconds or None if 475 was not reached, env steps, seconds inside env.step).
     """
-    import rlab.train as rt
+    import rlab.rl.trainer as rt
 
     cfg = rt.TrainConfig(algo="ppo", env=env_id, seed=seed, n_envs=n_envs, progress=False, device="cpu", threads=1)
     seen = {"next_eval": eval_every, "seconds": None, "steps": 0}
@@ -210,7 +210,7 @@ def ppo_table(seeds: list[int], eval_every: int, n_envs: int | None) -> None:
     of steps; the env-step seconds show how much of the wall time the env is at all.
     """
     label = f"--n-envs {n_envs}" if n_envs else "preset: 8 envs"
-    print(f"\nPPO (rlab.train, CartPole preset, {label}) train seconds to eval return >= 475")
+    print(f"\nPPO (rlab.rl.trainer, CartPole preset, {label}) train seconds to eval return >= 475")
     print(f"{'seed':>5} {'CartPole-v1 s (steps)':>22} {'TorchCartPole-v1 s (steps)':>27} {'gym s / torch s':>16}"
           f" {'in env.step: gym s, torch s':>28}")
     ratios, per_step = [], []

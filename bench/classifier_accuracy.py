@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rlab.classifier import EvalConfig, TrainConfig, evaluate, train  # noqa: E402
+from rlab.vision.classifier import EvalConfig, TrainConfig, evaluate, train  # noqa: E402
 from rlab.runs import RunDir, atomic_write_text, read_json  # noqa: E402
 
 TASKS = {

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 
 from attacks import PGD
 from defenses import JPEG, BitDepth, GaussianBlur, Identity, MedianSmoothing, RandomResizePad, evaluate_defense
-from rlab.data import load_dataset
-from rlab.models import build_model
+from rlab.vision.data import load_dataset
+from rlab.vision.models import build_model
 from rlab.runs import RunDir, atomic_write_text
 from rlab.runtime import seed_everything, set_threads
 

@@ -18,7 +18,7 @@ import argparse
 import torch
 
 from rlab.runs import RunDir, atomic_write_text
-from rlab.train import TrainConfig, train
+from rlab.rl.trainer import TrainConfig, train
 
 LADDER: list[tuple[str, dict]] = [
     ("v0 immediate reward", dict(algo="vpg", returns="immediate", baseline="none")),

@@ -2,10 +2,10 @@
 
     flock /tmp/rlab-heavy.lock .venv/bin/python bench/transfer.py [--train-size 10000] [--epochs 5]
 
-CIFAR-10 (JPEG copy, ../shared/data via rlab.data), the course's attack set of
+CIFAR-10 (JPEG copy, ../shared/data via rlab.vision.data), the course's attack set of
 20 test images per class (200), Linf eps = 8/255, 10 iterations of eps/10.
 Proxies: two small airbench-style `fastnet`s (seeds 0 and 1); victim: a plain
-VGG-style conv-pool net (`--victim` takes any rlab.models name, e.g.
+VGG-style conv-pool net (`--victim` takes any rlab.vision.models name, e.g.
 resnet20_cifar10, when more CPU time is at hand). All are trained here on a
 subset of the training split in CPU minutes, so accuracies are far below the
 published ones; trained weights are cached in ~/.cache/rlab/bench_transfer/. The table is the victim's accuracy
@@ -46,8 +46,8 @@ def vgg_small(num_classes: int = 10) -> nn.Module:
 
 
 def build(kind: str) -> nn.Module:
-    """'fastnet16' (airbench-style, widths 16/32/64), 'vgg_small', or any rlab.models name."""
-    from rlab.models import build_model, fastnet
+    """'fastnet16' (airbench-style, widths 16/32/64), 'vgg_small', or any rlab.vision.models name."""
+    from rlab.vision.models import build_model, fastnet
 
     model = build_model("fastnet")
     if kind == "fastnet16":
@@ -105,7 +105,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from rlab.data import course_subset, load_dataset
+    from rlab.vision.data import course_subset, load_dataset
 
     train = load_dataset("cifar10-jpg", "train")
     test = course_subset(load_dataset("cifar10-jpg", "test"), per_class=20, seed=0)

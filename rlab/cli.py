@@ -16,12 +16,12 @@ from rlab.errors import PartialFailure, UserError
 
 # name -> (module, config dataclass, function, one-line description)
 COMMANDS: dict[str, tuple[str, str, str, str]] = {
-    "train": ("rlab.train", "TrainConfig", "train", "train a policy-gradient agent (vpg, ac, a2c, ppo) on a Gymnasium env"),
-    "eval": ("rlab.train", "EvalConfig", "evaluate", "evaluate a trained agent's run folder; --video writes a GIF"),
-    "classifier train": ("rlab.classifier", "TrainConfig", "train", "train an image classifier (MNIST-5k, CIFAR-10, image folder)"),
-    "classifier eval": ("rlab.classifier", "EvalConfig", "evaluate", "evaluate a trained classifier's run folder"),
-    "bench attacks": ("rlab.bench_attacks", "BenchConfig", "run", "attack/defense benchmark: robust accuracy vs eps, report"),
-    "bench rl-attack": ("rlab.bench_rl_attack", "RLAttackConfig", "run", "observation attacks on a trained agent: return vs eps"),
+    "train": ("rlab.rl.trainer", "TrainConfig", "train", "train a policy-gradient agent (vpg, ac, a2c, ppo) on a Gymnasium env"),
+    "eval": ("rlab.rl.trainer", "EvalConfig", "evaluate", "evaluate a trained agent's run folder; --video writes a GIF"),
+    "classifier train": ("rlab.vision.classifier", "TrainConfig", "train", "train an image classifier (MNIST-5k, CIFAR-10, image folder)"),
+    "classifier eval": ("rlab.vision.classifier", "EvalConfig", "evaluate", "evaluate a trained classifier's run folder"),
+    "bench attacks": ("rlab.vision.attack_bench", "BenchConfig", "run", "attack/defense benchmark: robust accuracy vs eps, report"),
+    "bench rl-attack": ("rlab.rl.attack_bench", "RLAttackConfig", "run", "observation attacks on a trained agent: return vs eps"),
     "plot returns": ("rlab.plots", "PlotReturnsConfig", "plot_returns_cmd", "plot return vs env steps, mean and spread over seeds"),
     "plot robustness": ("rlab.plots", "PlotRobustnessConfig", "plot_robustness_cmd", "plot accuracy vs eps from a results.csv"),
     "demo": ("rlab.demo", "DemoConfig", "run", "the main job: RL ladder, classifier, attack/defense benchmark, report"),

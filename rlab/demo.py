@@ -75,7 +75,7 @@ class DemoConfig:
 
 
 def _ladder(b: dict[str, Any], cfg: DemoConfig) -> list[Path]:
-    from rlab.train import TrainConfig, train
+    from rlab.rl.trainer import TrainConfig, train
 
     paths: list[Path] = []
     for label, options in b["ladder"]:
@@ -96,7 +96,7 @@ ADVERSARIAL_LABEL = "adversarial (PGD-7, ε=0.3)"
 
 
 def _classifiers(b: dict[str, Any], cfg: DemoConfig) -> dict[str, Path]:
-    from rlab.classifier import TrainConfig, train
+    from rlab.vision.classifier import TrainConfig, train
 
     common = {"dataset": "mnist5k", "seed": cfg.seed, "device": cfg.device, "train_subset": b["train_subset"]}
     return {"standard": train(make_config(TrainConfig, epochs=b["epochs"], **common)),
@@ -104,7 +104,7 @@ def _classifiers(b: dict[str, Any], cfg: DemoConfig) -> dict[str, Path]:
 
 
 def _bench(classifier: Path, b: dict[str, Any], cfg: DemoConfig, defenses: list[str]) -> Path:
-    from rlab.bench_attacks import BenchConfig, run
+    from rlab.vision.attack_bench import BenchConfig, run
 
     return run(make_config(BenchConfig, classifier=str(classifier), attacks=["fgsm", "pgd"], defenses=defenses,
                            eps=b["eps"], n=b["bench_n"], eot_samples=b["eot_samples"], seed=cfg.seed,

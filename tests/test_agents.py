@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch.distributions import Categorical, Independent
 
-from rlab import returns as R
-from rlab.agents import Batch, ObsNorm, UpdateSettings, make_actor_critic, ppo_update, vpg_update
-from rlab.train import Collector, TrainConfig, advantages_for, make_envs, make_optimizer, resolve, train
+from rlab.rl import returns as R
+from rlab.rl.policies import Batch, ObsNorm, UpdateSettings, make_actor_critic, ppo_update, vpg_update
+from rlab.rl.trainer import Collector, TrainConfig, advantages_for, make_envs, make_optimizer, resolve, train
 
 BOX4 = gym.spaces.Box(-np.inf, np.inf, (4,), np.float32)
 
@@ -100,7 +100,7 @@ def test_truncation_bootstraps_and_termination_does_not_in_the_training_batch():
     agent = make_actor_critic(BOX4, gym.spaces.Discrete(2), normalize_obs=False)
     obs = torch.randn(2, 2, 4)
     last_obs = torch.randn(2, 4)
-    from rlab.train import Rollout
+    from rlab.rl.trainer import Rollout
 
     ro = Rollout(obs=obs, actions=torch.zeros(2, 2, dtype=torch.long), logp=torch.zeros(2, 2),
                  values=agent.v(obs).detach(), rewards=torch.ones(2, 2),

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.distributions import Categorical
 
-from rlab.bench_rl_attack import RLAttackConfig, attack_curve, episode_returns
+from rlab.rl.attack_bench import RLAttackConfig, attack_curve, episode_returns
 from rlab.cli import main
 from rlab.config import make_config
 from rlab.errors import UserError
@@ -89,7 +89,7 @@ def test_worst_action_attack_runs_in_the_curve_and_needs_a_rule_for_the_env():
 
 
 def test_adv_frac_validates_and_attacks_that_fraction_of_the_training_observations():
-    from rlab.train import TrainConfig, _observation_attack
+    from rlab.rl.trainer import TrainConfig, _observation_attack
 
     for bad in (0.0, -0.5, 1.5):
         with pytest.raises(UserError, match="--adv-frac must be in"):
@@ -108,7 +108,7 @@ def test_adv_frac_validates_and_attacks_that_fraction_of_the_training_observatio
 
 
 def test_agents_with_equal_labels_get_the_options_that_tell_them_apart():
-    from rlab.bench_rl_attack import agent_labels
+    from rlab.rl.attack_bench import agent_labels
 
     plain = {"algo": "ppo", "adv_obs": "none", "hidden": [64, 64], "gamma": 0.98, "seed": 0}
     control = {**plain, "hidden": [128, 128], "gamma": 0.995}

@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import rlab.classifier as classifier
-from rlab.classifier import TrainConfig, load_classifier, one_cycle, random_crop, steps_per_epoch
+import rlab.vision.classifier as classifier
+from rlab.vision.classifier import TrainConfig, load_classifier, one_cycle, random_crop, steps_per_epoch
 from rlab.cli import main
 from rlab.config import make_config
-from rlab.data import course_subset, load_dataset
+from rlab.vision.data import course_subset, load_dataset
 from rlab.errors import UserError
 
 SMALL = ["--dataset", "mnist5k", "--train-subset", "400", "--batch-size", "100", "--threads", "1"]

@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-import rlab.data as data
-from rlab.data import ImageData, course_subset, load_dataset, stratified_split
+import rlab.vision.data as data
+from rlab.vision.data import ImageData, course_subset, load_dataset, stratified_split
 from rlab.errors import UserError
 
 

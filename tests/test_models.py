@@ -2,9 +2,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-import rlab.models as models
+import rlab.vision.models as models
 from rlab.errors import UserError
-from rlab.models import MODEL_NAMES, PYTORCHCV_MODELS, Normalize, NormalizedModel, build_model
+from rlab.vision.models import MODEL_NAMES, PYTORCHCV_MODELS, Normalize, NormalizedModel, build_model
 
 
 def test_normalize_by_hand_values():
@@ -83,6 +83,6 @@ def test_model_store_import_needs_no_torchvision():
     import subprocess
     import sys
 
-    code = ("import sys; import pytorchcv.models.common.model_store, rlab.models; "
-            "rlab.models.build_model('resnet20_cifar10'); assert 'torchvision' not in sys.modules")
+    code = ("import sys; import pytorchcv.models.common.model_store, rlab.vision.models; "
+            "rlab.vision.models.build_model('resnet20_cifar10'); assert 'torchvision' not in sys.modules")
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0

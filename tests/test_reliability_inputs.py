@@ -35,7 +35,7 @@ import attacks
 import defenses
 from rlab.cli import COMMANDS, _Parser, split_command, main
 from rlab.config import add_config_arguments, config_from_namespace
-from rlab.data import load_dataset
+from rlab.vision.data import load_dataset
 from rlab.errors import UserError
 from rlab.runs import CheckpointError, load_checkpoint, save_checkpoint, use_runs_root
 

@@ -37,7 +37,7 @@ import pytest
 import torch
 from PIL import Image
 
-import rlab.classifier
+import rlab.vision.classifier
 from rlab.cli import main
 from rlab.errors import TrainingDiverged
 from rlab.runs import load_checkpoint
@@ -205,7 +205,7 @@ def test_classifier_training_survives_sigkill_and_resumes(tmp_path, runs_root, c
 
 
 def test_resuming_the_same_rl_checkpoint_twice_gives_the_same_rows(tmp_path, runs_root, capsys):
-    import rlab.train as train
+    import rlab.rl.trainer as train
 
     from rlab.config import make_config
 
@@ -234,7 +234,7 @@ def reliability_report() -> str:
 
 
 def test_rl_divergence_stops_naming_the_step_and_keeps_the_last_good_checkpoint(runs_root, monkeypatch):
-    import rlab.train as train
+    import rlab.rl.trainer as train
 
     calls = []
     real_update = train.ppo_update
@@ -273,7 +273,7 @@ def test_rl_absurd_learning_rate_is_one_line_exit_2_without_nonfinite_checkpoint
 
 
 def test_classifier_divergence_keeps_the_last_epoch(runs_root, capsys, monkeypatch):
-    real = rlab.classifier.F.cross_entropy
+    real = rlab.vision.classifier.F.cross_entropy
     calls = []
 
     def nan_in_second_epoch(logits, y, **kwargs):
@@ -283,7 +283,7 @@ def test_classifier_divergence_keeps_the_last_epoch(runs_root, capsys, monkeypat
         calls.append(1)
         return loss * float("nan") if len(calls) == 7 else loss
 
-    monkeypatch.setattr(rlab.classifier.F, "cross_entropy", nan_in_second_epoch)
+    monkeypatch.setattr(rlab.vision.classifier.F, "cross_entropy", nan_in_second_epoch)
     assert main([*CLS_ARGS, "--epochs", "3"]) == 2  # 5 steps per epoch: step 7 is in epoch 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "training diverged at step 7 (epoch 2)" in err and "end of epoch 1" in err

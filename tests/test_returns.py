@@ -12,7 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rlab import returns as R
+from rlab.rl import returns as R
 
 
 @st.composite

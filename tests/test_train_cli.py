@@ -11,7 +11,7 @@ import torch
 
 from rlab.cli import main
 from rlab.runs import RunDir
-from rlab.train import load_agent
+from rlab.rl.trainer import load_agent
 
 TINY = ["--env", "CartPole-v1", "--n-envs", "4", "--n-steps", "32", "--no-progress", "--eval-episodes", "2",
         "--device", "cpu"]

@@ -32,9 +32,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from rlab.config import check, opt
-from rlab.data import DATASET_NAMES, ImageData, course_subset, load_dataset
+from rlab.vision.data import DATASET_NAMES, ImageData, course_subset, load_dataset
 from rlab.errors import TrainingDiverged, UserError, first_nonfinite, load_state_checked
-from rlab.models import MODEL_NAMES, build_model, default_lr
+from rlab.vision.models import MODEL_NAMES, build_model, default_lr
 from rlab.runs import RunDir, rng_state, set_rng_state
 from rlab.runtime import DEVICES, resolve_device, seed_everything, set_threads
 

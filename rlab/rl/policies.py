@@ -6,7 +6,7 @@ An agent is Spinning Up's actor-critic (Achiam, 2018, "Spinning Up in Deep RL"):
 Gaussian for Box). Observation normalisation lives inside the agent, so a saved
 state_dict carries its statistics and eval/resume see the same inputs.
 
-The algorithms share one collect loop (rlab/train.py) and differ only in the
+The algorithms share one collect loop (rlab/rl/trainer.py) and differ only in the
 advantage they compute and the update they run:
 
     vpg  REINFORCE (Williams, 1992) with the lecture's returns versions 0-3:

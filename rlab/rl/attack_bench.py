@@ -212,7 +212,7 @@ def plot_curves(rows: list[dict[str, Any]], out_png: Path, title: str) -> Path:
 
 def run(cfg: RLAttackConfig) -> Path:
     """Attack every agent in cfg.run_dir at every eps; write results.csv, return_vs_eps.png, summary.json."""
-    from rlab.train import load_agent
+    from rlab.rl.trainer import load_agent
 
     set_threads(cfg.threads, "rl")
     device = resolve_device(cfg.device)

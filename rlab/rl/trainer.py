@@ -1,8 +1,8 @@
 """`rlab train` and `rlab eval`: one collect loop over Gymnasium vector envs, four updates.
 
 Reads top to bottom like CleanRL's ppo.py (Huang et al., 2022, "CleanRL", JMLR):
-collect T steps from N envs -> compute advantages with rlab.returns -> run the
-algorithm's update (rlab.agents) -> log, evaluate, checkpoint. VPG, actor-critic,
+collect T steps from N envs -> compute advantages with rlab.rl.returns -> run the
+algorithm's update (rlab.rl.policies) -> log, evaluate, checkpoint. VPG, actor-critic,
 A2C and PPO share everything but `advantages_for` and the update function.
 
 Gymnasium 1.x vector envs autoreset in next-step mode: after an episode ends,
@@ -25,11 +25,11 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from rlab import returns as R
-from rlab.agents import ALGOS, ActorCritic, Batch, UpdateSettings, actor_critic_update, make_actor_critic, ppo_update, vpg_update
+from rlab.rl import returns as R
+from rlab.rl.policies import ALGOS, ActorCritic, Batch, UpdateSettings, actor_critic_update, make_actor_critic, ppo_update, vpg_update
 from rlab.config import check, opt
 from rlab.errors import TrainingDiverged, UserError, first_nonfinite, load_state_checked, unknown_name
-from rlab.presets import PRESET_FIELDS, preset
+from rlab.rl.presets import PRESET_FIELDS, preset
 from rlab.runs import RunDir, rng_state, set_rng_state, utc_stamp, write_json
 from rlab.runtime import resolve_device, seed_everything, set_threads
 
@@ -38,7 +38,7 @@ ADV_OBS = ("none", "fgsm", "pgd", "pgd-worst")
 
 @dataclass
 class TrainConfig:
-    """Options of `rlab train`; None means "the preset for --env and --algo" (rlab/presets.py)."""
+    """Options of `rlab train`; None means "the preset for --env and --algo" (rlab/rl/presets.py)."""
 
     algo: str = opt("ppo", help="algorithm", choices=list(ALGOS))
     env: str = opt("CartPole-v1", help="Gymnasium env id")

@@ -103,8 +103,8 @@ def make_attack(name: str, steps: int, seed: int, restarts: int = 1):
 
 
 def load_victim(cfg: BenchConfig, device: torch.device):
-    from rlab.classifier import load_classifier
-    from rlab.data import course_subset, load_dataset
+    from rlab.vision.classifier import load_classifier
+    from rlab.vision.data import course_subset, load_dataset
 
     model, options = load_classifier(cfg.classifier, device)
     data = load_dataset(options["dataset"], "test", cfg.data_dir or options.get("data_dir"))
@@ -160,7 +160,7 @@ def transfer_matrix(victim, x, y, surrogate_dirs: list[str], attack_names: list[
                     cfg: BenchConfig, device) -> tuple[list[str], list[str], np.ndarray]:
     """Victim accuracy on examples crafted on each surrogate (and their ensemble), per attack."""
     import attacks
-    from rlab.classifier import load_classifier
+    from rlab.vision.classifier import load_classifier
 
     surrogates, names = [], []
     for d in surrogate_dirs:
