@@ -29,7 +29,7 @@ from tqdm import tqdm
 from rlab.config import check, opt
 from rlab.errors import unknown_name
 from rlab.runs import RunDir, atomic_write_text, write_csv
-from rlab.runtime import DEVICES, resolve_device, seed_everything, set_threads
+from rlab.runtime import resolve_device, seed_everything, set_threads
 
 RESULT_COLUMNS = ["attack", "defense", "adaptive", "eps", "clean_accuracy", "robust_accuracy", "success_rate",
                   "grad_steps", "queries", "seconds"]
@@ -53,7 +53,7 @@ class BenchConfig:
     batch_size: int = opt(250, "attack batch size")
     data_dir: str | None = opt(None, "folder holding the dataset files")
     seed: int = opt(0, "seed of the image draw and of randomized attacks/defenses")
-    device: str = opt("auto", "device", choices=list(DEVICES))
+    device: str = opt("auto", help="auto, cpu, cuda or cuda:N")
     threads: int = opt(0, "torch threads (0: every core up to 8)")
 
     def __post_init__(self) -> None:

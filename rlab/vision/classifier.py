@@ -36,7 +36,7 @@ from rlab.vision.data import DATASET_NAMES, ImageData, course_subset, load_datas
 from rlab.errors import TrainingDiverged, UserError, diverged, first_nonfinite, load_state_checked
 from rlab.vision.models import MODEL_NAMES, build_model, default_lr
 from rlab.runs import RunDir, rng_state
-from rlab.runtime import DEVICES, resolve_device, seed_everything, set_threads
+from rlab.runtime import resolve_device, seed_everything, set_threads
 
 ADV_METHODS = ("none", "pgd", "fast", "free")
 AUGMENTATIONS = ("auto", "none", "crop", "crop-flip")
@@ -56,7 +56,7 @@ class TrainConfig:
     augment: str = opt("auto", help="augmentation (auto: crop-flip for RGB, crop for greyscale)", choices=list(AUGMENTATIONS))
     train_subset: int = opt(0, help="train on the first N shuffled training images only (0: all)")
     seed: int = opt(0, help="seed for Python, NumPy and torch")
-    device: str = opt("auto", help="device", choices=list(DEVICES))
+    device: str = opt("auto", help="auto, cpu, cuda or cuda:N")
     threads: int = opt(0, help="torch threads (0: every core up to 8)")
     data_dir: str | None = opt(None, help="folder holding the dataset files (cifar10, cifar10-jpg)")
     adv: str = opt("none", help="adversarial training method", choices=list(ADV_METHODS))
@@ -99,7 +99,7 @@ class EvalConfig:
     batch_size: int = opt(500, help="evaluation batch size")
     tta: bool = opt(False, help="test-time augmentation: average the logits of x and its mirror image")
     seed: int = opt(0, help="seed of the per-class draw")
-    device: str = opt("auto", help="device", choices=list(DEVICES))
+    device: str = opt("auto", help="auto, cpu, cuda or cuda:N")
     threads: int = opt(0, help="torch threads (0: every core up to 8)")
 
     def __post_init__(self) -> None:
