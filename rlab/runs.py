@@ -265,7 +265,8 @@ class RunDir:
     def create(cls, kind: str, name: str, seed: int | None, config: Any, device: str | torch.device = "cpu",
                root: str | Path | None = None) -> "RunDir":
         root = Path(root) if root is not None else RUNS_ROOT
-        base = root / kind / f"{name.replace('/', '-')}__{seed}__{utc_stamp()}"
+        seed_part = f"__{seed}" if seed is not None else ""  # a bench over several seeds names none
+        base = root / kind / f"{name.replace('/', '-')}{seed_part}__{utc_stamp()}"
         path, k = base, 1
         while True:
             try:
