@@ -13,6 +13,7 @@ second, and the ratios to SB3's PPO / A2C. Writes results.csv and report.md into
 runs/bench/rl_vs_sb3__<env>__...
 
     flock /tmp/rlab-heavy.lock .venv/bin/python bench/rl_vs_sb3.py --env CartPole-v1 --seeds 3
+    .venv/bin/python bench/rl_vs_sb3.py --smoke     # all four agents, 1 seed, 512 env steps each
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from _smoke import parse_args
 from rlab.runs import RunDir, atomic_write_text, write_csv
 from rlab.rl.evaluation import agent_actor, run_episodes
 from rlab.rl.trainer import TrainConfig, train
@@ -151,7 +153,7 @@ def main() -> None:
     p.add_argument("--reuse", default=None, metavar="RESULTS_CSV",
                    help="take the rows of agents not in --agents from an earlier run's results.csv (e.g. SB3's "
                         "LunarLander runs, ~25 min a seed); the report says which rows were reused")
-    args = p.parse_args()
+    args = parse_args(p, dict(seeds=1, budget=512, eval_every=256, eval_episodes=2, at_steps=512))
     torch.set_num_threads(1)
     env_id, threshold = args.env, THRESHOLDS[args.env]
     budget = args.budget or BUDGETS[env_id]
