@@ -143,7 +143,7 @@ def speed_row(n: int, kinds: list[str], seconds: float, rounds: int) -> tuple[di
     return {k: statistics.median(v) for k, v in slices.items()}, compile_s
 
 
-def speed_table(num_envs: list[int], seconds: float, rounds: int, kinds: list[str] = KINDS) -> None:
+def speed_table(num_envs: list[int], seconds: float, rounds: int, kinds: list[str]) -> None:
     kinds = kinds + (["torch64-cuda", "torch32-t-cuda"] if torch.cuda.is_available() else [])
     print(f"env steps/s, median of {rounds} interleaved slices (torch threads {torch.get_num_threads()}, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f})")
