@@ -377,7 +377,9 @@ def ray_backend(cfg: SweepConfig, workers: int, runs_root: str) -> tuple[Submit,
     if cfg.ray_address:
         join_ray_cluster(ray, cfg)
     else:
-        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        # "local": a new instance of our own, even beside a `ray start` cluster or under RAY_ADDRESS
+        ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False,
+                 logging_level="ERROR")
     task = ray.remote(num_cpus=cfg.cpus_per_cell, num_gpus=cfg.gpus_per_cell, max_retries=0)(run_cell_anywhere)
     host = socket.gethostname()
     env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
