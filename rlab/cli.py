@@ -16,8 +16,8 @@ from rlab.errors import PartialFailure, UserError
 
 # name -> (module, config dataclass, function, one-line description)
 COMMANDS: dict[str, tuple[str, str, str, str]] = {
-    "train": ("rlab.rl.trainer", "TrainConfig", "train", "train a policy-gradient agent (vpg, ac, a2c, ppo) on a Gymnasium env"),
-    "eval": ("rlab.rl.trainer", "EvalConfig", "evaluate", "evaluate a trained agent's run folder; --video writes a GIF"),
+    "train": ("rlab.rl.trainer", "TrainConfig", "train", "train an RL agent (rlab train --help lists the algorithms) on a Gymnasium env"),
+    "eval": ("rlab.rl.evaluation", "EvalConfig", "evaluate", "evaluate a trained agent's run folder; --video writes a GIF"),
     "classifier train": ("rlab.vision.classifier", "TrainConfig", "train", "train an image classifier (MNIST-5k, CIFAR-10, image folder)"),
     "classifier eval": ("rlab.vision.classifier", "EvalConfig", "evaluate", "evaluate a trained classifier's run folder"),
     "bench attacks": ("rlab.vision.attack_bench", "BenchConfig", "run", "attack/defense benchmark: robust accuracy vs eps, report"),

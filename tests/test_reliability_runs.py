@@ -235,22 +235,25 @@ def reliability_report() -> str:
 
 def test_rl_divergence_stops_naming_the_step_and_keeps_the_last_good_checkpoint(runs_root, monkeypatch):
     import rlab.rl.trainer as train
+    from rlab.rl.onpolicy import OnPolicyLearner
 
     calls = []
-    real_update = train.ppo_update
+    real_iterate = OnPolicyLearner.iterate
 
-    def nan_on_third(*args, **kwargs):
-        out = real_update(*args, **kwargs)
+    def nan_on_third(self, progress_left):
+        out = real_iterate(self, progress_left)
         calls.append(1)
-        return {**out, "losses/value": float("nan")} if len(calls) == 3 else out
+        if len(calls) == 3:
+            out.losses["losses/value"] = float("nan")
+        return out
 
-    monkeypatch.setattr(train, "ppo_update", nan_on_third)
+    monkeypatch.setattr(OnPolicyLearner, "iterate", nan_on_third)
     with pytest.raises(TrainingDiverged, match=r"diverged at env step 384 \(update 3\): losses/value") as e:
         main_api(train, steps=1024)
     run = next((runs_root / "rl").iterdir())
     assert "env step 256" in str(e.value)  # the last good checkpoint it names
     saved = load_checkpoint(run / "checkpoints" / "last.pt")
-    assert saved["env_steps"] == 256 and all(torch.isfinite(v).all() for v in saved["agent"].values())
+    assert saved["env_steps"] == 256 and all(torch.isfinite(v).all() for v in saved["learner"]["agent"].values())
     assert [int(r["step"]) for r in rows(run)] == [128, 256]
     assert not (run / "summary.json").exists()
 
