@@ -2,8 +2,9 @@
 
 The head is started as a new user would (`ray start --head --port=PORT`, a
 token in ~/.ray/auth_token and RAY_AUTH_MODE unset, so Ray turns token
-authentication on by itself); the second node joins as the README says; the
-sweep runs in its own process without RAY_AUTH_MODE. Both nodes are stopped by
+authentication on by itself); the second node joins as the README says
+(RAY_AUTH_TOKEN exported, RAY_AUTH_MODE=token); the sweep runs in its own
+process without RAY_AUTH_MODE, the way the issue ran it. Both nodes are stopped by
 their own process ids (SIGKILL to the process group of each `ray start
 --block`, which holds its GCS, raylet and agents), within a bounded time.
 """
@@ -109,7 +110,8 @@ def sweep(env: dict[str, str], *argv: str, timeout: float = 180) -> subprocess.C
 def test_sweep_on_a_two_node_cluster_with_token_authentication(tmp_path):
     home = tmp_path / "home"  # this test's ~/.ray/auth_token, as `ray get-auth-token --generate` leaves it
     (home / ".ray").mkdir(parents=True)
-    (home / ".ray" / "auth_token").write_text(secrets.token_hex(32))
+    token = secrets.token_hex(32)
+    (home / ".ray" / "auth_token").write_text(token)
     base = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "RLAB_"))}
     env = {**base, "HOME": str(home), "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0"}
     port = free_port()
@@ -122,8 +124,13 @@ def test_sweep_on_a_two_node_cluster_with_token_authentication(tmp_path):
             head = start_node(["--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={ray_tmp}", *node],
                               env, logs[0], nodes)
             wait_until("ray start --head", lambda: listening(port), [head], logs[:1])
-            # the second node joins as soon as the head's GCS answers, while the head finishes starting
-            worker = start_node([f"--address={address}", *node], {**env, "RAY_AUTH_MODE": "token"}, logs[1], nodes)
+            # the second node joins as the README says (the token exported, RAY_AUTH_MODE=token), as soon as
+            # the head's GCS answers, while the head finishes starting
+            elsewhere = tmp_path / "elsewhere"  # a HOME without a token
+            elsewhere.mkdir()
+            worker = start_node([f"--address={address}", *node],
+                                {**env, "HOME": str(elsewhere), "RAY_AUTH_TOKEN": token, "RAY_AUTH_MODE": "token"},
+                                logs[1], nodes)
             wait_until("both nodes", lambda: all("Ray runtime started" in log.read_text() for log in logs),
                        [head, worker], logs)
             runs = tmp_path / "runs"
@@ -141,10 +148,8 @@ def test_sweep_on_a_two_node_cluster_with_token_authentication(tmp_path):
                 # the driver's RLAB_TENSORBOARD=0 reached the cells, whose nodes never had it
                 assert not list(run.glob("events.out.tfevents.*"))
 
-            # a driver on a machine without the head's token (its own HOME): one line, exit 2, in seconds
-            tokenless = tmp_path / "elsewhere"
-            tokenless.mkdir()
-            refused = sweep({**driver, "HOME": str(tokenless), "RAY_NUM_REDIS_GET_RETRIES": "2"},
+            # a driver on a machine without the head's token: one line, exit 2, in seconds
+            refused = sweep({**driver, "HOME": str(elsewhere), "RAY_NUM_REDIS_GET_RETRIES": "2"},
                             "--ray-address", address, "--base", CELL, "--grid", "seed=0")
             assert refused.returncode == 2
             assert refused.stderr.strip().splitlines() == [
