@@ -20,10 +20,10 @@ from defenses.preprocessing import (
     RandomResizePad,
     bpda,
 )
-from defenses.registry import DEFENSES, make_defense
+from defenses.registry import DEFENSES, make_defense, parse_spec
 
 __all__ = [
     "AdversarialTraining", "BPDA", "BitDepth", "DEFENSES", "EOT", "GRADIENT_RULES", "GaussianBlur", "Identity",
     "JPEG", "METHODS", "MedianSmoothing", "RandomResizePad", "attacker_view", "bpda", "correct",
-    "differentiable_jpeg", "evaluate_defense", "jpeg_codec", "make_defense",
+    "differentiable_jpeg", "evaluate_defense", "jpeg_codec", "make_defense", "parse_spec",
 ]

@@ -353,7 +353,8 @@ class RunDir:
                root: str | Path | None = None) -> "RunDir":
         root = Path(root) if root is not None else RUNS_ROOT
         tensorboard_enabled()  # a bad RLAB_TENSORBOARD fails before any folder exists
-        base = root / kind / f"{name.replace('/', '-')}__{seed}__{utc_stamp()}"
+        seed_part = f"__{seed}" if seed is not None else ""  # a bench over several seeds names none
+        base = root / kind / f"{name.replace('/', '-')}{seed_part}__{utc_stamp()}"
         path, k = base, 1
         while True:
             try:

@@ -19,7 +19,7 @@ command's option without dashes (`seed`, `algo`, `eps`), and each value becomes
 
     rlab sweep --file sweep.toml          (--base / --grid on the command line override the file)
 
-The sweep writes runs/sweep/<name>__None__<UTC timestamp>/ holding cells.json
+The sweep writes runs/sweep/<name>__<UTC timestamp>/ holding cells.json
 (per cell: grid key, argv, status, attempts, run folder, seconds, error tail,
 host and, on Ray, node id; rewritten atomically after every attempt), logs/cell-NNNN.log, summary.csv
 (each finished cell's summary.json flattened, plus its grid keys), and the usual

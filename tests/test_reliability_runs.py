@@ -157,10 +157,10 @@ def kill_and_resume(argv: list[str], kind: str, runs: Path, tmp_path: Path, seed
             seen = mtime(ckpt)
             wait_for(lambda: mtime(ckpt) != seen, proc)
             time.sleep(rng.uniform(0.0, 0.4))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            TALLY["kills"] += 1
-        proc.wait()
+        assert proc.poll() is None, f"kill {k + 1} would land after the run ended: the run must be longer"
+        proc.send_signal(signal.SIGKILL)
+        TALLY["kills"] += 1
+        assert proc.wait() == -signal.SIGKILL  # the kill, not a clean exit, ended this life
         proc.stdout.close()
         check_every_file_parses(run)
         step = int(load_checkpoint(ckpt)["env_steps" if kind == "rl" else "step"]) if ckpt.exists() else 0
@@ -169,6 +169,7 @@ def kill_and_resume(argv: list[str], kind: str, runs: Path, tmp_path: Path, seed
         resume = ["train", "--resume", str(run)] if kind == "rl" else ["classifier", "train", "--resume", str(run)]
         proc = spawn([*resume, "--threads", "1", "--device", "cpu"], runs, log)
     TALLY["resumed_from"].append((kind, resumed_from))
+    assert sum(s > 0 for s in resumed_from) >= KILLS - 1, f"kills after a checkpoint must resume mid-run: {resumed_from}"
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, log.read_text()[-2000:]
     assert Path(out.decode().strip().splitlines()[-1]) == run
@@ -183,6 +184,7 @@ def test_rl_training_survives_sigkill_and_resumes(tmp_path, runs_root, capsys):
     TALLY["steps_lost"] += len(set(expected) - set(steps))
     assert steps == expected  # every step exactly once, in order
     assert_same_scalars(run)  # and so in TensorBoard, after three kills and resumes
+    assert all(0 < s < RL_STEPS for s in resumed_from[1:]), resumed_from  # killed after a checkpoint, before the end
     assert json.loads((run / "summary.json").read_text())["env_steps"] == RL_STEPS
 
     assert main(argv) == 0

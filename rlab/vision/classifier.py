@@ -35,11 +35,12 @@ from rlab.config import check, opt
 from rlab.vision.data import DATASET_NAMES, ImageData, course_subset, load_dataset
 from rlab.errors import TrainingDiverged, UserError, diverged, first_nonfinite, load_state_checked
 from rlab.vision.models import MODEL_NAMES, build_model, default_lr
-from rlab.runs import RunDir, rng_state
+from rlab.runs import RunDir, rng_state, write_json
 from rlab.runtime import resolve_device, seed_everything, set_threads
 
 ADV_METHODS = ("none", "pgd", "fast", "free")
 AUGMENTATIONS = ("auto", "none", "crop", "crop-flip")
+DEFAULT_EPOCHS = 10
 
 
 @dataclass
@@ -47,7 +48,8 @@ class TrainConfig:
     dataset: str = opt("mnist5k", help=f"dataset: {', '.join(DATASET_NAMES)}")
     model: str = opt("auto", help="model name (auto: mnist_cnn for 1 channel, fastnet for RGB)",
                      choices=["auto", *MODEL_NAMES])
-    epochs: int = opt(10, help="passes over the training set")
+    epochs: int | None = opt(None, help=f"passes over the training set (default {DEFAULT_EPOCHS}; with --resume: "
+                                        f"extend the run to this many)")
     batch_size: int = opt(256, help="minibatch size")
     lr: float | None = opt(None, help="peak learning rate of the one-cycle schedule (default: the model's)")
     momentum: float = opt(0.9, help="Nesterov momentum")
@@ -69,10 +71,14 @@ class TrainConfig:
     optimizer: str = opt("sgd", help="optimizer (SGD with Nesterov momentum, or Adam)", choices=["sgd", "adam"])
     warmup: float = opt(0.25, help="fraction of the one-cycle schedule spent warming up to the peak lr")
     pretrained: bool = opt(False, help="start from pytorchcv's released weights (needs a network)")
-    resume: str | None = opt(None, help="continue the run in this folder from its last checkpoint")
+    resume: str | None = opt(None, help="continue the run in this folder from its last checkpoint "
+                                        "(with --epochs N: extend it to N epochs)")
+    progress: bool = opt(True, help="show a progress bar")
 
     def __post_init__(self) -> None:
-        check(self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}")
+        if self.epochs is None and not self.resume:
+            self.epochs = DEFAULT_EPOCHS
+        check(self.epochs is None or self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}")
         check(self.batch_size >= 2, f"--batch-size must be >= 2, got {self.batch_size}")
         check(self.lr is None or self.lr > 0, f"--lr must be > 0, got {self.lr}")
         check(0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}")
@@ -228,15 +234,29 @@ def _adversarial_trainer(cfg: TrainConfig):
 # ----------------------------------------------------------------------------- train
 
 
+# what --resume may change: the length of the run (to extend it) and how it runs, never what it learns
+RESUME_OPTIONS = ("epochs", "device", "threads", "progress")
+
+
 def _resumed_config(cfg: TrainConfig) -> tuple[TrainConfig, RunDir]:
+    """The saved configuration of the run in cfg.resume, with the options --resume may change taken from cfg."""
+    changed = [f.name for f in dataclasses.fields(TrainConfig)
+               if f.name not in (*RESUME_OPTIONS, "resume") and getattr(cfg, f.name) != f.default]
+    check(not changed, f"--resume continues a run with its saved options; --{changed[0].replace('_', '-') if changed else ''} "
+                       f"would be ignored (allowed with --resume: --epochs to extend the run, --device, --threads, "
+                       f"--progress)")
     run = RunDir.open(cfg.resume)
     saved = dict(run.config["options"])
     if run.config.get("kind") != "classifier" or "dataset" not in saved or "epochs" not in saved:
         raise UserError(f"{cfg.resume} is not a classifier run folder of `rlab classifier train`")
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     saved = {k: v for k, v in saved.items() if k in known}
-    saved["resume"] = cfg.resume
-    if cfg.device != "auto":
+    if cfg.epochs is not None:  # --epochs N given: extend the run to N epochs
+        check(cfg.epochs >= saved["epochs"], f"--epochs {cfg.epochs} would shorten the run; it was set to "
+                                             f"{saved['epochs']} epochs (give more to extend it)")
+        saved["epochs"] = cfg.epochs
+    saved.update(resume=cfg.resume, progress=cfg.progress)
+    if cfg.device != "auto":  # else the run's own device and threads (threads change the numbers)
         saved["device"] = cfg.device
     if cfg.threads:
         saved["threads"] = cfg.threads
@@ -281,6 +301,8 @@ def train(cfg: TrainConfig) -> Path:
     augment = augmentation_for(cfg.augment, train_data.channels)
 
     start_epoch, step, train_seconds = 0, 0, 0.0
+    if run is not None and run.config["options"].get("epochs") != cfg.epochs:  # extended: later resumes know it
+        write_json(run.path / "config.json", {**run.config, "options": {**run.config["options"], "epochs": cfg.epochs}})
     if run is None:
         run = RunDir.create("classifier", f"{cfg.dataset.replace(':', '-')}__{model_name}", cfg.seed, cfg, device=device)
     elif (run.path / "checkpoints" / "last.pt").exists():
@@ -300,7 +322,7 @@ def train(cfg: TrainConfig) -> Path:
         total_loss = total_correct = seen = 0.0
         order = torch.randperm(len(train_data)).to(device)
         batches = [b for b in order.split(cfg.batch_size) if len(b) >= 2]
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None)
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None if cfg.progress else True)
         for idx in bar:
             x = _to_device(augment_batch(images[idx].float().div_(255), augment), device)
             y = labels[idx]
