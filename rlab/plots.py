@@ -93,7 +93,8 @@ def plot_returns(run_dirs: list[str | Path], out_png: str | Path, x_axis: str = 
     fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
     for label, c in curves.items():  # in the order the runs were given
         n = int(c["n"])
-        line, = ax.plot(c["x"], c["mean"], lw=1.8, label=f"{label} (n={n} seed{'s' if n != 1 else ''})")
+        line, = ax.plot(c["x"], c["mean"], lw=1.8, label=f"{label} (n={n} seed{'s' if n != 1 else ''})",
+                        marker="o" if len(c["x"]) == 1 else None)  # one logged update: a dot, not an invisible line
         if n > 1:
             ax.fill_between(c["x"], c["mean"] - c["std"], c["mean"] + c["std"], color=line.get_color(), alpha=0.18, lw=0)
     ax.set_xlabel("environment steps" if x_axis == "steps" else "wall-clock time (s)")
