@@ -106,6 +106,15 @@ class Certificate:
     radius: Tensor
     p_a_lower: Tensor
 
+    def __getitem__(self, index) -> "Certificate":
+        """The certificates of some images (an index or a slice of the batch)."""
+        return Certificate(self.prediction[index], self.radius[index], self.p_a_lower[index])
+
+    @staticmethod
+    def cat(parts: list["Certificate"]) -> "Certificate":
+        """The certificates of several batches, in order."""
+        return Certificate(*(torch.cat([getattr(p, f) for p in parts]) for f in ("prediction", "radius", "p_a_lower")))
+
     def certified_accuracy(self, y: Tensor, radii) -> list[float]:
         """Per radius r: the fraction of images with prediction == y and radius >= r (abstentions count as errors)."""
         correct = (self.prediction == y.to(self.prediction.device)).cpu()

@@ -257,6 +257,7 @@ def test_certify_needs_a_sigma_for_a_classifier_trained_without_noise(runs, runs
 @pytest.mark.parametrize("args, message", [
     (["--noise-sd", "0.25", "--adv", "fast", "--eps", "0.1"], "--noise-sd (Gaussian noise training) and --adv fast"),
     (["--noise-sd", "-1"], "--noise-sd must be >= 0"),
+    (["--noise-sd", "0.25", "--adv-steps", "3"], "--adv-steps tune adversarial training: give them together with --adv"),
 ])
 def test_noise_training_bad_input_is_one_line_exit_2(runs_root, capsys, args, message):
     assert main(["classifier", "train", *SMALL, *args]) == 2

@@ -90,6 +90,9 @@ class TrainConfig:
         _check_dataset_name(self.dataset)
         if self.adv == "none":
             check(self.eps == 0, "--eps is the radius of adversarial training: give it together with --adv pgd|fast|free")
+            tuned = [f"--{name.replace('_', '-')}" for name in ("adv_alpha", "adv_steps", "adv_replays", "adv_ramp")
+                     if getattr(self, name)]
+            check(not tuned, f"{', '.join(tuned)} tune adversarial training: give them together with --adv pgd|fast|free")
         else:
             check(0 < self.eps <= 1, f"--adv {self.adv} needs --eps in (0, 1] (images are in [0, 1]), got {self.eps}")
         check(0 <= self.noise_sd < math.inf, f"--noise-sd must be >= 0 (0: no noise), got {self.noise_sd}")
