@@ -228,6 +228,7 @@ def test_certify_end_to_end(runs, runs_root, capsys):
     assert summary["sigma"] == 0.5 and summary["n"] == 60 and summary["seconds_per_image_per_1000_samples"] > 0
     assert summary["largest_certifiable_radius"] == pytest.approx(0.5 * norm.ppf(0.01 ** (1 / 60)))
     assert radius.max() <= summary["largest_certifiable_radius"] + 1e-5
+    assert summary["at_largest_radius"] == pytest.approx((radius >= summary["largest_certifiable_radius"] - 1e-4).mean())
     assert "| certified (%) |" in (bench / "report.md").read_text()
 
 
