@@ -23,7 +23,7 @@ from defenses.preprocessing import (
     RandomResizePad,
     bpda,
 )
-from defenses.registry import DEFENSES, make_defense
+from defenses.registry import DEFENSES, make_defense, parse_spec
 from defenses.smoothing import (ABSTAIN, Certificate, SmoothedClassifier, SoftSmoothed, binomial_test_two_sided,
                                 clopper_pearson_lower)
 
@@ -32,5 +32,5 @@ __all__ = [
     "GaussianBlur", "Identity", "JPEG", "METHODS", "MedianSmoothing", "RandomResizePad",
     "SmoothedClassifier", "SoftSmoothed", "attacker_view", "binomial_test_two_sided", "bpda",
     "clopper_pearson_lower", "correct", "differentiable_jpeg", "evaluate_defense", "gaussian_noise", "jpeg_codec",
-    "make_defense",
+    "make_defense", "parse_spec",
 ]

@@ -26,8 +26,6 @@ Writes into one run folder (runs/bench/certify__<dataset>__<model>__<seed>__<tim
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import time
 from dataclasses import dataclass
@@ -40,8 +38,8 @@ from tqdm import tqdm
 
 from rlab.config import check, opt
 from rlab.errors import UserError
-from rlab.runs import RunDir, atomic_write_text
-from rlab.runtime import DEVICES, resolve_device, seed_everything, set_threads
+from rlab.runs import RunDir, atomic_write_text, write_csv
+from rlab.runtime import resolve_device, seed_everything, set_threads
 
 RESULT_COLUMNS = ["kind", "radius", "accuracy", "abstain_rate", "images", "samples", "alpha", "sigma", "seconds"]
 CERTIFICATE_COLUMNS = ["index", "label", "prediction", "correct", "p_a_lower", "radius"]
@@ -65,7 +63,7 @@ class CertifyConfig:
     batch_size: int = opt(1000, "noisy images per forward pass")
     data_dir: str | None = opt(None, "folder holding the dataset files")
     seed: int = opt(0, "seed of the image draw, the noise and the attack")
-    device: str = opt("auto", "device", choices=list(DEVICES))
+    device: str = opt("auto", "auto, cpu, cuda or cuda:N")
     threads: int = opt(0, "torch threads (0: every core up to 8)")
 
     def __post_init__(self) -> None:
@@ -159,14 +157,6 @@ def _row(kind, radius, accuracy, abstain_rate, images, samples, alpha, sigma, se
             "sigma": sigma, "seconds": round(seconds, 3)}
 
 
-def _write_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
-
-
 def plot_certified(certificate, y, empirical: list[dict[str, Any]], r_max: float, title: str, out: Path,
                    anchor: dict[float, float] | None = None) -> Path:
     """Certified accuracy (%) against the L2 radius (a step curve), the attack's accuracy as points beside it."""
@@ -209,11 +199,11 @@ def run(cfg: CertifyConfig) -> Path:
 
     certificate, certify_seconds, certify_cpu_seconds = certify_images(smoothed, x, y, cfg)
     correct = certificate.prediction == y
-    _write_csv(run_dir.path / "certificates.csv", CERTIFICATE_COLUMNS, [
+    write_csv(run_dir.path / "certificates.csv", [
         {"index": int(i), "label": int(label), "prediction": int(p), "correct": bool(c), "p_a_lower": round(float(pa), 6),
          "radius": round(float(r), 6)}
         for i, label, p, c, pa, r in zip(index, y.cpu(), certificate.prediction.cpu(), correct.cpu(),
-                                         certificate.p_a_lower.cpu(), certificate.radius.cpu())])
+                                         certificate.p_a_lower.cpu(), certificate.radius.cpu())], CERTIFICATE_COLUMNS)
     r_max = largest_certifiable_radius(sigma, cfg.n, cfg.alpha)
     grid = radius_grid(r_max, cfg.attack_eps)
     abstain = float((certificate.prediction < 0).float().mean())
@@ -221,7 +211,7 @@ def run(cfg: CertifyConfig) -> Path:
             for r, a in zip(grid, certificate.certified_accuracy(y, grid))]
     empirical = attack_smoothed(smoothed, x[:cfg.attack_images], y[:cfg.attack_images], cfg) if cfg.attack_images else []
     rows += empirical
-    _write_csv(run_dir.path / "results.csv", RESULT_COLUMNS, rows)
+    write_csv(run_dir.path / "results.csv", rows, RESULT_COLUMNS)
 
     per_image_per_1000 = certify_seconds / len(x) / ((cfg.n0 + cfg.n) / 1000)
     cpu_per_image_per_1000 = certify_cpu_seconds / len(x) / ((cfg.n0 + cfg.n) / 1000)
