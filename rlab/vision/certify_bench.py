@@ -94,7 +94,7 @@ def radius_grid(r_max: float, extra: list[float], step: float = 0.125) -> list[f
 
 
 def _load(cfg: CertifyConfig, device: torch.device):
-    """(model, options, sigma, x, y, index) or a UserError before any folder is made."""
+    """(model, options, sigma, trained noise sd, x, y, test-set index) or a UserError before any folder is made."""
     from rlab.vision.classifier import load_classifier
     from rlab.vision.data import fixed_draw, load_dataset
 
@@ -115,7 +115,7 @@ def _load(cfg: CertifyConfig, device: torch.device):
     return model, options, sigma, trained_sd, x, y, index
 
 
-def certify_images(smoothed, x, y, cfg: CertifyConfig, chunk: int = 20):
+def certify_images(smoothed, x, cfg: CertifyConfig, chunk: int = 20):
     """CERTIFY every image, `chunk` images per call (a progress bar per chunk);
     (Certificate, wall seconds, CPU seconds of this process)."""
     from defenses import Certificate
@@ -197,7 +197,7 @@ def run(cfg: CertifyConfig) -> Path:
     wall_start = time.perf_counter()
     smoothed = SmoothedClassifier(model, sigma, batch_size=cfg.batch_size, seed=cfg.seed)
 
-    certificate, certify_seconds, certify_cpu_seconds = certify_images(smoothed, x, y, cfg)
+    certificate, certify_seconds, certify_cpu_seconds = certify_images(smoothed, x, cfg)
     correct = certificate.prediction == y
     write_csv(run_dir.path / "certificates.csv", [
         {"index": int(i), "label": int(label), "prediction": int(p), "correct": bool(c), "p_a_lower": round(float(pa), 6),
