@@ -1,13 +1,16 @@
 """Defenses against adversarial examples: input transformations that compose in
-front of any torch classifier, adversarial training, and an evaluation that
-reports both the non-adaptive and the adaptive (BPDA / EOT) robust accuracy.
+front of any torch classifier, adversarial training, an evaluation that
+reports both the non-adaptive and the adaptive (BPDA / EOT) robust accuracy,
+and randomized smoothing (training under Gaussian noise, a smoothed classifier
+that predicts, abstains and certifies an L2 radius).
 
-Depends on torch, kornia, Pillow and `attacks`; never on rlab.
+Depends on torch, kornia, Pillow, scipy and `attacks`; never on rlab.
 """
 
 from defenses.adversarial_training import METHODS, AdversarialTraining
 from defenses.evaluation import attacker_view, correct, evaluate_defense
 from defenses.jpeg import differentiable_jpeg, jpeg_codec
+from defenses.noise_training import gaussian_noise
 from defenses.preprocessing import (
     BPDA,
     EOT,
@@ -21,9 +24,13 @@ from defenses.preprocessing import (
     bpda,
 )
 from defenses.registry import DEFENSES, make_defense, parse_spec
+from defenses.smoothing import (ABSTAIN, Certificate, SmoothedClassifier, SoftSmoothed, binomial_test_two_sided,
+                                clopper_pearson_lower)
 
 __all__ = [
-    "AdversarialTraining", "BPDA", "BitDepth", "DEFENSES", "EOT", "GRADIENT_RULES", "GaussianBlur", "Identity",
-    "JPEG", "METHODS", "MedianSmoothing", "RandomResizePad", "attacker_view", "bpda", "correct",
-    "differentiable_jpeg", "evaluate_defense", "jpeg_codec", "make_defense", "parse_spec",
+    "ABSTAIN", "AdversarialTraining", "BPDA", "BitDepth", "Certificate", "DEFENSES", "EOT", "GRADIENT_RULES",
+    "GaussianBlur", "Identity", "JPEG", "METHODS", "MedianSmoothing", "RandomResizePad",
+    "SmoothedClassifier", "SoftSmoothed", "attacker_view", "binomial_test_two_sided", "bpda",
+    "clopper_pearson_lower", "correct", "differentiable_jpeg", "evaluate_defense", "gaussian_noise", "jpeg_codec",
+    "make_defense", "parse_spec",
 ]

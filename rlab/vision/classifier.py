@@ -3,6 +3,7 @@
     rlab classifier train --dataset mnist5k --model mnist_cnn --epochs 15
     rlab classifier train --dataset cifar10-jpg --model fastnet --epochs 10
     rlab classifier train --dataset mnist5k --adv pgd --eps 0.3
+    rlab classifier train --dataset mnist5k --noise-sd 0.25
     rlab classifier eval RUN_DIR [--dataset imagefolder:PATH] [--per-class 20]
 
 Training is minibatch SGD with Nesterov momentum under a one-cycle learning-rate
@@ -10,7 +11,9 @@ schedule (Smith & Topin, 2019, "Super-Convergence"), label smoothing (Szegedy
 et al., 2016) and, for RGB images, random-crop + horizontal-flip augmentation;
 on CUDA it runs in bfloat16 autocast with channels-last tensors. With --adv the
 minibatch step is `defenses.AdversarialTraining` (Madry et al., 2018, PGD;
-Wong et al., 2020, "fast"; Shafahi et al., 2019, "free").
+Wong et al., 2020, "fast"; Shafahi et al., 2019, "free"). With --noise-sd every
+minibatch gets Gaussian noise, `defenses.gaussian_noise` (Cohen et al., 2019: the
+base classifier of randomized smoothing, certified by `rlab bench certify`).
 
 Run folders: runs/classifier/<dataset>__<model>__<seed>__<time>/ with
 metrics.csv (one row per epoch), learning_curve.png, checkpoints/last.pt
@@ -68,6 +71,8 @@ class TrainConfig:
     adv_replays: int | None = opt(None, help="minibatch replays of free adversarial training (default: the method's)")
     adv_ramp: float = opt(0.0, help="fraction of training over which the adversarial eps ramps up from 0 "
                                     "(0: full eps from the start; 0.5 keeps MNIST at eps 0.3 from collapsing)")
+    noise_sd: float = opt(0.0, help="train under Gaussian noise N(0, S^2) for randomized smoothing, e.g. 0.25 "
+                                    "(0: none; excludes --adv)")
     optimizer: str = opt("sgd", help="optimizer (SGD with Nesterov momentum, or Adam)", choices=["sgd", "adam"])
     warmup: float = opt(0.25, help="fraction of the one-cycle schedule spent warming up to the peak lr")
     pretrained: bool = opt(False, help="start from pytorchcv's released weights (needs a network)")
@@ -91,8 +96,15 @@ class TrainConfig:
         _check_dataset_name(self.dataset)
         if self.adv == "none":
             check(self.eps == 0, "--eps is the radius of adversarial training: give it together with --adv pgd|fast|free")
+            tuned = [f"--{name.replace('_', '-')}" for name in ("adv_alpha", "adv_steps", "adv_replays", "adv_ramp")
+                     if getattr(self, name)]
+            check(not tuned, f"{', '.join(tuned)} tune adversarial training: give them together with --adv pgd|fast|free")
         else:
             check(0 < self.eps <= 1, f"--adv {self.adv} needs --eps in (0, 1] (images are in [0, 1]), got {self.eps}")
+        check(0 <= self.noise_sd < math.inf, f"--noise-sd must be >= 0 (0: no noise), got {self.noise_sd}")
+        check(not (self.noise_sd and self.adv != "none"),
+              f"--noise-sd (Gaussian noise training) and --adv {self.adv} (adversarial training) exclude each other; "
+              "give one of them")
 
 
 @dataclass
@@ -170,12 +182,17 @@ def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, data: ImageData, device: torch.device, batch_size: int = 500,
-                   tta: bool = False) -> torch.Tensor:
-    """Logits (N, classes) of an eval-mode model; with tta, the mean over x and its mirror image."""
+                   tta: bool = False, noise: torch.Generator | None = None, noise_sd: float = 0.0) -> torch.Tensor:
+    """Logits (N, classes) of an eval-mode model; with tta, the mean over x and its mirror image;
+    with noise_sd, of x + N(0, noise_sd^2) drawn from the generator `noise` (on `device`)."""
     model.eval()
     out = []
     for start in range(0, len(data), batch_size):
         x = _to_device(data.float(slice(start, start + batch_size)), device)
+        if noise_sd:
+            from defenses import gaussian_noise
+
+            x = gaussian_noise(x, noise_sd, noise)
         with _autocast(device):
             logits = model(x).float()
             if tta:
@@ -215,6 +232,8 @@ def _plot_learning_curve(rows: list[dict], path: Path, title: str) -> None:
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
     ax_acc.plot(epochs, [r["train/accuracy"] for r in rows], "o-", label="train")
     ax_acc.plot(epochs, [r["test/accuracy"] for r in rows], "s-", label="test")
+    if rows and "test/noisy_accuracy" in rows[-1]:
+        ax_acc.plot(epochs, [r.get("test/noisy_accuracy") for r in rows], "^--", label="test, under training noise")
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title=title)
     ax_loss.plot(epochs, [r["train/loss"] for r in rows], "o-", label="train (augmented, smoothed labels)")
     ax_loss.plot(epochs, [r["test/loss"] for r in rows], "s-", label="test")
@@ -299,6 +318,8 @@ def train(cfg: TrainConfig) -> Path:
     if adv_trainer is not None:
         from defenses.adversarial_training import ramped_eps
     augment = augmentation_for(cfg.augment, train_data.channels)
+    if cfg.noise_sd:
+        from defenses import gaussian_noise
 
     start_epoch, step, train_seconds = 0, 0, 0.0
     if run is not None and run.config["options"].get("epochs") != cfg.epochs:  # extended: later resumes know it
@@ -325,6 +346,8 @@ def train(cfg: TrainConfig) -> Path:
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None if cfg.progress else True)
         for idx in bar:
             x = _to_device(augment_batch(images[idx].float().div_(255), augment), device)
+            if cfg.noise_sd:
+                x = gaussian_noise(x, cfg.noise_sd)
             y = labels[idx]
             if adv_trainer is not None:
                 with _autocast(device):
@@ -352,8 +375,13 @@ def train(cfg: TrainConfig) -> Path:
         if bad is not None:
             raise _diverged(step, epoch, f"weight {bad}", run, lr)
         test_acc, test_loss = accuracy_and_loss(predict_logits(model, test_data, device), test_data.labels)
+        noisy = {}
+        if cfg.noise_sd:  # the same noise every epoch, from its own generator (the training RNG stays untouched)
+            generator = torch.Generator(device=device).manual_seed(cfg.seed)
+            noisy_logits = predict_logits(model, test_data, device, noise=generator, noise_sd=cfg.noise_sd)
+            noisy["test/noisy_accuracy"] = accuracy_and_loss(noisy_logits, test_data.labels)[0]
         run.log(step, **{"epoch": epoch + 1, "train/loss": total_loss / seen, "train/accuracy": total_correct / seen,
-                         "test/accuracy": test_acc, "test/loss": test_loss, "charts/lr": lr_used,
+                         "test/accuracy": test_acc, "test/loss": test_loss, **noisy, "charts/lr": lr_used,
                          "time/train_seconds": train_seconds}, flush=True)
         run.save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                              "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "step": step,
@@ -362,6 +390,8 @@ def train(cfg: TrainConfig) -> Path:
     last = run.metrics[-1] if run.metrics else {}
     run.write_summary({"test/accuracy": last.get("test/accuracy"), "test/loss": last.get("test/loss"),
                        "train/accuracy": last.get("train/accuracy"), "epochs": cfg.epochs,
+                       **({"test/noisy_accuracy": last.get("test/noisy_accuracy"), "noise_sd": cfg.noise_sd}
+                          if cfg.noise_sd else {}),
                        "train_seconds": train_seconds, "wall_seconds": time.perf_counter() - wall_start,
                        "model": model_name, "dataset": cfg.dataset, "num_train": len(train_data),
                        "num_test": len(test_data), "num_params": sum(p.numel() for p in model.parameters())})
