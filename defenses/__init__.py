@@ -1,12 +1,15 @@
 """Defenses against adversarial examples: input transformations that compose in
-front of any torch classifier, adversarial training, and an evaluation that
-reports both the non-adaptive and the adaptive (BPDA / EOT) robust accuracy.
+front of any torch classifier (MagNet's autoencoder reformer among them),
+adversarial training, an evaluation that reports both the non-adaptive and the
+adaptive (BPDA / EOT) robust accuracy, and the detection of poisoned training
+samples (spectral signatures, activation clustering).
 
 Depends on torch, kornia, Pillow and `attacks`; never on rlab.
 """
 
 from defenses.adversarial_training import METHODS, AdversarialTraining
 from defenses.evaluation import attacker_view, correct, evaluate_defense
+from defenses.generative import DenoisingAutoencoder, MagNetReformer, train_denoising_autoencoder
 from defenses.jpeg import differentiable_jpeg, jpeg_codec
 from defenses.preprocessing import (
     BPDA,
@@ -20,10 +23,13 @@ from defenses.preprocessing import (
     RandomResizePad,
     bpda,
 )
+from defenses.poison_detection import DETECTORS, Detection, detect_poison, penultimate_features
 from defenses.registry import DEFENSES, make_defense
 
 __all__ = [
-    "AdversarialTraining", "BPDA", "BitDepth", "DEFENSES", "EOT", "GRADIENT_RULES", "GaussianBlur", "Identity",
-    "JPEG", "METHODS", "MedianSmoothing", "RandomResizePad", "attacker_view", "bpda", "correct",
-    "differentiable_jpeg", "evaluate_defense", "jpeg_codec", "make_defense",
+    "AdversarialTraining", "BPDA", "BitDepth", "DEFENSES", "DETECTORS", "Detection", "DenoisingAutoencoder", "EOT",
+    "GRADIENT_RULES", "GaussianBlur", "Identity", "JPEG", "METHODS", "MagNetReformer",
+    "MedianSmoothing", "RandomResizePad", "attacker_view", "bpda", "correct", "detect_poison",
+    "differentiable_jpeg", "evaluate_defense", "jpeg_codec", "make_defense", "penultimate_features",
+    "train_denoising_autoencoder",
 ]

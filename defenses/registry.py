@@ -6,6 +6,7 @@ import difflib
 
 import torch.nn as nn
 
+from defenses.generative import MagNetReformer
 from defenses.preprocessing import BitDepth, GaussianBlur, Identity, JPEG, MedianSmoothing, RandomResizePad
 
 DEFENSES = {
@@ -15,12 +16,14 @@ DEFENSES = {
     "jpeg": JPEG,
     "bitdepth": BitDepth,
     "resize-pad": RandomResizePad,
+    "magnet": MagNetReformer,
 }
 
 
 def make_defense(name: str, **kwargs) -> nn.Module:
     """The defense called `name` (see DEFENSES), built with `kwargs`
-    (e.g. make_defense("jpeg", quality=50))."""
+    (e.g. make_defense("jpeg", quality=50)). A defense with a `fit` method
+    (magnet) must be fitted on clean training images before use."""
     if name not in DEFENSES:
         close = difflib.get_close_matches(str(name), DEFENSES, n=2, cutoff=0.5)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
