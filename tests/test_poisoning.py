@@ -287,3 +287,14 @@ def test_bench_backdoor_refuses_bad_input(runs_root, capsys):
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
     assert not runs_root.exists()
+
+
+def test_remove_suspects_refuses_a_run_of_another_training_set(runs_root, capsys):
+    from rlab.runs import RunDir
+    from rlab.vision.classifier import TrainConfig
+
+    other = RunDir.create("classifier", "other", 1, TrainConfig(poison="badnets", seed=1, train_subset=300)).path
+    assert main(["classifier", "train", *SMALL, "--poison", "badnets", "--remove-suspects", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "was trained on another training set" in err and err.count("\n") == 1, err
+    assert [p.name for p in (runs_root / "classifier").iterdir()] == [other.name]

@@ -135,7 +135,7 @@ def evaluate_grid(model, x, y, attack_names, defense_names, eps, cfg: BenchConfi
                 rows.append(_row(attack_name, "none", False, e, ra.clean_accuracy, acc, seconds / len(eps),
                                  ra.grad_steps, ra.queries))
             continue
-        defense = prepared_defense(defense_name, cfg.classifier, x.device, cfg.data_dir, log=tqdm.write)
+        defense = prepared_defense(defense_name, cfg.classifier, x.device, cfg.data_dir)
         if hasattr(defense, "reseed"):
             defense.reseed(cfg.seed)
         res = defenses.evaluate_defense(model, defense, attack, x, y, eps, eot_samples=cfg.eot_samples,

@@ -11,18 +11,21 @@ of any classifier on that dataset reuses it.
 from __future__ import annotations
 
 import hashlib
+import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn as nn
+from tqdm import tqdm
 
 from rlab.runs import RunDir, load_checkpoint, save_checkpoint
 
 
 def prepared_defense(name: str, classifier_dir: str | Path, device: torch.device, data_dir: str | None = None,
-                     log=print) -> nn.Module:
-    """Defense `name` on `device`; fitted on the classifier's clean training set when it learns (cached)."""
+                     log=lambda message: tqdm.write(message, file=sys.stderr)) -> nn.Module:
+    """Defense `name` on `device`; fitted on the classifier's clean training set when it learns
+    (cached); what happened goes to `log` (stderr)."""
     import defenses
 
     defense = defenses.make_defense(name)
