@@ -1,7 +1,7 @@
 """This lab's PPO and A2C against Stable-Baselines3's, same env, budget, machine and evaluator.
 
 Each agent trains until the mean of `--eval-episodes` deterministic episodes
-(evaluated every `--eval-every` env steps, the same `rlab.rl.trainer.run_episodes` for
+(evaluated every `--eval-every` env steps, the same `rlab.rl.evaluation.run_episodes` for
 both sides, its time excluded from the clock) reaches the threshold, or the
 budget runs out. SB3 uses rl-baselines3-zoo's hyperparameters (hyperparams/
 ppo.yml, a2c.yml); this lab uses its presets (rlab/rl/presets.py), which copy them
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import math
 import time
 from dataclasses import dataclass, field
@@ -27,8 +26,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from rlab.runs import RunDir, atomic_write_text
-from rlab.rl.trainer import TrainConfig, agent_actor, run_episodes, train
+from rlab.runs import RunDir, atomic_write_text, write_csv
+from rlab.rl.evaluation import agent_actor, run_episodes
+from rlab.rl.trainer import TrainConfig, train
 
 THRESHOLDS = {"CartPole-v1": 475.0, "LunarLander-v3": 200.0}
 BUDGETS = {"CartPole-v1": 100_000, "LunarLander-v3": 1_000_000}
@@ -176,11 +176,7 @@ def main() -> None:
 
     report = _report(rows, env_id, threshold, at_steps, budget, args)
     print(report)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(run.path / "results.csv", buf.getvalue())
+    write_csv(run.path / "results.csv", rows)
     atomic_write_text(run.path / "report.md", report + "\n")
     run.write_summary({"rows": rows})
     print(run.path)

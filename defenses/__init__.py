@@ -23,13 +23,12 @@ from defenses.preprocessing import (
     RandomResizePad,
     bpda,
 )
-from defenses.poison_detection import DETECTORS, Detection, detect_poison, penultimate_features
-from defenses.registry import DEFENSES, make_defense
+from defenses.registry import DEFENSES, make_defense, parse_spec
 
 __all__ = [
     "AdversarialTraining", "BPDA", "BitDepth", "DEFENSES", "DETECTORS", "Detection", "DenoisingAutoencoder", "EOT",
     "GRADIENT_RULES", "GaussianBlur", "Identity", "JPEG", "METHODS", "MagNetReformer",
     "MedianSmoothing", "RandomResizePad", "attacker_view", "bpda", "correct", "detect_poison",
-    "differentiable_jpeg", "evaluate_defense", "jpeg_codec", "make_defense", "penultimate_features",
+    "differentiable_jpeg", "evaluate_defense", "jpeg_codec", "make_defense", "parse_spec", "penultimate_features",
     "train_denoising_autoencoder",
 ]

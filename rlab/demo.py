@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import csv
 import html
-import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rlab.config import check, make_config, opt
-from rlab.runs import RunDir, atomic_write_text, read_json, use_runs_root
-from rlab.runtime import DEVICES, resolve_device
+from rlab.runs import RunDir, atomic_write_text, read_json, use_runs_root, write_csv
+from rlab.runtime import resolve_device
 
 # (label, options) of the lecture's ladder, in the order the lecture climbs it.
 LADDER: list[tuple[str, dict[str, Any]]] = [
@@ -50,7 +49,7 @@ class DemoConfig:
     epochs: int | None = opt(None, "classifier epochs (default: 8 standard, 10 adversarial; quick: 1)")
     bench_n: int | None = opt(None, "test images in the attack benchmark (default: 300, quick: 60)")
     seed: int = opt(0, "first seed")
-    device: str = opt("auto", "device", choices=list(DEVICES))
+    device: str = opt("auto", help="auto, cpu, cuda or cuda:N")
 
     def __post_init__(self) -> None:
         resolve_device(self.device)  # a device that is not there fails before any run folder exists
@@ -119,11 +118,7 @@ def _training_comparison(benches: dict[str, Path], out_csv: Path) -> Path:
             for r in csv.DictReader(f):
                 if r["defense"] == "none":
                     rows.append({**r, "defense": f"{label} training"})
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(out_csv, buf.getvalue())
+    write_csv(out_csv, rows)
     return out_csv
 
 

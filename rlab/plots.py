@@ -26,6 +26,7 @@ from rlab.errors import UserError  # noqa: E402
 from rlab.runs import RunDir, atomic_write_bytes, find_run_dirs  # noqa: E402
 
 RETURN_COLUMN = "charts/episode_return"
+WALL_COLUMN = "time/train_seconds"  # what every trainer logs as its training clock (evaluation excluded)
 
 
 def variant_label(options: dict[str, Any]) -> str:
@@ -52,11 +53,11 @@ def smooth(y: np.ndarray, window: int) -> np.ndarray:
 
 
 def _curve(run: RunDir, x_axis: str, column: str) -> tuple[np.ndarray, np.ndarray]:
-    xs, ys, wall = [], [], 0.0
+    xs, ys = [], []
     for row in run.metrics:
         if column not in row:
             continue
-        xs.append(float(row["step"]) if x_axis == "steps" else float(row.get("charts/wall_seconds", np.nan)))
+        xs.append(float(row["step"]) if x_axis == "steps" else float(row.get(WALL_COLUMN, np.nan)))
         ys.append(float(row[column]))
     return np.asarray(xs), np.asarray(ys)
 

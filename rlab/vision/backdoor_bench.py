@@ -38,7 +38,7 @@ from defenses.poison_detection import DETECTORS
 from rlab.config import check, opt
 from rlab.errors import UserError
 from rlab.runs import RunDir, atomic_write_text
-from rlab.runtime import DEVICES, resolve_device, set_threads
+from rlab.runtime import resolve_device, set_threads
 from rlab.vision.classifier import TrainConfig, check_dataset_name, load_classifier, train
 from rlab.vision.data import load_dataset
 from rlab.vision.models import MODEL_NAMES
@@ -61,7 +61,7 @@ class BackdoorBenchConfig:
     gallery: int = opt(8, "triggered test images in the gallery (0: none)")
     data_dir: str | None = opt(None, "folder holding the dataset files")
     seed: int = opt(0, "seed of every model and of the poison draw")
-    device: str = opt("auto", "device", choices=list(DEVICES))
+    device: str = opt("auto", "auto, cpu, cuda or cuda:N")
     threads: int = opt(0, "torch threads (0: every core up to 8)")
 
     def __post_init__(self) -> None:

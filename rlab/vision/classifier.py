@@ -48,14 +48,15 @@ from attacks.poisoning import BadNets, Trigger, attack_success_rate
 from defenses.poison_detection import DETECTORS
 from rlab.config import check, opt
 from rlab.vision.data import DATASET_NAMES, ImageData, course_subset, load_dataset
-from rlab.errors import TrainingDiverged, UserError, first_nonfinite, load_state_checked
+from rlab.errors import TrainingDiverged, UserError, diverged, first_nonfinite, load_state_checked
 from rlab.vision.models import MODEL_NAMES, build_model, default_lr
-from rlab.runs import RunDir, rng_state, set_rng_state, write_json
-from rlab.runtime import DEVICES, resolve_device, seed_everything, set_threads
+from rlab.runs import RunDir, rng_state, write_json
+from rlab.runtime import resolve_device, seed_everything, set_threads
 
 ADV_METHODS = ("none", "pgd", "fast", "free")
 POISONS = ("none", "badnets")
 AUGMENTATIONS = ("auto", "none", "crop", "crop-flip")
+DEFAULT_EPOCHS = 10
 
 
 @dataclass
@@ -63,7 +64,8 @@ class TrainConfig:
     dataset: str = opt("mnist5k", help=f"dataset: {', '.join(DATASET_NAMES)}")
     model: str = opt("auto", help="model name (auto: mnist_cnn for 1 channel, fastnet for RGB)",
                      choices=["auto", *MODEL_NAMES])
-    epochs: int = opt(10, help="passes over the training set")
+    epochs: int | None = opt(None, help=f"passes over the training set (default {DEFAULT_EPOCHS}; with --resume: "
+                                        f"extend the run to this many)")
     batch_size: int = opt(256, help="minibatch size")
     lr: float | None = opt(None, help="peak learning rate of the one-cycle schedule (default: the model's)")
     momentum: float = opt(0.9, help="Nesterov momentum")
@@ -72,7 +74,7 @@ class TrainConfig:
     augment: str = opt("auto", help="augmentation (auto: crop-flip for RGB, crop for greyscale)", choices=list(AUGMENTATIONS))
     train_subset: int = opt(0, help="train on the first N shuffled training images only (0: all)")
     seed: int = opt(0, help="seed for Python, NumPy and torch")
-    device: str = opt("auto", help="device", choices=list(DEVICES))
+    device: str = opt("auto", help="auto, cpu, cuda or cuda:N")
     threads: int = opt(0, help="torch threads (0: every core up to 8)")
     data_dir: str | None = opt(None, help="folder holding the dataset files (cifar10, cifar10-jpg)")
     adv: str = opt("none", help="adversarial training method", choices=list(ADV_METHODS))
@@ -96,10 +98,14 @@ class TrainConfig:
                                                  "training samples (same training set), which this run leaves out")
     detector: str | None = opt(None, help=f"with --remove-suspects: poison detector (default {DETECTORS[0]})",
                                choices=list(DETECTORS))
-    resume: str | None = opt(None, help="continue the run in this folder from its last checkpoint")
+    resume: str | None = opt(None, help="continue the run in this folder from its last checkpoint "
+                                        "(with --epochs N: extend it to N epochs)")
+    progress: bool = opt(True, help="show a progress bar")
 
     def __post_init__(self) -> None:
-        check(self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}")
+        if self.epochs is None and not self.resume:
+            self.epochs = DEFAULT_EPOCHS
+        check(self.epochs is None or self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}")
         check(self.batch_size >= 2, f"--batch-size must be >= 2, got {self.batch_size}")
         check(self.lr is None or self.lr > 0, f"--lr must be > 0, got {self.lr}")
         check(0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}")
@@ -142,7 +148,7 @@ class EvalConfig:
     batch_size: int = opt(500, help="evaluation batch size")
     tta: bool = opt(False, help="test-time augmentation: average the logits of x and its mirror image")
     seed: int = opt(0, help="seed of the per-class draw")
-    device: str = opt("auto", help="device", choices=list(DEVICES))
+    device: str = opt("auto", help="auto, cpu, cuda or cuda:N")
     threads: int = opt(0, help="torch threads (0: every core up to 8)")
 
     def __post_init__(self) -> None:
@@ -271,15 +277,29 @@ def _adversarial_trainer(cfg: TrainConfig):
 # ----------------------------------------------------------------------------- train
 
 
+# what --resume may change: the length of the run (to extend it) and how it runs, never what it learns
+RESUME_OPTIONS = ("epochs", "device", "threads", "progress")
+
+
 def _resumed_config(cfg: TrainConfig) -> tuple[TrainConfig, RunDir]:
+    """The saved configuration of the run in cfg.resume, with the options --resume may change taken from cfg."""
+    changed = [f.name for f in dataclasses.fields(TrainConfig)
+               if f.name not in (*RESUME_OPTIONS, "resume") and getattr(cfg, f.name) != f.default]
+    check(not changed, f"--resume continues a run with its saved options; --{changed[0].replace('_', '-') if changed else ''} "
+                       f"would be ignored (allowed with --resume: --epochs to extend the run, --device, --threads, "
+                       f"--progress)")
     run = RunDir.open(cfg.resume)
     saved = dict(run.config["options"])
     if run.config.get("kind") != "classifier" or "dataset" not in saved or "epochs" not in saved:
         raise UserError(f"{cfg.resume} is not a classifier run folder of `rlab classifier train`")
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     saved = {k: v for k, v in saved.items() if k in known}
-    saved["resume"] = cfg.resume
-    if cfg.device != "auto":
+    if cfg.epochs is not None:  # --epochs N given: extend the run to N epochs
+        check(cfg.epochs >= saved["epochs"], f"--epochs {cfg.epochs} would shorten the run; it was set to "
+                                             f"{saved['epochs']} epochs (give more to extend it)")
+        saved["epochs"] = cfg.epochs
+    saved.update(resume=cfg.resume, progress=cfg.progress)
+    if cfg.device != "auto":  # else the run's own device and threads (threads change the numbers)
         saved["device"] = cfg.device
     if cfg.threads:
         saved["threads"] = cfg.threads
@@ -337,12 +357,16 @@ def train(cfg: TrainConfig) -> Path:
     augment = augmentation_for(cfg.augment, train_data.channels)
 
     start_epoch, step, train_seconds = 0, 0, 0.0
+    if run is not None and run.config["options"].get("epochs") != cfg.epochs:  # extended: later resumes know it
+        write_json(run.path / "config.json", {**run.config, "options": {**run.config["options"], "epochs": cfg.epochs}})
     if run is None:
         run = RunDir.create("classifier", f"{cfg.dataset.replace(':', '-')}__{model_name}", cfg.seed, cfg, device=device)
         if detection is not None:
             write_json(run.path / "suspects.json", {k: v for k, v in detection.items() if k != "suspects"})
     elif (run.path / "checkpoints" / "last.pt").exists():
-        start_epoch, step, train_seconds = _restore(run, device, model, optimizer, scheduler)
+        start_epoch, step, train_seconds = run.restore({"model": model, "optimizer": optimizer, "scheduler": scheduler},
+                                                       ("epoch", "step", "train_seconds"), "rlab classifier train",
+                                                       map_location=device)
     # (a run killed before its first checkpoint starts again from step 0 in the same folder)
     run.truncate_metrics(step)
 
@@ -356,7 +380,7 @@ def train(cfg: TrainConfig) -> Path:
         total_loss = total_correct = seen = 0.0
         order = torch.randperm(len(train_data)).to(device)
         batches = [b for b in order.split(cfg.batch_size) if len(b) >= 2]
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None)
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None if cfg.progress else True)
         for idx in bar:
             x = _to_device(augment_batch(images[idx].float().div_(255), augment), device)
             y = labels[idx]
@@ -376,7 +400,7 @@ def train(cfg: TrainConfig) -> Path:
             step += 1
             loss_value = loss.item()
             if not math.isfinite(loss_value):
-                raise diverged(step, epoch, "the training loss", run, lr)
+                raise _diverged(step, epoch, "the training loss", run, lr)
             total_loss += loss_value * len(y)
             total_correct += (logits.argmax(1) == y).sum().item()
             seen += len(y)
@@ -384,7 +408,7 @@ def train(cfg: TrainConfig) -> Path:
         train_seconds += time.perf_counter() - t0
         bad = first_nonfinite(model.state_dict())
         if bad is not None:
-            raise diverged(step, epoch, f"weight {bad}", run, lr)
+            raise _diverged(step, epoch, f"weight {bad}", run, lr)
         test_acc, test_loss = accuracy_and_loss(predict_logits(model, test_data, device), test_data.labels)
         backdoor = {}
         if badnets is not None:
@@ -486,27 +510,10 @@ def _poison_summary(badnets: BadNets | None, num_planted: int, poisoned: torch.T
     return out
 
 
-def diverged(step: int, epoch: int, what: str, run: RunDir, lr: float) -> TrainingDiverged:
-    """The error for a loss or weight that became NaN/inf; the checkpoint of the last finished epoch is kept."""
-    kept = (f"the last good checkpoint (end of epoch {epoch}) is kept in {run.path / 'checkpoints' / 'last.pt'}"
-            if epoch > 0 else f"no checkpoint had been written yet in {run.path}")
-    return TrainingDiverged(f"training diverged at step {step} (epoch {epoch + 1}): {what} is NaN or inf; {kept}; "
-                            f"try a smaller --lr than {lr:g}")
-
-
-def _restore(run: RunDir, device: torch.device, model: nn.Module, optimizer: torch.optim.Optimizer,
-             scheduler) -> tuple[int, int, float]:
-    """Load model, optimizer, schedule and RNG states from the run's last checkpoint; (epoch, step, train_seconds)."""
-    path = run.path / "checkpoints" / "last.pt"
-    state = run.load_checkpoint("last.pt", map_location=device)
-    for key, target in (("model", model), ("optimizer", optimizer), ("scheduler", scheduler)):
-        load_state_checked(target, state, key, path)
-    try:
-        set_rng_state(state["rng"])
-        return int(state["epoch"]), int(state["step"]), float(state["train_seconds"])
-    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
-        raise UserError(f"checkpoint {path} lacks a readable {e if isinstance(e, KeyError) else 'RNG or step'} "
-                        f"entry ({type(e).__name__}); it was not written by `rlab classifier train`") from None
+def _diverged(step: int, epoch: int, what: str, run: RunDir, lr: float) -> TrainingDiverged:
+    """A NaN/inf at `step`: the checkpoint of the last finished epoch is kept."""
+    return diverged(f"step {step} (epoch {epoch + 1})", what, f"end of epoch {epoch}" if epoch > 0 else None,
+                    run.path / "checkpoints" / "last.pt", lr)
 
 
 # ----------------------------------------------------------------------------- load and evaluate

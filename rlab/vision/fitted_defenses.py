@@ -28,23 +28,24 @@ def prepared_defense(name: str, classifier_dir: str | Path, device: torch.device
     (cached); what happened goes to `log` (stderr)."""
     import defenses
 
-    defense = defenses.make_defense(name)
+    defense = defenses.make_defense(name)  # a name or a spec such as magnet:epochs=20
     if not hasattr(defense, "fit"):
         return defense
+    base = defenses.parse_spec(name)[0]
     from rlab.vision.data import cache_dir, load_dataset
 
     options = RunDir.open(classifier_dir).config["options"]
     train = load_dataset(options["dataset"], "train", data_dir or options.get("data_dir"))
-    digest = hashlib.sha256(f"{name}|{defense.extra_repr()}|".encode() + train.images.numpy().tobytes()).hexdigest()
-    path = cache_dir() / "defenses" / f"{name}__{options['dataset'].replace(':', '-').replace('/', '-')}__{digest[:16]}.pt"
+    digest = hashlib.sha256(f"{base}|{defense.extra_repr()}|".encode() + train.images.numpy().tobytes()).hexdigest()
+    path = cache_dir() / "defenses" / f"{base}__{options['dataset'].replace(':', '-').replace('/', '-')}__{digest[:16]}.pt"
     if path.is_file():
         defense.build(train.channels)
         defense.load_state_dict(load_checkpoint(path)["state"])
-        log(f"{name}: fitted state loaded from {path}")
+        log(f"{base}: fitted state loaded from {path}")
         return defense.to(device).eval()
     start = time.perf_counter()
     losses = defense.fit(train.float().to(device))
     save_checkpoint(path, {"state": {k: v.cpu() for k, v in defense.state_dict().items()}, "losses": losses})
-    log(f"{name}: fitted on {options['dataset']}'s {len(train)} training images in "
+    log(f"{base}: fitted on {options['dataset']}'s {len(train)} training images in "
         f"{time.perf_counter() - start:.0f} s (last loss {losses[-1]:.4g}); cached in {path}")
     return defense.to(device).eval()
