@@ -194,19 +194,16 @@ def run(cfg: BackdoorBenchConfig) -> Path:
     clean_run = train(cfg.train_config())
     clean_model, options = load_classifier(clean_run, device)
     rows = [_row(0.0, "clean", clean_run, asr=attack_success_rate(clean_model, x_test, y_test, trigger, cfg.target))]
-    gallery_models = [("clean", clean_model)]
     poison = {"poison": "badnets", "target": cfg.target, "trigger": cfg.trigger}
     for rate in cfg.poison_rate:
         poisoned_run = train(cfg.train_config(poison_rate=rate, **poison))
         rows.append(_row(rate, "poisoned", poisoned_run))
+        gallery_runs = {f"poisoned {100 * rate:g}%": poisoned_run}  # the gallery shows the largest rate's models
         for detector in cfg.detectors:
             retrained = train(cfg.train_config(poison_rate=rate, **poison, remove_suspects=str(poisoned_run),
                                                detector=detector))
             rows.append(_row(rate, "retrained", retrained, detector))
-            if rate == cfg.poison_rate[-1]:
-                gallery_models.append((f"retrained ({detector})", load_classifier(retrained, device)[0]))
-        if rate == cfg.poison_rate[-1]:
-            gallery_models.insert(1, (f"poisoned {100 * rate:g}%", load_classifier(poisoned_run, device)[0]))
+            gallery_runs[f"retrained ({detector})"] = retrained
 
     write_results(bench.path / "results.csv", rows)
     title = f"BadNets on {cfg.dataset} / {options['model']}: trigger {trigger.spec}, target {test.classes[cfg.target]}"
@@ -214,15 +211,15 @@ def run(cfg: BackdoorBenchConfig) -> Path:
     report = [f"# Backdoor benchmark: BadNets on {cfg.dataset} / {options['model']}", "",
               f"Trigger `{trigger.spec}` stamped on the poisoned share of the training set, relabelled to class "
               f"{cfg.target} ({test.classes[cfg.target]}); {cfg.epochs} epochs, seed {cfg.seed}. Budget: the poison "
-              f"rate (share of the {len(load_dataset(cfg.dataset, 'train', cfg.data_dir)) if not cfg.train_subset else cfg.train_subset} "
-              f"training images). Clean accuracy on the {len(test)} clean test images; attack success on the "
+              f"rate (share of the {_summary(clean_run)['num_train']} training images). Clean accuracy on the "
+              f"{len(test)} clean test images; attack success on the "
               f"{int((test.labels != cfg.target).sum())} test images of other classes with the trigger stamped. "
               "Detectors read the poisoned model's penultimate activations per label; precision and recall are "
               "against the planted poison; 'poisoned left' is what the retrained model still trained on.", "",
               report_table(rows), "", "![backdoor](backdoor.png)", ""]
     if cfg.gallery:
-        plot_gallery(gallery_models, x_test, y_test, test.classes, trigger, cfg.target, cfg.gallery,
-                     bench.path / "gallery.png")
+        models = [("clean", clean_model)] + [(name, load_classifier(run, device)[0]) for name, run in gallery_runs.items()]
+        plot_gallery(models, x_test, y_test, test.classes, trigger, cfg.target, cfg.gallery, bench.path / "gallery.png")
         report += [f"## Gallery (poison rate {100 * cfg.poison_rate[-1]:g}%)", "", "![gallery](gallery.png)", ""]
     atomic_write_text(bench.path / "report.md", "\n".join(report))
     summary: dict[str, Any] = {"wall_seconds": time.perf_counter() - start, "rows": len(rows)}
