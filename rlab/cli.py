@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "classifier eval": ("rlab.vision.classifier", "EvalConfig", "evaluate", "evaluate a trained classifier's run folder"),
     "bench attacks": ("rlab.vision.attack_bench", "BenchConfig", "run", "attack/defense benchmark: robust accuracy vs eps, report"),
     "bench certify": ("rlab.vision.certify_bench", "CertifyConfig", "run", "randomized smoothing: certified accuracy vs L2 radius, attack beside it"),
+    "bench backdoor": ("rlab.vision.backdoor_bench", "BackdoorBenchConfig", "run", "BadNets poisoning -> detection -> retraining, per poison rate, report"),
     "bench rl-attack": ("rlab.rl.attack_bench", "RLAttackConfig", "run", "observation attacks on a trained agent: return vs eps"),
     "plot returns": ("rlab.plots", "PlotReturnsConfig", "plot_returns_cmd", "plot return vs env steps, mean and spread over seeds"),
     "plot robustness": ("rlab.plots", "PlotRobustnessConfig", "plot_robustness_cmd", "plot accuracy vs eps from a results.csv"),

@@ -30,6 +30,7 @@ from rlab.config import check, opt
 from rlab.errors import UserError, unknown_name
 from rlab.runs import RunDir, atomic_write_text, write_csv
 from rlab.runtime import resolve_device, seed_everything, set_threads
+from rlab.vision.fitted_defenses import prepared_defense
 
 RESULT_COLUMNS = ["attack", "defense", "adaptive", "eps", "clean_accuracy", "robust_accuracy", "success_rate",
                   "grad_steps", "queries", "seconds"]
@@ -136,7 +137,7 @@ def evaluate_grid(model, x, y, attack_names, defense_names, eps, cfg: BenchConfi
                 rows.append(_row(attack_name, "none", False, e, ra.clean_accuracy, acc, seconds / len(eps),
                                  ra.grad_steps, ra.queries))
             continue
-        defense = defenses.make_defense(defense_name)
+        defense = prepared_defense(defense_name, cfg.classifier, x.device, cfg.data_dir)
         if hasattr(defense, "reseed"):
             defense.reseed(cfg.seed)
         res = defenses.evaluate_defense(model, defense, attack, x, y, eps, eot_samples=cfg.eot_samples,
