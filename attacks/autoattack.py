@@ -6,14 +6,18 @@ the samples that survived the ones before, and count a sample as robust only if 
 survives all of them (the per-sample worst case). Here, in order:
 
     apgd-ce   APGD on cross-entropy (attacks.apgd)
-    apgd-t    APGD-T: targeted DLR against each of the top-9 other classes
+    apgd-t    APGD-T: targeted DLR against each of the top-k other classes
     square    Square Attack (Andriushchenko et al. 2020; attacks.queries), score-based black box, Linf only
 
-AutoAttack's standard version also runs FAB-T, which its authors found adds almost
-nothing after APGD-T; it is left out. Budgets (per sample):
+Budgets (per sample still standing; each can be overridden with `steps`, `targets`, `queries`):
 
-    standard  APGD-CE 100 steps, APGD-T 9 targets x 100 steps, Square 5,000 queries (AutoAttack's standard)
-    fast      APGD-CE 25 steps,  APGD-T 3 targets x 25 steps,  Square 1,000 queries
+    standard  APGD-CE 100 steps, APGD-T 9 targets x 100 steps, Square 5,000 queries
+    fast      APGD-CE 25 steps,  APGD-T 3 targets x 25 steps,  Square 500 queries (a quick look)
+
+The standard budget is AutoAttack's own, without FAB-T (which its authors found adds
+almost nothing after APGD-T). On a robust model every survivor pays every budget in
+full, so the wall time is about the sum of the budgets, mostly Square's queries
+(bench/autoattack_vs_peers.py measures budgets against torchattacks' AutoAttack).
 
 It flags likely gradient masking (Athalye, Carlini & Wagner 2018, "Obfuscated gradients
 give a false sense of security", Sec. 3.1), in `result.info["warnings"]`:
@@ -50,7 +54,7 @@ class Budget:
     queries: int  # Square Attack queries per sample
 
 
-BUDGETS = {"standard": Budget(steps=100, targets=9, queries=5000), "fast": Budget(steps=25, targets=3, queries=1000)}
+BUDGETS = {"standard": Budget(steps=100, targets=9, queries=5000), "fast": Budget(steps=25, targets=3, queries=500)}
 
 
 def masking_warnings(eps: list[float], accuracy: list[float], n: int,
@@ -79,6 +83,7 @@ class AutoAttack:
     """APGD-CE, then APGD-T, then Square, each on the survivors; `version` "standard" or "fast" (see BUDGETS).
 
     norm:       "linf" or "l2" (L2: no Square).
+    steps, targets, queries: override the version's APGD steps, APGD-T targets, Square queries (None: keep).
     early_stop: passed to the APGD parts, and reuse of successes from a smaller eps (see attacks.apgd).
     seed:       seeds of the parts (seed, seed + 1, seed + 2); None = torch's global RNG.
 
@@ -88,6 +93,9 @@ class AutoAttack:
 
     norm: str = "linf"
     version: str = "standard"
+    steps: int | None = None
+    targets: int | None = None
+    queries: int | None = None
     early_stop: bool = True
     seed: int | None = None
 
@@ -96,10 +104,23 @@ class AutoAttack:
             raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
         if self.version not in BUDGETS:
             raise ValueError(f"version must be one of {', '.join(BUDGETS)}, got {self.version!r}")
+        for name in ("steps", "targets", "queries"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"{name} must be an integer >= 1 or None (the version's budget), got {value!r}")
+        if self.queries is not None and self.norm != "linf":
+            raise ValueError("queries sets Square's budget, and the L2 ensemble has no Square; leave it None")
+
+    @property
+    def budget(self) -> Budget:
+        """The version's budget with the overrides applied."""
+        base = BUDGETS[self.version]
+        return Budget(steps=self.steps or base.steps, targets=self.targets or base.targets,
+                      queries=self.queries or base.queries)
 
     def parts(self, classes: int) -> list[tuple[str, object]]:
         """The attacks in the order they run, for a model with `classes` outputs."""
-        budget = BUDGETS[self.version]
+        budget = self.budget
 
         def seed(k: int) -> int | None:
             return None if self.seed is None else self.seed + k

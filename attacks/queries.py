@@ -2,7 +2,8 @@
 
     SquareAttack  Andriushchenko et al. 2020, "Square Attack: a query-efficient black-box adversarial
                   attack via random search": Linf random search over square patches of +-eps, the
-                  patch side shrinking on a schedule; accept a proposal when the margin loss falls.
+                  patch side shrinking on a schedule; accept a proposal when the margin loss falls
+                  (a proposal equal to the current image is redrawn with the opposite signs).
     SimBA         Guo et al. 2019, "Simple Black-box Adversarial Attacks": walk the pixel basis in random
                   order, try -eps then +eps on one coordinate, keep a step that lowers p(y | x).
     OnePixel      Su et al. 2019, "One Pixel Attack for Fooling Deep Neural Networks": differential
@@ -123,8 +124,11 @@ class SquareAttack:
             left = torch.randint(0, w - side + 1, (m, 1, 1), generator=generator, device=device)
             window = ((rows >= top) & (rows < top + side) & (cols >= left) & (cols < left + side)).unsqueeze(1)
             signs = torch.randint(0, 2, (m, c, 1, 1), generator=generator, device=device).to(dtype) * 2 - 1
-            x_a = x[active]
-            proposal = torch.where(window, (x_a + eps * signs).clamp(0, 1), x_adv[active])
+            x_a, current = x[active], x_adv[active]
+            proposal = torch.where(window, (x_a + eps * signs).clamp(0, 1), current)
+            same = (proposal == current).flatten(1).all(1)  # a query that changes nothing is wasted (1 in 2 on gray)
+            if same.any():
+                proposal[same] = torch.where(window[same], (x_a[same] - eps * signs[same]).clamp(0, 1), current[same])
             logits = _query(model, proposal)
             queries += m
             new_loss = _score_loss(logits, labels[active], targeted)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import html
 import io
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,15 +200,19 @@ def _write_report(root: Path, b, ladder_runs, classifiers, benches, summary) -> 
     md += ["", "## 3. Attacks and defenses", ""]
     for label, p in benches.items():
         report = (p / "report.md").read_text().split("\n")
-        table = [line for line in report if line.startswith("|")]
-        md += [f"### {label} model (`{_rel(root, p)}`)", ""] + table + [""]
+        start = next(i for i, line in enumerate(report) if line.startswith("## Headline"))
+        end = next(i for i, line in enumerate(report) if line.startswith("![robustness]"))
+        tables = [f"#{line}" if line.startswith("## ") else line for line in report[start:end]]
+        md += [f"### {label} model (`{_rel(root, p)}`)", ""] + tables
         for png in ("robustness.png", "gallery.png"):
             if (p / png).is_file():
                 md.append(f"![{label} {png[:-4]}]({_rel(root, p / png)})")
         md.append("")
     md += ["### Standard vs adversarial training", "", "![training comparison](training_comparison.png)", "",
-           "Passive defenses are judged by the adaptive (dashed) numbers: an attacker who knows the defense "
-           "differentiates through it (BPDA / EOT, Athalye et al. 2018).", ""]
+           "A defense is judged by its worst case over every attack and both attackers (the headline tables): "
+           "an attacker who knows the defense differentiates through it (BPDA / EOT, Athalye et al. 2018) and "
+           "usually wins; where the adaptive figure reads higher (†), the adaptive attack was the weaker one, "
+           "not the defense stronger.", ""]
     atomic_write_text(root / "report.md", "\n".join(md))
     atomic_write_text(root / "index.html", _markdown_to_html("\n".join(md)))
 
@@ -220,11 +225,14 @@ def _markdown_to_html(md: str) -> str:
            "td:first-child,th:first-child{text-align:left}img{max-width:100%;margin:0.5em 0}</style></head><body>"]
     table: list[list[str]] = []
 
+    def inline(text: str) -> str:  # escaped, with **bold**
+        return re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(text))
+
     def flush_table() -> None:
         if table:
             head, *body = table
-            out.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr>")
-            out.extend("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in body)
+            out.append("<table><tr>" + "".join(f"<th>{inline(c)}</th>" for c in head) + "</tr>")
+            out.extend("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in row) + "</tr>" for row in body)
             out.append("</table>")
             table.clear()
 
@@ -242,7 +250,7 @@ def _markdown_to_html(md: str) -> str:
             alt, src = line[2:].split("](", 1)
             out.append(f"<p><img src='{html.escape(src.rstrip(')'))}' alt='{html.escape(alt)}'></p>")
         elif line.strip():
-            out.append(f"<p>{html.escape(line)}</p>")
+            out.append(f"<p>{inline(line)}</p>")
     flush_table()
     out.append("</body></html>")
     return "\n".join(out)

@@ -115,7 +115,7 @@ def test_two_apgd_steps_on_a_linear_model_match_the_formula(norm):
 
 CASES = [APGD(seed=0, steps=10), APGDDLR(seed=0, steps=10), APGDT(seed=0, steps=5, targets=2),
          APGD(norm="l2", seed=0, steps=10), APGDT(norm="l2", seed=0, steps=5, targets=2),
-         AutoAttack(version="fast", seed=0), AutoAttack(norm="l2", version="fast", seed=0)]
+         AutoAttack(steps=10, targets=2, queries=100, seed=0), AutoAttack(norm="l2", steps=10, targets=2, seed=0)]
 
 
 @pytest.mark.parametrize("attack", CASES, ids=lambda a: f"{type(a).__name__}-{a.norm}")
@@ -186,6 +186,11 @@ def test_bad_calls_are_refused():
         AutoAttack()(tiny_cnn(), *random_batch(4, model=tiny_cnn()), eps=0.1, target="random")
     with pytest.raises(ValueError, match="version must be one of standard, fast"):
         AutoAttack(version="quick")
+    with pytest.raises(ValueError, match="queries must be an integer >= 1 or None"):
+        AutoAttack(queries=0)
+    with pytest.raises(ValueError, match="the L2 ensemble has no Square"):
+        AutoAttack(norm="l2", queries=100)
+    assert AutoAttack(version="fast", targets=5).budget == attacks.autoattack.Budget(25, 5, 500)
 
 
 def test_registry_names():
@@ -262,13 +267,14 @@ class Quantized(nn.Module):
 
 def test_auto_flags_black_box_success_where_white_box_fails():
     x, y = mnist_test(60)
-    masked = AutoAttack(version="fast", seed=0)(Quantized(trained_mlp()), x, y, eps=0.2)
-    plain = AutoAttack(version="fast", seed=0)(trained_mlp(), x, y, eps=0.2)
+    auto = AutoAttack(steps=20, targets=2, queries=300, seed=0)
+    masked = auto(Quantized(trained_mlp()), x, y, eps=0.2)
+    plain = auto(trained_mlp(), x, y, eps=0.2)
     by = {name: counts[0] for name, counts in masked.info["fooled_by"].items()}
     assert by["square"] > 20 and by["square"] > 2 * (by["apgd-ce"] + by["apgd-t"])  # gradients lead nowhere
     assert any("black-box attack fooled" in w for w in masked.info["warnings"])
     assert plain.info["warnings"] == [] and plain.success.float().mean() > 0.5
-    ra = attacks.robust_accuracy(Quantized(trained_mlp()), AutoAttack(version="fast", seed=0), x, y, [0, 0.2])
+    ra = attacks.robust_accuracy(Quantized(trained_mlp()), auto, x, y, [0, 0.2])
     assert ra.fooled_by["square"][1] == masked.info["fooled_by"]["square"][0]
     assert any("black-box" in w for w in ra.warnings) and math.isclose(ra.accuracy[1],
                                                                          1 - masked.success.float().mean().item())
