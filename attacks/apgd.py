@@ -35,8 +35,9 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from attacks.core import (NORMS, AttackResult, Eps, check_batch, check_labels, check_logits, clean_result, each_eps,
-                          eps_limit, eps_values, eval_mode, is_adversarial, make_generator, objective, resolve_target)
+from attacks.core import (NORMS, AttackResult, Eps, check_batch, check_counts, check_labels, check_logits,
+                          check_threat_model, clean_result, each_eps, eps_limit, eps_values, eval_mode, is_adversarial,
+                          make_generator, objective, resolve_target)
 
 APGD_LOSSES = ("ce", "dlr")
 ALPHA = 0.75  # momentum: weight of the new step against the last move
@@ -100,18 +101,12 @@ class APGD:
     bounds: tuple[float, float] | None = (0.0, 1.0)
 
     def __post_init__(self) -> None:
-        if self.norm not in NORMS:
-            raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
+        check_threat_model(self.norm, self.bounds)
         if self.loss not in APGD_LOSSES:
             raise ValueError(f"loss must be one of {', '.join(APGD_LOSSES)}, got {self.loss!r}")
-        for name in ("steps", "restarts"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        check_counts(steps=self.steps, restarts=self.restarts)
         if not isinstance(self.targets, int) or isinstance(self.targets, bool) or self.targets < 0:
             raise ValueError(f"targets must be an integer >= 0 (0: untargeted APGD), got {self.targets!r}")
-        if self.bounds is not None and not (len(self.bounds) == 2 and self.bounds[0] < self.bounds[1]):
-            raise ValueError(f"bounds must be (lo, hi) with lo < hi or None, got {self.bounds!r}")
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, eps: Eps,
                  target: Tensor | str | None = None) -> AttackResult:
@@ -193,7 +188,8 @@ class APGD:
             logits = model(x_k)
             if first:
                 self._check_logits(logits, y_a, t_a)
-            f = objective(logits, y_a, self.loss, False) if t_a is None else objective(logits, t_a, self.loss, True, y_a)
+            f = (objective(logits, y_a, self.loss, False) if t_a is None
+                 else objective(logits, t_a, self.loss, True, y_a))
             gradient, = torch.autograd.grad(f.sum(), x_k)
             return f.detach(), gradient, logits.detach()
 
@@ -207,7 +203,8 @@ class APGD:
         # per-sample state of the active samples; `index` maps them back into the batch
         s = {"index": torch.arange(n, device=x.device), "x": x, "y": y, "x_k": x_k, "x_prev": x_k, "g_k": g_k,
              "f_k": f_k, "x_best": x_k.clone(), "g_best": g_k.clone(), "f_best": f_k.clone(),
-             "fooled_best": fooled_at(logits, y, target), "eta": torch.full((n,), 2 * eps, device=x.device, dtype=x.dtype),
+             "fooled_best": fooled_at(logits, y, target),
+             "eta": torch.full((n,), 2 * eps, device=x.device, dtype=x.dtype),
              "increases": torch.zeros(n, device=x.device), "f_best_at_check": f_k.clone(),
              "reduced_at_check": torch.zeros(n, dtype=torch.bool, device=x.device)}
         if target is not None:

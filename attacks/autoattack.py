@@ -39,8 +39,8 @@ import torch.nn as nn
 from torch import Tensor
 
 from attacks.apgd import APGD, APGDT
-from attacks.core import (NORMS, AttackResult, Eps, check_batch, check_labels, check_logits, eps_limit, eps_values,
-                          eval_mode, stack_results)
+from attacks.core import (AttackResult, Eps, check_batch, check_labels, check_logits, check_threat_model, eps_limit,
+                          eps_values, eval_mode, stack_results)
 from attacks.queries import SquareAttack
 
 MASKING_SHARE = 0.01  # black-box-only successes on at least this share of the images raise a flag
@@ -100,8 +100,7 @@ class AutoAttack:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if self.norm not in NORMS:
-            raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
+        check_threat_model(self.norm, None)
         if self.version not in BUDGETS:
             raise ValueError(f"version must be one of {', '.join(BUDGETS)}, got {self.version!r}")
         for name in ("steps", "targets", "queries"):

@@ -108,6 +108,21 @@ def check_batch(x: Tensor, y: Tensor, bounds: tuple[float, float] | None = (0.0,
                              f"[{float(x.min()):g}, {float(x.max()):g}] (normalise inside the model, not the data)")
 
 
+def check_counts(**options: int) -> None:
+    """Raise ValueError unless every option is an integer >= 1 (steps, restarts, queries, ...)."""
+    for name, value in options.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def check_threat_model(norm: str, bounds: tuple[float, float] | None) -> None:
+    """Raise ValueError unless norm names a threat model of NORMS and bounds is (lo, hi) with lo < hi, or None."""
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
+    if bounds is not None and not (len(bounds) == 2 and bounds[0] < bounds[1]):
+        raise ValueError(f"bounds must be (lo, hi) with lo < hi or None, got {bounds!r}")
+
+
 def check_labels(labels: Tensor, num_classes: int, name: str = "labels") -> None:
     """Raise ValueError when a label is not a class index of logits with `num_classes` columns."""
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):

@@ -35,9 +35,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from attacks.core import (LOSSES, NORMS, AttackResult, Eps, check_batch, check_labels, check_logits, clean_result,
-                          each_eps, eps_limit, eps_values, eval_mode, is_adversarial, make_generator, objective,
-                          resolve_target)
+from attacks.core import (LOSSES, NORMS, AttackResult, Eps, check_batch, check_counts, check_labels, check_logits,
+                          check_threat_model, clean_result, each_eps, eps_limit, eps_values, eval_mode, is_adversarial,
+                          make_generator, objective, resolve_target)
 
 
 def input_diversity(x: Tensor, resize_rate: float, prob: float, generator: torch.Generator | None) -> Tensor:
@@ -94,14 +94,10 @@ class GradientAttack:
     bounds: tuple[float, float] | None = (0.0, 1.0)
 
     def __post_init__(self) -> None:
-        if self.norm not in NORMS:
-            raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
+        check_threat_model(self.norm, self.bounds)
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
-        for name in ("steps", "restarts"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        check_counts(steps=self.steps, restarts=self.restarts)
         if not self.rel_stepsize > 0:
             raise ValueError(f"rel_stepsize must be > 0, got {self.rel_stepsize}")
         if self.abs_stepsize is not None and not self.abs_stepsize > 0:
@@ -112,8 +108,6 @@ class GradientAttack:
             raise ValueError(f"diversity_prob must be in [0, 1], got {self.diversity_prob}")
         if not self.resize_rate > 1:
             raise ValueError(f"resize_rate must be > 1, got {self.resize_rate}")
-        if self.bounds is not None and not (len(self.bounds) == 2 and self.bounds[0] < self.bounds[1]):
-            raise ValueError(f"bounds must be (lo, hi) with lo < hi or None, got {self.bounds!r}")
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, eps: Eps,
                  target: Tensor | str | None = None) -> AttackResult:

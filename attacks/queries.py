@@ -27,8 +27,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from attacks.core import (AttackResult, Eps, check_batch, check_labels, check_logits, eps_values, eval_mode,
-                          is_adversarial, make_generator, margin, resolve_target, stack_results)
+from attacks.core import (AttackResult, Eps, check_batch, check_counts, check_labels, check_logits, eps_values,
+                          eval_mode, is_adversarial, make_generator, margin, resolve_target, stack_results)
 
 
 def _score_loss(logits: Tensor, labels: Tensor, targeted: bool) -> Tensor:
@@ -41,12 +41,6 @@ def _query(model: nn.Module, x: Tensor) -> Tensor:
         logits = model(x)
     check_logits(logits, x.shape[0])
     return logits
-
-
-def _check_options(**options: float) -> None:
-    for name, value in options.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 def _run_per_eps(attack, model: nn.Module, x: Tensor, y: Tensor, eps: Eps, target, upper: float | None,
@@ -93,7 +87,7 @@ class SquareAttack:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        _check_options(max_queries=self.max_queries)
+        check_counts(max_queries=self.max_queries)
         if not 0 < self.p_init <= 1:
             raise ValueError(f"p_init must be in (0, 1], got {self.p_init}")
 
@@ -147,7 +141,7 @@ class SimBA:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        _check_options(max_queries=self.max_queries)
+        check_counts(max_queries=self.max_queries)
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, eps: Eps,
                  target: Tensor | str | None = None) -> AttackResult:
@@ -203,7 +197,7 @@ class OnePixel:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        _check_options(population=self.population, generations=self.generations)
+        check_counts(population=self.population, generations=self.generations)
         if self.population < 4:
             raise ValueError(f"population must be >= 4 for DE/rand/1, got {self.population}")
         if not 0 < self.mutation <= 2:

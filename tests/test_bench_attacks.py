@@ -84,8 +84,9 @@ def test_worst_case_is_the_minimum_of_its_rows_and_auto_is_the_default(tiny_clas
         mine = [float(r["robust_accuracy"]) for r in rows if r["defense"] == w["defense"] and r["eps"] == w["eps"]]
         assert len(mine) == (2 if w["defense"] == "none" else 4)  # attacks x attacker kinds
         assert float(w["robust_accuracy"]) == min(mine)
-    auto = {float(r["eps"]): float(r["robust_accuracy"]) for r in rows if r["attack"] == "auto" and r["defense"] == "none"}
-    fgsm = {float(r["eps"]): float(r["robust_accuracy"]) for r in rows if r["attack"] == "fgsm" and r["defense"] == "none"}
+    bare = [r for r in rows if r["defense"] == "none"]
+    auto = {float(r["eps"]): float(r["robust_accuracy"]) for r in bare if r["attack"] == "auto"}
+    fgsm = {float(r["eps"]): float(r["robust_accuracy"]) for r in bare if r["attack"] == "fgsm"}
     assert all(auto[e] <= fgsm[e] for e in auto) and auto[0.2] < auto[0.0]
     report = (bench / "report.md").read_text()
     assert report.index("## Headline: the worst case") < report.index("## Every attack")
@@ -113,7 +114,8 @@ def test_adaptive_rows_above_their_twin_are_flagged_never_the_headline():
     rows[3]["robust_accuracy"] = 0.95  # now the weakest attacker of all is adaptive PGD; the headline ignores it
     assert worst_case(rows)[0]["robust_accuracy"] == 0.777 and worst_case(rows)[0]["attack"] == "fgsm"
     table = report_table(rows, [0.1])
-    assert "| fgsm | jpeg | adaptive | 90.0 | 86.7† |" in table and "| fgsm | jpeg | non-adaptive | 90.0 | 77.7 |" in table
+    assert "| fgsm | jpeg | adaptive | 90.0 | 86.7† |" in table
+    assert "| fgsm | jpeg | non-adaptive | 90.0 | 77.7 |" in table
     assert "| pgd | jpeg | adaptive | 90.0 | 95.0† |" in table and "2 adaptive figure(s) above" in table
     assert "| jpeg | 90.0 | **77.7** (fgsm) |" in worst_case_table(rows, [0.1])
 

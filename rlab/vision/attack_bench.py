@@ -253,7 +253,8 @@ def worst_case_table(rows: list[dict[str, Any]], eps: list[float]) -> str:
 
     worst = {(w["defense"], w["eps"]): w for w in worst_case(rows)}
     defenses = list(dict.fromkeys(r["defense"] for r in rows))
-    lines = ["| defense | clean | " + " | ".join(f"ε={eps_label(e)}" for e in eps) + " |", "|" + "---|" * (2 + len(eps))]
+    lines = ["| defense | clean | " + " | ".join(f"ε={eps_label(e)}" for e in eps) + " |",
+             "|" + "---|" * (2 + len(eps))]
     for d in defenses:
         cells = []
         for e in eps:
