@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 import attacks
+from _smoke import parse_args, peer_available
 from rlab.runs import RunDir, atomic_write_text
 from rlab.runtime import seed_everything, set_threads
 
@@ -70,8 +71,8 @@ def torchattacks_row(model, x, y, eps: float, batch_size: int, seed: int, classe
             "grad_steps": "", "queries": "", "warnings": ""}
 
 
-def smoke_victim(seed: int):
-    """A small CNN trained for a few seconds on 1,000 MNIST-5k digits, and 20 test digits."""
+def smoke_victim(seed: int, n: int):
+    """A small CNN trained for a few seconds on 1,000 MNIST-5k digits, and n test digits."""
     import torch.nn.functional as F
 
     from rlab.vision.data import load_dataset
@@ -89,7 +90,8 @@ def smoke_victim(seed: int):
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-    return model.eval(), test.float()[:20], test.labels[:20], "smoke: mnist_small, 3 epochs on 1,000 digits"
+    pick = torch.randperm(len(test.labels))[:n]
+    return model.eval(), test.float(pick), test.labels[pick], "smoke: mnist_small, 3 epochs on 1,000 digits"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -106,9 +108,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--smoke", action="store_true", help="tiny model, 20 images, small budgets (for the tests)")
     parser.add_argument("--merge", nargs="+", metavar="RUN_DIR", help="only merge the tables of earlier chunks")
-    args = parser.parse_args(argv)
+    args = parse_args(parser, dict(n=20), argv)  # --smoke: a victim trained here, fast budgets, a tiny peer
     if args.merge:
         return merge(args.merge, args.seed)
     if not args.smoke and not args.classifier:
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     set_threads(args.threads, "cnn")
     seed_everything(args.seed)
     if args.smoke:
-        model, x, y, victim = smoke_victim(args.seed)
+        model, x, y, victim = smoke_victim(args.seed, args.n)
         eps = args.eps if args.eps is not None else 0.1
     else:
         from rlab.vision.classifier import load_classifier
@@ -154,13 +155,8 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(lab_row(f"lab PGD-{steps} x {restarts}", model,
                             attacks.PGD(steps=steps, restarts=restarts, rel_stepsize=2.5 / steps, seed=args.seed),
                             x, y, eps, args.batch_size))
-    if "torchattacks" not in skip:
-        try:
-            rows.append(torchattacks_row(model, x, y, eps, args.batch_size, args.seed, classes, args.smoke))
-        except ImportError:
-            if not args.smoke:
-                raise SystemExit("torchattacks is not installed: run `make bench`, or --skip torchattacks")
-            print("torchattacks is not installed (make bench): its row is left out")
+    if "torchattacks" not in skip and peer_available("torchattacks", "make bench"):
+        rows.append(torchattacks_row(model, x, y, eps, args.batch_size, args.seed, classes, args.smoke))
     with torch.no_grad():
         clean = (model(x).argmax(1) == y).float().mean().item()
 

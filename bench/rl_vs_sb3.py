@@ -1,7 +1,7 @@
 """This lab's PPO and A2C against Stable-Baselines3's, same env, budget, machine and evaluator.
 
 Each agent trains until the mean of `--eval-episodes` deterministic episodes
-(evaluated every `--eval-every` env steps, the same `rlab.rl.trainer.run_episodes` for
+(evaluated every `--eval-every` env steps, the same `rlab.rl.evaluation.run_episodes` for
 both sides, its time excluded from the clock) reaches the threshold, or the
 budget runs out. SB3 uses rl-baselines3-zoo's hyperparameters (hyperparams/
 ppo.yml, a2c.yml); this lab uses its presets (rlab/rl/presets.py), which copy them
@@ -13,13 +13,13 @@ second, and the ratios to SB3's PPO / A2C. Writes results.csv and report.md into
 runs/bench/rl_vs_sb3__<env>__...
 
     flock /tmp/rlab-heavy.lock .venv/bin/python bench/rl_vs_sb3.py --env CartPole-v1 --seeds 3
+    .venv/bin/python bench/rl_vs_sb3.py --smoke     # all four agents, 1 seed, 512 env steps each
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import io
 import math
 import time
 from dataclasses import dataclass, field
@@ -27,8 +27,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from rlab.runs import RunDir, atomic_write_text
-from rlab.rl.trainer import TrainConfig, agent_actor, run_episodes, train
+from _smoke import parse_args
+from rlab.runs import RunDir, atomic_write_text, write_csv
+from rlab.rl.evaluation import agent_actor, run_episodes
+from rlab.rl.trainer import TrainConfig, train
 
 THRESHOLDS = {"CartPole-v1": 475.0, "LunarLander-v3": 200.0}
 BUDGETS = {"CartPole-v1": 100_000, "LunarLander-v3": 1_000_000}
@@ -151,7 +153,7 @@ def main() -> None:
     p.add_argument("--reuse", default=None, metavar="RESULTS_CSV",
                    help="take the rows of agents not in --agents from an earlier run's results.csv (e.g. SB3's "
                         "LunarLander runs, ~25 min a seed); the report says which rows were reused")
-    args = p.parse_args()
+    args = parse_args(p, dict(seeds=1, budget=512, eval_every=256, eval_episodes=2, at_steps=512))
     torch.set_num_threads(1)
     env_id, threshold = args.env, THRESHOLDS[args.env]
     budget = args.budget or BUDGETS[env_id]
@@ -176,11 +178,7 @@ def main() -> None:
 
     report = _report(rows, env_id, threshold, at_steps, budget, args)
     print(report)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(run.path / "results.csv", buf.getvalue())
+    write_csv(run.path / "results.csv", rows)
     atomic_write_text(run.path / "report.md", report + "\n")
     run.write_summary({"rows": rows})
     print(run.path)

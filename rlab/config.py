@@ -109,6 +109,10 @@ def make_config(cls: type, **kwargs: Any) -> Any:
             for v in values:
                 if v not in choices:
                     raise UserError(f"--{f.name.replace('_', '-')}: {v!r} is not allowed; choose from {', '.join(map(str, choices))}")
+    if isinstance(kwargs.get("device"), str):  # every command accepts or refuses a device the same way, up front
+        from rlab.runtime import resolve_device
+
+        resolve_device(kwargs["device"])
     return cls(**kwargs)
 
 

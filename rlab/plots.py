@@ -29,6 +29,7 @@ from rlab.errors import UserError  # noqa: E402
 from rlab.runs import RunDir, atomic_write_bytes, find_run_dirs  # noqa: E402
 
 RETURN_COLUMN = "charts/episode_return"
+WALL_COLUMN = "time/train_seconds"  # what every trainer logs as its training clock (evaluation excluded)
 
 
 def variant_label(options: dict[str, Any]) -> str:
@@ -55,11 +56,11 @@ def smooth(y: np.ndarray, window: int) -> np.ndarray:
 
 
 def _curve(run: RunDir, x_axis: str, column: str) -> tuple[np.ndarray, np.ndarray]:
-    xs, ys, wall = [], [], 0.0
+    xs, ys = [], []
     for row in run.metrics:
         if column not in row:
             continue
-        xs.append(float(row["step"]) if x_axis == "steps" else float(row.get("charts/wall_seconds", np.nan)))
+        xs.append(float(row["step"]) if x_axis == "steps" else float(row.get(WALL_COLUMN, np.nan)))
         ys.append(float(row[column]))
     return np.asarray(xs), np.asarray(ys)
 
@@ -95,7 +96,8 @@ def plot_returns(run_dirs: list[str | Path], out_png: str | Path, x_axis: str = 
     fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
     for label, c in curves.items():  # in the order the runs were given
         n = int(c["n"])
-        line, = ax.plot(c["x"], c["mean"], lw=1.8, label=f"{label} (n={n} seed{'s' if n != 1 else ''})")
+        line, = ax.plot(c["x"], c["mean"], lw=1.8, label=f"{label} (n={n} seed{'s' if n != 1 else ''})",
+                        marker="o" if len(c["x"]) == 1 else None)  # one logged update: a dot, not an invisible line
         if n > 1:
             ax.fill_between(c["x"], c["mean"] - c["std"], c["mean"] + c["std"], color=line.get_color(), alpha=0.18, lw=0)
     ax.set_xlabel("environment steps" if x_axis == "steps" else "wall-clock time (s)")

@@ -11,8 +11,11 @@ import torch
 from torch.distributions import Categorical, Independent
 
 from rlab.rl import returns as R
-from rlab.rl.policies import Batch, ObsNorm, UpdateSettings, make_actor_critic, ppo_update, vpg_update
-from rlab.rl.trainer import Collector, TrainConfig, advantages_for, make_envs, make_optimizer, resolve, train
+from rlab.rl.algos import ac, ppo, vpg
+from rlab.rl.environments import make_envs
+from rlab.rl.onpolicy import Batch, Collector, Rollout, make_optimizer
+from rlab.rl.policies import ObsNorm, make_actor_critic
+from rlab.rl.trainer import TrainConfig, algorithm_options, resolve, train
 
 BOX4 = gym.spaces.Box(-np.inf, np.inf, (4,), np.float32)
 
@@ -68,13 +71,14 @@ def test_an_update_moves_probability_towards_positive_advantage(update):
     agent = make_actor_critic(BOX4, gym.spaces.Discrete(2), normalize_obs=False)
     b = _batch_favouring_action_zero(agent)
     before = agent(b.obs).probs[:, 0].mean().item()
-    opt = make_optimizer(agent, 3e-3)
+    opt = make_optimizer(agent.parameters(), 3e-3)
+    generator = torch.Generator().manual_seed(0)
     if update == "vpg":
         for _ in range(10):
-            vpg_update(agent, opt, b, UpdateSettings())
+            vpg.update(vpg.VPGOptions(), agent, opt, b, 1.0, generator)
     else:
-        out = ppo_update(agent, opt, b, UpdateSettings(epochs=10, minibatch_size=32), torch.Generator().manual_seed(0))
-        assert out["losses/clipfrac"] >= 0.0 and out["losses/approx_kl"] >= 0.0
+        out = ppo.update(ppo.PPOOptions(epochs=10, minibatch_size=32, anneal_lr=False), agent, opt, b, 1.0, generator)
+        assert 0.0 < out["losses/clipfrac"] <= 1.0
     assert agent(b.obs).probs[:, 0].mean().item() > before + 0.02
 
 
@@ -96,22 +100,20 @@ def test_collector_counts_episodes_under_next_step_autoreset():
 
 
 def test_truncation_bootstraps_and_termination_does_not_in_the_training_batch():
-    cfg = resolve(TrainConfig(algo="ac", critic="td", env="CartPole-v1"))
+    options = ac.ACOptions(critic="td")
     agent = make_actor_critic(BOX4, gym.spaces.Discrete(2), normalize_obs=False)
     obs = torch.randn(2, 2, 4)
     last_obs = torch.randn(2, 4)
-    from rlab.rl.trainer import Rollout
-
     ro = Rollout(obs=obs, actions=torch.zeros(2, 2, dtype=torch.long), logp=torch.zeros(2, 2),
                  values=agent.v(obs).detach(), rewards=torch.ones(2, 2),
                  terminated=torch.tensor([[True, False], [False, False]]),
                  truncated=torch.tensor([[False, True], [False, False]]),
                  first_is_reset=torch.tensor([False, False]), last_obs=last_obs)
-    b = advantages_for(cfg, agent, ro)
+    b = ac.advantages(options, agent, ro)
     assert len(b.obs) == 2  # step 1 of both envs is a reset step
     with torch.no_grad():
         v_final = agent.v(obs[1, 1]).item()
-    assert b.returns.tolist() == pytest.approx([1.0, 1.0 + cfg.gamma * v_final])
+    assert b.returns.tolist() == pytest.approx([1.0, 1.0 + options.gamma * v_final])
 
 
 @pytest.mark.slow
@@ -140,5 +142,6 @@ def test_presets_fill_only_missing_fields():
     cfg = resolve(TrainConfig(algo="ppo", env="CartPole-v1", gamma=0.9))
     assert cfg.gamma == 0.9 and cfg.n_steps == 32 and cfg.epochs == 20 and cfg.variant == "ppo"
     assert resolve(TrainConfig(algo="vpg", returns="immediate", baseline="none")).variant == "vpg / immediate / none baseline"
-    assert all(getattr(cfg, f.name) is not None for f in dataclasses.fields(cfg)
-               if f.name not in ("returns", "baseline", "critic", "resume"))
+    _, options = algorithm_options(dataclasses.asdict(cfg))
+    assert all(getattr(cfg, f.name) == getattr(options, f.name) is not None for f in dataclasses.fields(options))
+    assert cfg.returns is None and cfg.critic is None  # options of other algorithms stay unset

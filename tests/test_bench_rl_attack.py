@@ -3,11 +3,13 @@
 import csv
 import json
 
+import gymnasium
 import pytest
 import torch
 from torch.distributions import Categorical
 
-from rlab.rl.attack_bench import RLAttackConfig, attack_curve, episode_returns
+from rlab.rl.attack_bench import RLAttackConfig, attack_curve
+from rlab.rl.evaluation import greedy_actor, run_episodes
 from rlab.cli import main
 from rlab.config import make_config
 from rlab.errors import UserError
@@ -39,8 +41,9 @@ def test_episode_returns_count_each_episode_once_and_are_seeded():
     def always_left(obs):
         return Categorical(logits=torch.tensor([[5.0, 0.0]]).expand(len(obs), 2))
 
-    a = episode_returns(always_left, "rlab/TorchCartPole-v1", 6, 1, lambda o: o, torch.device("cpu"))
-    b = episode_returns(always_left, "rlab/TorchCartPole-v1", 6, 1, lambda o: o, torch.device("cpu"))
+    act = greedy_actor(always_left, gymnasium.spaces.Discrete(2))
+    a = run_episodes(act, "rlab/TorchCartPole-v1", 6, 1, perturb=lambda o: o)
+    b = run_episodes(act, "rlab/TorchCartPole-v1", 6, 1)
     assert a.shape == (6,) and (a == b).all()
     assert ((a >= 8) & (a <= 12)).all(), "pushing left all the time drops the pole in about 10 steps"
 
@@ -98,7 +101,7 @@ def test_adv_frac_validates_and_attacks_that_fraction_of_the_training_observatio
     obs = (torch.rand(2000, 4) - 0.5) * torch.tensor([0.2, 0.5, 0.1, 0.5])
     changed = {}
     for frac in (1.0, 0.3):
-        attack = _observation_attack(TrainConfig(adv_obs="pgd", adv_eps=0.05, adv_frac=frac), balancing_policy,
+        attack = _observation_attack(TrainConfig(env="CartPole-v1", adv_obs="pgd", adv_eps=0.05, adv_frac=frac), balancing_policy,
                                      torch.device("cpu"))
         seen = attack(obs)
         assert seen.shape == obs.shape

@@ -98,17 +98,17 @@ CLI_CASES = [
     ("train --eval-episodes 0", "--eval-episodes must be >= 1"),
     ("train --hidden 0", "--hidden needs positive layer sizes"),
     ("train --hidden 64,x", PARSE),
-    ("train --adv-obs pgd --adv-eps -0.1", "--adv-eps must be in [0, 1]"),
-    ("train --adv-obs pgd --adv-eps 5", "--adv-eps must be in [0, 1]"),
+    ("train --adv-obs pgd --adv-eps -0.1", "needs --adv-eps in (0, 1]"),
+    ("train --adv-obs pgd --adv-eps 5", "needs --adv-eps in (0, 1]"),
     ("train --adv-obs cw", "--adv-obs: 'cw' is not allowed"),
     ("train --algo vpg --baseline median", "--baseline: 'median' is not allowed"),
-    ("train --algo ppo --returns immediate", "belong to --algo vpg"),
+    ("train --algo ppo --returns immediate", "it belongs to vpg"),
     ("train --device cuda --steps 64", "not available on this machine"),
     ("train --device cuda:3 --steps 64", "not available on this machine"),
     ("train --device tpu --steps 64", "unknown device 'tpu'"),
     ("train --resume /nonexistent/run", "not a run folder"),
     ("train --resume {cls}", "not an rl run folder"),
-    ("train --resume {rl} --seeds 2", "cannot be combined with --seeds"),
+    ("train --resume {rl} --seeds 2", "--seeds would be ignored"),
     ("eval /nonexistent/run", "not a run folder"),
     ("eval {rl} --episodes 0", "--episodes must be >= 1"),
     ("eval {rl} --device cuda", "not available on this machine"),
@@ -130,7 +130,7 @@ CLI_CASES = [
     ("classifier train --adv cw --eps 0.1", "--adv: 'cw' is not allowed"),
     ("classifier train --eps 1/0", PARSE),
     ("classifier train --device cuda", "not available on this machine"),
-    ("classifier train --device tpu", "--device: 'tpu' is not allowed"),
+    ("classifier train --device tpu", "unknown device 'tpu'"),
     ("classifier train --resume /nonexistent/run", "not a run folder"),
     ("classifier train --resume {rl}", "not a classifier run folder"),
     ("classifier eval /nonexistent/run", "not a run folder"),
@@ -151,6 +151,10 @@ CLI_CASES = [
     ("bench attacks --classifier {cls} --device cuda", "not available on this machine"),
     ("bench attacks --classifier /nonexistent/run", "not a run folder"),
     ("bench attacks --classifier {rl}", "not a classifier run folder"),
+    ("bench certify {cls} --device cuda", "not available on this machine"),
+    ("bench certify {rl} --sigma 0.25", "not a classifier run folder"),
+    ("bench certify {cls}", "was trained without --noise-sd"),
+    ("bench certify {cls} --sigma 0.25 --alpha 0", "--alpha must be a probability in (0, 1)"),
     ("bench rl-attack /nonexistent/run --eps 0.1", "not a run folder"),
     ("bench rl-attack {rl} --eps -0.1", "--eps must be a list of numbers >= 0"),
     ("bench rl-attack {rl} --eps 5", "<= 1 (fractions of the observation scale)"),
@@ -325,7 +329,9 @@ CORRUPTIONS = {
 COMMANDS_ON_RUNS = [("rl", "eval {run} --episodes 1 --device cpu"),
                     ("rl", "train --resume {run} --steps 256 --no-progress --device cpu"),
                     ("classifier", "classifier eval {run} --device cpu --threads 1 --per-class 1"),
-                    ("classifier", "classifier train --resume {run} --epochs 2 --device cpu --threads 1")]
+                    ("classifier", "classifier train --resume {run} --epochs 2 --device cpu --threads 1"),
+                    ("classifier", "bench certify {run} --sigma 0.25 --n 10 --n0 5 --images 2 --attack-images 0 "
+                                   "--device cpu --threads 1")]
 
 
 @pytest.mark.parametrize("kind, command", COMMANDS_ON_RUNS, ids=[c[1].split(" {")[0] for c in COMMANDS_ON_RUNS])
@@ -341,9 +347,9 @@ def test_corrupted_checkpoint_is_one_line_exit_2_and_leaves_the_folder_alone(kin
         ckpt.mkdir()
     elif corruption == "weights of another shape":
         state = load_checkpoint(ckpt)
-        key = "agent" if kind == "rl" else "model"
-        name = next(k for k, v in state[key].items() if v.ndim == 2)
-        state[key][name] = torch.zeros(3, 3)
+        weights = state["learner"]["agent"] if kind == "rl" else state["model"]
+        name = next(k for k, v in weights.items() if v.ndim == 2)
+        weights[name] = torch.zeros(3, 3)
         save_checkpoint(ckpt, state)
     else:
         ckpt.write_bytes(CORRUPTIONS[corruption](good))

@@ -20,24 +20,22 @@ and summary.json into runs/bench/rl-attack__<env>__<seed>__<time>/.
 
 from __future__ import annotations
 
-import csv
 import io
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import torch
-from torch.distributions import Categorical, Distribution
 
+from envs.observation_attacks import OBSERVATION_ATTACKS as METHODS  # the one list of observation attacks
 from rlab.config import check, opt
 from rlab.errors import UserError
-from rlab.runs import RunDir, atomic_write_text
+from rlab.rl.environments import env_spec
+from rlab.rl.evaluation import greedy_actor, load_agent, run_episodes
+from rlab.runs import RunDir, write_csv
 from rlab.runtime import resolve_device, seed_everything, set_threads
-
-METHODS = ("none", "random", "fgsm", "pgd", "pgd-timed", "pgd-worst")
 
 
 @dataclass
@@ -65,40 +63,6 @@ class RLAttackConfig:
         check(self.seed >= 0, f"--seed must be >= 0, got {self.seed}")
 
 
-def greedy_action(dist: Distribution) -> torch.Tensor:
-    """The action the agent would take: argmax of a Categorical, the mean of a Gaussian."""
-    return dist.probs.argmax(-1) if isinstance(dist, Categorical) else dist.mean
-
-
-def episode_returns(policy: Callable[[torch.Tensor], Distribution], env_id: str, episodes: int, seed: int,
-                    perturb: Callable[[torch.Tensor], torch.Tensor], device: torch.device) -> np.ndarray:
-    """Returns of `episodes` episodes played side by side (one per sub-env), observations passed through `perturb`."""
-    import envs  # noqa: F401  (registers rlab/... env ids)
-
-    spec = gym.spec(env_id)
-    mode = "vector_entry_point" if spec.vector_entry_point is not None else "sync"
-    vec = gym.make_vec(env_id, num_envs=episodes, vectorization_mode=mode)
-    space = vec.single_action_space
-    try:
-        obs, _ = vec.reset(seed=seed)
-        total = np.zeros(episodes)
-        running = np.ones(episodes, dtype=bool)
-        for _ in range((spec.max_episode_steps or 100_000) + 1):
-            seen = perturb(torch.as_tensor(np.asarray(obs, dtype=np.float32), device=device))
-            with torch.no_grad():
-                action = greedy_action(policy(seen)).cpu().numpy()
-            if isinstance(space, gym.spaces.Box):
-                action = np.clip(action, space.low, space.high)
-            obs, reward, terminated, truncated, _ = vec.step(action)
-            total += reward * running
-            running &= ~(np.asarray(terminated) | np.asarray(truncated))
-            if not running.any():
-                break
-        return total
-    finally:
-        vec.close()
-
-
 def attack_curve(policy, env_id: str, eps_list: list[float], methods: list[str], episodes: int, seed: int,
                  pgd_steps: int, device: torch.device) -> list[dict[str, Any]]:
     """One row per (method, eps): mean, std, min and max return over the episodes."""
@@ -110,15 +74,15 @@ def attack_curve(policy, env_id: str, eps_list: list[float], methods: list[str],
     except ValueError as e:
         raise UserError(str(e)) from None
     generator = torch.Generator(device=device)
+    act = greedy_actor(policy, env_spec(env_id).make().action_space)
     rows, clean = [], None
     for method in methods:
         for eps in (eps_list if method != "none" else [0.0]):
             generator.manual_seed(seed)
-            returns = episode_returns(
-                policy, env_id, episodes, seed,
-                lambda obs: perturb_observations(policy, obs, eps, method, scale, steps=pgd_steps, generator=generator,
-                                                 worst_action=worst_action),
-                device)
+            returns = run_episodes(
+                act, env_id, episodes, seed, device,
+                perturb=lambda obs: perturb_observations(policy, obs, eps, method, scale, steps=pgd_steps,
+                                                         generator=generator, worst_action=worst_action))
             stats = {"mean_return": float(returns.mean()), "std_return": float(returns.std()),
                      "min_return": float(returns.min()), "max_return": float(returns.max())}
             if method == "none":
@@ -127,18 +91,10 @@ def attack_curve(policy, env_id: str, eps_list: list[float], methods: list[str],
             else:
                 rows.append({"method": method, "eps": eps, **stats})
     if clean is None:
-        clean = {"mean_return": float(episode_returns(policy, env_id, episodes, seed, lambda o: o, device).mean())}
+        clean = {"mean_return": float(run_episodes(act, env_id, episodes, seed, device).mean())}
     for r in rows:
         r["relative_return"] = r["mean_return"] / clean["mean_return"] if clean["mean_return"] else float("nan")
     return rows
-
-
-def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
 
 
 # training options that best tell agents apart in a legend, first first
@@ -212,8 +168,6 @@ def plot_curves(rows: list[dict[str, Any]], out_png: Path, title: str) -> Path:
 
 def run(cfg: RLAttackConfig) -> Path:
     """Attack every agent in cfg.run_dir at every eps; write results.csv, return_vs_eps.png, summary.json."""
-    from rlab.rl.trainer import load_agent
-
     set_threads(cfg.threads, "rl")
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)

@@ -1,4 +1,4 @@
-"""Policies, critics and the four updates of the policy-gradient ladder.
+"""Policies and critics: the agent of every policy-gradient algorithm.
 
 An agent is Spinning Up's actor-critic (Achiam, 2018, "Spinning Up in Deep RL"):
 `pi(obs) -> torch.distributions.Distribution` and `v(obs) -> V(s)`, built by
@@ -6,32 +6,19 @@ An agent is Spinning Up's actor-critic (Achiam, 2018, "Spinning Up in Deep RL"):
 Gaussian for Box). Observation normalisation lives inside the agent, so a saved
 state_dict carries its statistics and eval/resume see the same inputs.
 
-The algorithms share one collect loop (rlab/rl/trainer.py) and differ only in the
-advantage they compute and the update they run:
-
-    vpg  REINFORCE (Williams, 1992) with the lecture's returns versions 0-3:
-         loss = -mean_t A_t log pi(a_t|s_t)
-    ac   actor-critic: A_t = G_t - V(s_t) with a Monte-Carlo critic (target G_t),
-         or A_t = r_t + gamma V(s_{t+1}) - V(s_t) with a TD critic
-    a2c  advantage actor-critic (Mnih et al., 2016, arXiv:1602.01783):
-         n-step / GAE advantages, one gradient step per rollout
-    ppo  PPO-clip (Schulman et al., 2017, arXiv:1707.06347):
-         L = -E[min(rho A, clip(rho, 1-eps, 1+eps) A)] + c_v (V - G)^2 - c_e H[pi]
+The algorithms (rlab/rl/algos/) share this agent and the on-policy loop
+(rlab/rl/onpolicy.py) and differ only in their advantage and update.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import gymnasium as gym
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Categorical, Distribution, Independent, Normal
-
-ALGOS = ("vpg", "ac", "a2c", "ppo")
 
 
 class ObsNorm(nn.Module):
@@ -178,137 +165,3 @@ def make_actor_critic(observation_space: gym.Space, action_space: gym.Space, hid
         high = torch.as_tensor(action_space.high, dtype=torch.float32)
         return ActorCritic(obs_dim, int(action_space.shape[0]), False, tuple(hidden), normalize_obs, log_std_init, low, high)
     raise ValueError(f"unsupported action space {action_space}; allowed: Discrete or a flat Box")
-
-
-@dataclass
-class Batch:
-    """One rollout, flattened to (B,) over valid steps. b_ prefix: whole batch."""
-
-    obs: Tensor
-    actions: Tensor
-    logp: Tensor
-    values: Tensor
-    advantages: Tensor
-    returns: Tensor
-
-
-@dataclass
-class UpdateSettings:
-    """The update's knobs (a slice of TrainConfig after presets are applied)."""
-
-    epochs: int = 1
-    minibatch_size: int = 0  # 0: the whole batch
-    clip: float = 0.2
-    ent_coef: float = 0.0
-    vf_coef: float = 0.5
-    max_grad_norm: float = 0.5
-    norm_adv: bool = True
-    value_epochs: int = 0  # vpg with the value baseline: critic regression steps per rollout
-    clip_vf: float | None = None
-
-
-def _minibatches(n: int, size: int, generator: torch.Generator | None = None):
-    perm = torch.randperm(n, generator=generator)
-    size = n if size <= 0 else size
-    for start in range(0, n, size):
-        yield perm[start:start + size]
-
-
-def _step(agent: nn.Module, optimizer: torch.optim.Optimizer, loss: Tensor, max_grad_norm: float) -> None:
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if max_grad_norm and max_grad_norm > 0:
-        nn.utils.clip_grad_norm_(agent.parameters(), max_grad_norm)
-    optimizer.step()
-
-
-def _normalized(adv: Tensor, on: bool) -> Tensor:
-    return (adv - adv.mean()) / (adv.std(unbiased=False) + 1e-8) if on and adv.numel() > 1 else adv
-
-
-def vpg_update(agent: ActorCritic, optimizer: torch.optim.Optimizer, b: Batch, s: UpdateSettings) -> dict[str, float]:
-    """REINFORCE: one gradient step on -mean(A log pi); advantages already carry the baseline.
-
-    With the learned value baseline, the critic then regresses on the returns
-    for `value_epochs` minibatch passes (it does not touch the policy loss).
-    """
-    logp, entropy, _ = agent.evaluate_actions(b.obs, b.actions)
-    entropy = entropy.mean()
-    policy_loss = -(logp * b.advantages).mean() - s.ent_coef * entropy
-    actor_params = [p for n, p in agent.named_parameters() if not n.startswith("critic")]
-    optimizer.zero_grad(set_to_none=True)
-    policy_loss.backward()
-    if s.max_grad_norm > 0:
-        nn.utils.clip_grad_norm_(actor_params, s.max_grad_norm)
-    optimizer.step()
-    out = {"losses/policy": policy_loss.item(), "losses/entropy": entropy.item()}
-    if s.value_epochs > 0:
-        for _ in range(s.value_epochs):
-            for idx in _minibatches(len(b.obs), s.minibatch_size):
-                value_loss = F.mse_loss(agent.v(b.obs[idx]), b.returns[idx])
-                _step(agent, optimizer, value_loss, s.max_grad_norm)
-        out["losses/value"] = value_loss.item()
-    return out
-
-
-def actor_critic_update(agent: ActorCritic, optimizer: torch.optim.Optimizer, b: Batch,
-                        s: UpdateSettings) -> dict[str, float]:
-    """One joint step: -mean(A log pi) + c_v mean((V(s) - target)^2) - c_e H (ac and a2c).
-
-    `b.returns` is the critic's target (MC return, TD target, or GAE return) and
-    `b.advantages` = target - V(s) computed before the step.
-    """
-    out = {}
-    for _ in range(max(1, s.epochs)):
-        for idx in _minibatches(len(b.obs), s.minibatch_size):
-            logp, entropy, value = agent.evaluate_actions(b.obs[idx], b.actions[idx])
-            adv = _normalized(b.advantages[idx], s.norm_adv)
-            policy_loss = -(logp * adv).mean()
-            value_loss = F.mse_loss(value, b.returns[idx])
-            entropy = entropy.mean()
-            _step(agent, optimizer, policy_loss + s.vf_coef * value_loss - s.ent_coef * entropy, s.max_grad_norm)
-            out = {"losses/policy": policy_loss.item(), "losses/value": value_loss.item(), "losses/entropy": entropy.item()}
-    return out
-
-
-def ppo_update(agent: ActorCritic, optimizer: torch.optim.Optimizer, b: Batch, s: UpdateSettings,
-               generator: torch.Generator | None = None) -> dict[str, float]:
-    """PPO-clip: `epochs` passes of minibatches over the rollout.
-
-        rho = pi(a|s) / pi_old(a|s)
-        L   = -mean(min(rho A, clip(rho, 1 - clip, 1 + clip) A)) + vf_coef (V - G)^2 - ent_coef H
-
-    Advantages are normalised once over the rollout; diagnostics (approx KL,
-    clip fraction) are taken on the last epoch only, to keep the loop lean.
-    """
-    b_adv = _normalized(b.advantages, s.norm_adv)
-    b_x = agent.obs_norm(b.obs)  # the statistics stay fixed during the update: normalise once
-    bonus = s.ent_coef != 0
-    n = len(b.obs)
-    whole = s.minibatch_size <= 0 or s.minibatch_size >= n
-    for epoch in range(s.epochs):
-        batches = [slice(None)] if whole else list(_minibatches(n, s.minibatch_size, generator))
-        for idx in batches:
-            new_logp, entropy, new_value = agent.evaluate_actions(b_x[idx], b.actions[idx], normalized=True,
-                                                                  with_entropy=bonus)
-            log_ratio = new_logp - b.logp[idx]
-            ratio = log_ratio.exp()
-            mb_adv = b_adv[idx]
-            policy_loss = -torch.min(ratio * mb_adv, ratio.clamp(1 - s.clip, 1 + s.clip) * mb_adv).mean()
-            if s.clip_vf is not None:
-                v_clipped = b.values[idx] + (new_value - b.values[idx]).clamp(-s.clip_vf, s.clip_vf)
-                value_loss = torch.max((new_value - b.returns[idx]) ** 2, (v_clipped - b.returns[idx]) ** 2).mean()
-            else:
-                value_loss = F.mse_loss(new_value, b.returns[idx])
-            loss = policy_loss + s.vf_coef * value_loss
-            if bonus:
-                entropy = entropy.mean()
-                loss = loss - s.ent_coef * entropy
-            _step(agent, optimizer, loss, s.max_grad_norm)
-    with torch.no_grad():
-        approx_kl = ((ratio - 1) - log_ratio).mean()
-        clipfrac = ((ratio - 1).abs() > s.clip).float().mean()
-        if not bonus:  # diagnostic only: the last minibatch's entropy, after the update
-            entropy = agent.evaluate_actions(b_x[idx], b.actions[idx], normalized=True)[1].mean()
-    return {"losses/policy": policy_loss.item(), "losses/value": value_loss.item(), "losses/entropy": entropy.item(),
-            "losses/approx_kl": approx_kl.item(), "losses/clipfrac": clipfrac.item()}

@@ -25,8 +25,6 @@ gradient masking (attacks.masking_warnings) are listed. Writes into one run fold
 
 from __future__ import annotations
 
-import csv
-import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,8 +36,9 @@ from tqdm import tqdm
 
 from rlab.config import check, opt
 from rlab.errors import UserError, unknown_name
-from rlab.runs import RunDir, atomic_write_text
-from rlab.runtime import DEVICES, resolve_device, seed_everything, set_threads
+from rlab.runs import RunDir, atomic_write_text, write_csv
+from rlab.runtime import resolve_device, seed_everything, set_threads
+from rlab.vision.fitted_defenses import prepared_defense
 
 RESULT_COLUMNS = ["attack", "defense", "adaptive", "eps", "clean_accuracy", "robust_accuracy", "success_rate",
                   "grad_steps", "queries", "seconds"]
@@ -65,7 +64,7 @@ class BenchConfig:
     batch_size: int = opt(250, "attack batch size")
     data_dir: str | None = opt(None, "folder holding the dataset files")
     seed: int = opt(0, "seed of the image draw and of randomized attacks/defenses")
-    device: str = opt("auto", "device", choices=list(DEVICES))
+    device: str = opt("auto", help="auto, cpu, cuda or cuda:N")
     threads: int = opt(0, "torch threads (0: every core up to 8)")
 
     def __post_init__(self) -> None:
@@ -89,16 +88,20 @@ class BenchConfig:
         uses_auto = any(attacks.ATTACKS[canonical_name(a)] is attacks.AutoAttack for a in self.attacks)
         check(uses_auto or self.auto_version == "standard",
               f"--auto-version {self.auto_version} applies to the auto attack only; add auto to --attacks")
-        for d in self.defenses:
-            if d not in defenses.DEFENSES:
-                raise unknown_name("defense", d, defenses.DEFENSES)
+        for d in self.defenses:  # a name, or a spec with parameters such as jpeg:quality=50
+            if defenses.parse_spec(d)[0] not in defenses.DEFENSES:
+                raise unknown_name("defense", defenses.parse_spec(d)[0], defenses.DEFENSES)
+            try:
+                defenses.make_defense(d)
+            except (TypeError, ValueError) as e:
+                raise UserError(f"--defenses {d}: {e}") from None
 
 
 def default_eps(channels: int) -> list[float]:
     return [0.0, 0.05, 0.1, 0.2, 0.3] if channels == 1 else [0.0, 2 / 255, 4 / 255, 8 / 255, 16 / 255]
 
 
-def make_attack(name: str, steps: int, seed: int, restarts: int = 1, auto_version: str = "standard"):
+def budgeted_attack(name: str, steps: int, seed: int, restarts: int = 1, auto_version: str = "standard"):
     """An attack by name with the benchmark's budget (single-step attacks ignore `steps`; the auto
     ensemble has its own budget, `auto_version`)."""
     import attacks
@@ -144,7 +147,7 @@ def evaluate_grid(model, x, y, attack_names, defense_names, eps, cfg: BenchConfi
     warnings = warnings if warnings is not None else []
     cells = [(a, d) for d in defense_names for a in attack_names]
     for attack_name, defense_name in tqdm(cells, desc="attack x defense", unit="cell"):
-        attack = make_attack(attack_name, cfg.steps, cfg.seed, cfg.restarts, cfg.auto_version)
+        attack = budgeted_attack(attack_name, cfg.steps, cfg.seed, cfg.restarts, cfg.auto_version)
         start = time.perf_counter()
         if defense_name == "none":
             ra = attacks.robust_accuracy(model, attack, x, y, eps, batch_size=cfg.batch_size)
@@ -154,7 +157,7 @@ def evaluate_grid(model, x, y, attack_names, defense_names, eps, cfg: BenchConfi
                                  ra.grad_steps, ra.queries))
             warnings += [f"{attack_name} / none / non-adaptive: {w}" for w in ra.warnings]
             continue
-        defense = defenses.make_defense(defense_name)
+        defense = prepared_defense(defense_name, cfg.classifier, x.device, cfg.data_dir)
         if hasattr(defense, "reseed"):
             defense.reseed(cfg.seed)
         res = defenses.evaluate_defense(model, defense, attack, x, y, eps, eot_samples=cfg.eot_samples,
@@ -197,7 +200,7 @@ def transfer_matrix(victim, x, y, surrogate_dirs: list[str], attack_names: list[
     acc = np.zeros((len(sources), len(attack_names)))
     for i, (_, source) in enumerate(tqdm(sources, desc="transfer sources")):
         for j, a in enumerate(attack_names):
-            attack = make_attack(a, cfg.steps, cfg.seed, cfg.restarts, cfg.auto_version)
+            attack = budgeted_attack(a, cfg.steps, cfg.seed, cfg.restarts, cfg.auto_version)
             correct = 0
             for b in range(0, len(x), cfg.batch_size):
                 xb, yb = x[b:b + cfg.batch_size], y[b:b + cfg.batch_size]
@@ -209,11 +212,7 @@ def transfer_matrix(victim, x, y, surrogate_dirs: list[str], attack_names: list[
 
 
 def write_results(run: RunDir, rows: list[dict[str, Any]]) -> Path:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=RESULT_COLUMNS, lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(run.path / "results.csv", buf.getvalue())
+    write_csv(run.path / "results.csv", rows, RESULT_COLUMNS)
     return run.path / "results.csv"
 
 
@@ -270,12 +269,8 @@ def worst_case_table(rows: list[dict[str, Any]], eps: list[float]) -> str:
 def write_worst_case(run: RunDir, rows: list[dict[str, Any]]) -> Path:
     from rlab.plots import worst_case
 
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["defense", "eps", "clean_accuracy", "robust_accuracy", "attack", "attacker"],
-                       lineterminator="\n")
-    w.writeheader()
-    w.writerows(worst_case(rows))
-    atomic_write_text(run.path / "worst_case.csv", buf.getvalue())
+    write_csv(run.path / "worst_case.csv", worst_case(rows),
+              ["defense", "eps", "clean_accuracy", "robust_accuracy", "attack", "attacker"])
     return run.path / "worst_case.csv"
 
 
@@ -307,8 +302,8 @@ def plot_gallery(model, x, y, classes: list[str], attack_name: str, eps: float, 
     k = min(cfg.gallery, len(x))
     picks = _one_per_class(y, k)
     xb, yb = x[picks], y[picks]
-    x_adv = make_attack(attack_name, cfg.steps, cfg.seed, auto_version=cfg.auto_version)(model, xb, yb,
-                                                                                          eps=eps).x_adv.detach()
+    x_adv = budgeted_attack(attack_name, cfg.steps, cfg.seed, auto_version=cfg.auto_version)(model, xb, yb,
+                                                                                              eps=eps).x_adv.detach()
     with torch.no_grad():
         p_clean, p_adv = model(xb).argmax(1), model(x_adv).argmax(1)
     delta = (x_adv - xb) / (2 * eps) + 0.5 if eps > 0 else torch.full_like(xb, 0.5)

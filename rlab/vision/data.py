@@ -126,6 +126,14 @@ def course_subset(data: ImageData, per_class: int = 20, seed: int = 0) -> ImageD
     return data.subset(torch.cat(picks))
 
 
+def fixed_draw(size: int, k: int, seed: int = 0) -> torch.Tensor:
+    """Sorted indices of a seeded random draw of k of `size` items (all of them when k is 0 or >= size);
+    the draw `rlab bench attacks --n K` makes, so the same seed names the same test images."""
+    if k <= 0 or k >= size:
+        return torch.arange(size)
+    return torch.randperm(size, generator=torch.Generator().manual_seed(seed))[:k].sort().values
+
+
 # ----------------------------------------------------------------------------- mnist5k
 
 

@@ -1,0 +1,42 @@
+"""Making Gymnasium environments: the one place the RL half turns an env id into envs.
+
+`env_spec` registers the lab's own ids (envs/) and suggests the closest names for
+an unknown one; `make_envs` builds a vector env (native when the spec has a vector
+entry point, e.g. the batched torch CartPole, else synchronous).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+
+from rlab.errors import UserError, unknown_name
+
+
+def env_spec(env_id: str) -> gym.envs.registration.EnvSpec:
+    """Gymnasium's spec of `env_id` (the lab's envs registered); unknown ids suggest the closest ones."""
+    import envs  # noqa: F401  (registers rlab/... env ids)
+
+    if not isinstance(env_id, str):
+        raise TypeError(f"env id must be a string such as 'CartPole-v1', got {type(env_id).__name__}")
+    try:
+        return gym.spec(env_id)
+    except gym.error.Error:
+        raise unknown_name("environment", env_id, [k for k in gym.registry if "/" not in k or k.startswith("rlab/")]) from None
+
+
+def make_envs(env_id: str, num_envs: int, **kwargs: Any) -> gym.vector.VectorEnv:
+    """`gymnasium.make_vec` after registering the lab's envs; native vector envs when the spec has one."""
+    spec = env_spec(env_id)
+    mode = "vector_entry_point" if spec.vector_entry_point is not None else "sync"
+    try:
+        return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=mode, **kwargs)
+    except (gym.error.DependencyNotInstalled, gym.error.DeprecatedEnv, ImportError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"environment {env_id!r} cannot be made here: {first}") from None
+
+
+def episode_limit(env_id: str) -> int:
+    """An upper bound on an episode's length: the spec's time limit (+1 for the autoreset step), else 100,000."""
+    return (env_spec(env_id).max_episode_steps or 100_000) + 1

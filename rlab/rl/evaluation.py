@@ -1,0 +1,154 @@
+"""Playing a trained agent: the one episode loop, `rlab eval`, and GIF video.
+
+`run_episodes` plays N episodes side by side (one per sub-env of a vector env)
+and returns their returns; every evaluation in the lab goes through it: the
+trainer's periodic and final evaluation, `rlab eval`, the benchmarks against
+SB3 and the observation-attack bench (with `perturb`).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from rlab.config import check, opt
+from rlab.errors import UserError, load_state_checked
+from rlab.rl.environments import episode_limit, make_envs
+from rlab.runs import RunDir, utc_stamp, write_json
+from rlab.runtime import resolve_device
+
+
+@dataclass
+class EvalConfig:
+    """Options of `rlab eval`."""
+
+    run_dir: str = opt(help="run folder written by rlab train", positional=True)
+    episodes: int = opt(20, help="evaluation episodes")
+    stochastic: bool = opt(False, help="sample actions instead of taking the most likely one")
+    video: bool = opt(False, help="write a GIF of one episode into the run folder")
+    seed: int = opt(10_000, help="seed of the evaluation envs")
+    device: str = opt("auto", help="auto, cpu, cuda or cuda:N")
+
+    def __post_init__(self) -> None:
+        check(self.episodes >= 1, f"--episodes must be >= 1, got {self.episodes}")
+
+
+def run_episodes(act: Callable[[torch.Tensor], np.ndarray], env_id: str, episodes: int, seed: int,
+                 device: torch.device | str = "cpu",
+                 perturb: Callable[[torch.Tensor], torch.Tensor] | None = None) -> np.ndarray:
+    """Returns of `episodes` episodes, one per env of a vector env, run side by side.
+
+    `act` maps a batch of observations to the actions the env takes; `perturb`
+    (e.g. an observation attack) changes what the agent sees, not the env's state.
+    """
+    envs = make_envs(env_id, episodes)
+    try:
+        obs, _ = envs.reset(seed=seed)
+        total = np.zeros(episodes)
+        running = np.ones(episodes, dtype=bool)
+        for _ in range(episode_limit(env_id)):
+            seen = torch.as_tensor(np.asarray(obs, dtype=np.float32), device=device)
+            if perturb is not None:
+                seen = perturb(seen)
+            obs, reward, terminated, truncated, _ = envs.step(act(seen))
+            total += reward * running
+            running &= ~(np.asarray(terminated) | np.asarray(truncated))
+            if not running.any():
+                break
+        return total
+    finally:
+        envs.close()
+
+
+def agent_actor(agent: Any, deterministic: bool = True) -> Callable[[torch.Tensor], np.ndarray]:
+    """obs -> the env actions of the agent: its most likely action (deterministic) or a sample."""
+    return lambda obs: agent.env_action(agent.sample(obs, deterministic=deterministic)[0])
+
+
+def greedy_actor(policy: Callable[[torch.Tensor], torch.distributions.Distribution],
+                 action_space: gym.Space) -> Callable[[torch.Tensor], np.ndarray]:
+    """obs -> the most likely action of any policy obs -> Distribution (argmax of a Categorical, the mean of a
+    Gaussian, clipped to the Box): how a policy that is only a function is played, e.g. in the attack bench."""
+
+    def act(obs: torch.Tensor) -> np.ndarray:
+        with torch.no_grad():
+            dist = policy(obs)
+        if isinstance(dist, torch.distributions.Categorical):
+            return dist.logits.argmax(-1).cpu().numpy()
+        return np.clip(dist.mean.cpu().numpy(), action_space.low, action_space.high)
+
+    return act
+
+
+def load_agent(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[Any, dict[str, Any]]:
+    """(agent in eval mode, options) from a run folder of `rlab train`; agent(obs) -> Distribution, obs raw."""
+    from rlab.rl.trainer import algorithm_options
+
+    run = RunDir.open(run_dir)
+    options = run.config["options"]
+    if run.config.get("kind") != "rl" or "algo" not in options:
+        raise UserError(f"{run_dir} is not an RL run folder of `rlab train`")
+    algorithm, algo_options = algorithm_options(options)
+    device = torch.device(device)
+    envs = make_envs(options["env"], 1)
+    try:
+        agent = algorithm.make_agent(algo_options, envs.single_observation_space, envs.single_action_space).to(device)
+    finally:
+        envs.close()
+    path = run.path / "checkpoints" / "last.pt"
+    state = run.load_checkpoint(map_location=device)
+    load_state_checked(agent, state.get("learner", {}) if isinstance(state, dict) else state, "agent", path)
+    agent.eval()
+    return agent, options
+
+
+def evaluate(cfg: EvalConfig) -> Path:
+    """Run N evaluation episodes (and optionally record a GIF); results go into RUN_DIR/eval/."""
+    device = resolve_device(cfg.device)
+    agent, options = load_agent(cfg.run_dir, device)
+    returns = run_episodes(agent_actor(agent, deterministic=not cfg.stochastic), options["env"], cfg.episodes,
+                           seed=cfg.seed, device=device)
+    out_dir = Path(cfg.run_dir) / "eval"
+    stamp = utc_stamp()
+    result = {"eval/mean_return": float(returns.mean()), "eval/std_return": float(returns.std()),
+              "episodes": cfg.episodes, "stochastic": cfg.stochastic, "seed": cfg.seed, "returns": returns.tolist()}
+    if cfg.video:
+        result["video"] = str(record_video(agent, options["env"], out_dir / f"episode_{stamp}.gif", cfg.seed,
+                                           deterministic=not cfg.stochastic))
+    write_json(out_dir / f"eval_{stamp}.json", result)
+    print(f"{options['env']} {options.get('variant', options['algo'])}: mean return {returns.mean():.1f} "
+          f"+- {returns.std():.1f} over {cfg.episodes} episodes", file=sys.stderr)
+    return Path(cfg.run_dir)
+
+
+def record_video(agent: Any, env_id: str, path: Path, seed: int, deterministic: bool = True,
+                 max_frames: int = 1000) -> Path:
+    """Render one episode with rgb_array frames and write it as a GIF (imageio)."""
+    import imageio
+
+    import envs  # noqa: F401
+
+    try:
+        env = gym.make(env_id, render_mode="rgb_array")
+    except (gym.error.Error, TypeError) as e:
+        raise UserError(f"{env_id} cannot render rgb_array frames for --video ({e})") from None
+    frames = []
+    obs, _ = env.reset(seed=seed)
+    frames.append(env.render())
+    act = agent_actor(agent, deterministic)
+    for _ in range(max_frames):
+        action = act(torch.as_tensor(np.asarray(obs, dtype=np.float32)[None], device=next(agent.parameters()).device))[0]
+        obs, _, terminated, truncated, _ = env.step(action)
+        frames.append(env.render())
+        if terminated or truncated:
+            break
+    env.close()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    imageio.mimsave(path, [np.asarray(f) for f in frames[::2]], duration=1000 / 25, loop=0)
+    return path
