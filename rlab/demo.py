@@ -195,15 +195,19 @@ def _write_report(root: Path, b, ladder_runs, classifiers, benches, summary) -> 
     md += ["", "## 3. Attacks and defenses", ""]
     for label, p in benches.items():
         report = (p / "report.md").read_text().split("\n")
-        table = [line for line in report if line.startswith("|")]
-        md += [f"### {label} model (`{_rel(root, p)}`)", ""] + table + [""]
+        start = next(i for i, line in enumerate(report) if line.startswith("## Headline"))
+        end = next(i for i, line in enumerate(report) if line.startswith("![robustness]"))
+        tables = [f"##{line}" if line.startswith("## ") else line for line in report[start:end]]
+        md += [f"### {label} model (`{_rel(root, p)}`)", ""] + tables
         for png in ("robustness.png", "gallery.png"):
             if (p / png).is_file():
                 md.append(f"![{label} {png[:-4]}]({_rel(root, p / png)})")
         md.append("")
     md += ["### Standard vs adversarial training", "", "![training comparison](training_comparison.png)", "",
-           "Passive defenses are judged by the adaptive (dashed) numbers: an attacker who knows the defense "
-           "differentiates through it (BPDA / EOT, Athalye et al. 2018).", ""]
+           "A defense is judged by its worst case over every attack and both attackers (the headline tables): "
+           "an attacker who knows the defense differentiates through it (BPDA / EOT, Athalye et al. 2018) and "
+           "usually wins; where the adaptive figure reads higher (†), the adaptive attack was the weaker one, "
+           "not the defense stronger.", ""]
     atomic_write_text(root / "report.md", "\n".join(md))
     write_html_report(root, "rlab demo")
     for label, p in benches.items():  # each benchmark's own report, as a page of its own

@@ -1,13 +1,14 @@
 """Reports: the Markdown a command writes (report.md) as one HTML page a browser opens (index.html).
 
 The Markdown is the lab's small subset -- headings, pipe tables, images on
-lines of their own, paragraphs -- so the page needs no converter library and
+lines of their own, paragraphs, **bold** -- so the page needs no converter library and
 no script; images keep their paths relative to the page.
 """
 
 from __future__ import annotations
 
 import html
+import re
 from pathlib import Path
 
 from rlab.runs import atomic_write_text
@@ -23,11 +24,14 @@ def markdown_to_html(md: str, title: str) -> str:
            f"<style>{STYLE}</style></head><body>"]
     table: list[list[str]] = []
 
+    def inline(text: str) -> str:  # escaped, with **bold**
+        return re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(text))
+
     def flush_table() -> None:
         if table:
             head, *body = table
-            out.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr>")
-            out.extend("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in body)
+            out.append("<table><tr>" + "".join(f"<th>{inline(c)}</th>" for c in head) + "</tr>")
+            out.extend("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in row) + "</tr>" for row in body)
             out.append("</table>")
             table.clear()
 
@@ -45,7 +49,7 @@ def markdown_to_html(md: str, title: str) -> str:
             alt, src = line[2:].split("](", 1)
             out.append(f"<p><img src='{html.escape(src.rstrip(')'))}' alt='{html.escape(alt)}'></p>")
         elif line.strip():
-            out.append(f"<p>{html.escape(line)}</p>")
+            out.append(f"<p>{inline(line)}</p>")
     flush_table()
     out.append("</body></html>")
     return "\n".join(out)

@@ -189,11 +189,22 @@ def check_sweep_speedup(s: Smoke) -> None:
     assert "Ray rows skipped (--no-ray)" in s.stdout
 
 
+def check_autoattack_vs_peers(s: Smoke) -> None:
+    run = s.run_dir("autoattack_vs_peers__0")
+    rows = {r["attack"]: r for r in rows_of(run / "results.csv")}
+    clean = json.loads((run / "summary.json").read_text())["clean_accuracy"]
+    for name in ("lab auto (fast)", "lab PGD-5 x 2"):  # the lab's rows, side by side on the same 20 digits
+        assert fraction(rows[name]["robust_accuracy"]) <= clean and float(rows[name]["seconds"]) > 0
+    report = (run / "report.md").read_text()
+    assert "20 test images" in report and "| lab auto (fast) |" in report
+
+
 CHECKS = {
     "threads": check_threads, "rl_vs_sb3": check_rl_vs_sb3, "ladder": check_ladder,
     "classifier_accuracy": check_classifier_accuracy, "attack_speed": check_attack_speed, "transfer": check_transfer,
     "adv_training_mnist": check_adv_training_mnist, "defense_table": check_defense_table,
     "cartpole_speed": check_cartpole_speed, "sweep_speedup": check_sweep_speedup,
+    "autoattack_vs_peers": check_autoattack_vs_peers,
 }
 # optional peers of a script: module -> the row it adds
 PEERS = {("attack_speed", "torchattacks"): "torchattacks PGD", ("attack_speed", "art"): "ART ProjectedGradientDescent"}
@@ -232,3 +243,15 @@ def test_smoke_runs_the_optional_peer(smoke, script, peer):
         pytest.skip(f"{peer} is not installed (make bench): bench/{script}.py --smoke ran without its rows")
     seconds, _, success = table_row(s.stdout, PEERS[script, peer])
     assert float(seconds) > 0 and 0 <= float(success) <= 1
+
+
+@pytest.mark.parametrize("script", ["autoattack_vs_peers"])
+def test_autoattack_bench_runs_torchattacks_beside_the_lab(smoke, script):
+    s = smoke(script).ok()
+    if importlib.util.find_spec("torchattacks") is None:
+        assert "peer torchattacks is not installed" in s.stdout
+        pytest.skip("torchattacks is not installed (make bench): its row is skipped")
+    rows = {r["attack"]: r for r in rows_of(s.run_dir("autoattack_vs_peers__0") / "results.csv")}
+    peer = rows["torchattacks APGD, APGD-T, Square (smoke budget)"]
+    assert 0 <= fraction(peer["robust_accuracy"]) <= 1 and float(peer["seconds"]) > 0
+    assert "time ratio" in s.stdout and "x |" in s.stdout  # the ratios against the peer are printed

@@ -34,6 +34,7 @@ def test_demo_quick_writes_report_plots_and_rows(quick_demo):
     for variant in ("v0 immediate reward", "v2 discounted reward-to-go", "PPO-clip"):
         assert f"| {variant} |" in report
     assert "| pgd | jpeg | adaptive |" in report and "| fgsm | none | non-adaptive |" in report
+    assert report.count("#### Headline: the worst case over every attack and attacker") == 2  # one per model
     html = (root / "index.html").read_text()
     pngs = [p for p in root.rglob("*.png")]
     names = {p.name for p in pngs}
