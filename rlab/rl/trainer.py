@@ -270,7 +270,7 @@ def _train_one(cfg: Any, callback: Callback | None = None, sources: dict[str, st
             run.flush()
             raise diverged(f"env step {env_steps} (update {updates})", bad,
                            None if good_checkpoint is None else f"env step {good_checkpoint}",
-                           run.path / "checkpoints" / "last.pt", options.lr)
+                           run.path / "checkpoints" / "last.pt", getattr(options, "lr", None))
         train_seconds += time.perf_counter() - start
         row: dict[str, float] = {**it.losses, "charts/sps": env_steps / max(train_seconds, 1e-9),
                                  "time/train_seconds": train_seconds}
@@ -293,6 +293,8 @@ def _train_one(cfg: Any, callback: Callback | None = None, sources: dict[str, st
     bar.close()
     learner.close()
     save()
+    if algorithm.figures is not None:
+        algorithm.figures(learner.agent, cfg.env, run.path)
     returns = run_episodes(agent_actor(learner.agent), cfg.env, cfg.eval_episodes, seed=10_000, device=device)
     run.write_summary({"eval/mean_return": float(returns.mean()), "eval/std_return": float(returns.std()),
                        "env_steps": env_steps, "updates": updates, "wall_seconds": train_seconds,
