@@ -62,6 +62,12 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # buffer 5e4, target 250, train_freq 4, gradient_steps -1 = 4, exploration 0.12 -> 0.1, net 256x256)
         "dqn": dict(learning_starts=0),
     },
+    "CliffWalking-v1": {
+        # Sutton & Barto, Example 6.6: alpha 0.5, gamma 1, constant epsilon 0.1 (~500 episodes in 20k steps)
+        **{m: dict(steps=20_000, alpha=0.5, gamma=1.0, exploration_initial_eps=0.1, exploration_final_eps=0.1)
+           for m in ("qlearning", "sarsa", "expected-sarsa")},
+        "td0": dict(alpha=0.5, gamma=1.0),
+    },
 }
 PRESETS["rlab/TorchCartPole-v1"] = PRESETS["CartPole-v1"]
 

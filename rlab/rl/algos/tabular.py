@@ -129,12 +129,12 @@ class TabularLearner:
     """Online TD learning on one env; `run_episode` is one episode, `iterate` several."""
 
     def __init__(self, options: Any, envs: gym.vector.VectorEnv, method: str, seed: int):
+        self.agent = make_agent(options, envs.single_observation_space, envs.single_action_space)
         if envs.num_envs != 1 or not hasattr(envs, "envs"):
             raise UserError("tabular methods step one env, got a vector env of "
                             f"{envs.num_envs} ({type(envs).__name__})")
         self.options, self.envs, self.method = options, envs, method
         self.env = envs.envs[0]  # the plain env: the vector wrapper would double the cost of a step
-        self.agent = make_agent(options, self.env.observation_space, self.env.action_space)
         self.Q, self.V = self.agent.q.numpy(), self.agent.v.numpy()  # views of the agent's buffers
         self.n_actions = int(self.env.action_space.n)
         self.rng = random.Random(seed)
