@@ -63,7 +63,7 @@ def test_dqn_update_on_a_fixed_batch(double, weights, loss, td):
     batch = ReplayBatch(obs=torch.randn(2, 2), actions=torch.tensor([0, 1]), returns=torch.tensor([1.0, 0.5]),
                         discounts=torch.tensor([0.9, 0.0]), next_obs=torch.randn(2, 2),
                         weights=torch.tensor(weights), indices=torch.arange(2))
-    losses, td_error = core.update(batch)
+    losses, td_error = core.update(batch, 2)
     assert losses["losses/td"].item() == pytest.approx(loss)
     assert td_error.tolist() == pytest.approx(td)
     assert core.agent.q_net[-1].bias.tolist() != [4.0, 1.0]  # the update stepped the online net
@@ -210,3 +210,24 @@ def test_value_based_user_errors(runs_root, capsys, argv, fragment):
     assert main(["train", *argv, "--steps", "100", "--no-progress", "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert fragment in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("double", [False, True])
+def test_one_call_over_several_minibatches_equals_one_call_per_minibatch(double):
+    """The targets of a whole update phase come from one forward of the target network: the same steps as SB3's
+    one-minibatch-at-a-time loop."""
+    space, actions = gym.spaces.Box(-1, 1, (3,)), gym.spaces.Discrete(2)
+    torch.manual_seed(0)
+    a = DQN(DQNOptions(hidden=[8], double=double), space, actions, torch.device("cpu"), torch.Generator())
+    b = DQN(DQNOptions(hidden=[8], double=double), space, actions, torch.device("cpu"), torch.Generator())
+    b.agent.load_state_dict(a.agent.state_dict())
+    b.target.load_state_dict(a.target.state_dict())
+    g = torch.Generator().manual_seed(1)
+    batch = ReplayBatch(obs=torch.randn(12, 3, generator=g), actions=torch.randint(2, (12,), generator=g),
+                        returns=torch.randn(12, generator=g), discounts=torch.rand(12, generator=g),
+                        next_obs=torch.randn(12, 3, generator=g), weights=torch.ones(12), indices=torch.arange(12))
+    losses, td = a.update(batch, 4)
+    one_by_one = [b.update(batch[i:i + 4], 4) for i in (0, 4, 8)]
+    assert torch.allclose(td, torch.cat([t for _, t in one_by_one]), atol=1e-6)
+    assert losses["losses/td"].item() == pytest.approx(sum(x["losses/td"].item() for x, _ in one_by_one), rel=1e-5)
+    assert all(torch.allclose(p, q, atol=1e-6) for p, q in zip(a.agent.parameters(), b.agent.parameters()))

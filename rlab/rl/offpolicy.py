@@ -12,7 +12,7 @@ algorithm (rlab/rl/algos/dqn.py; DDPG, TD3 and SAC next) supplies an
         s', r, terminated, truncated = envs.step(a)
         buffer.add(s, s', a, r, terminated, truncated)      (reset steps dropped: rlab/rl/replay.py)
         core.after_env_steps(...)                            (e.g. copy Q into the target network)
-        every train_freq env steps after learning_starts: gradient_steps x core.update(minibatch)
+        every train_freq env steps after learning_starts: core.update(gradient_steps minibatches)
 
 Env steps count all envs together (SB3 counts train_freq in vector steps; with
 one env, the default here as in SB3's DQN, the two agree). With prioritized
@@ -82,7 +82,9 @@ class OffPolicyCore(Protocol):
 
     def explore(self, obs: Tensor, env_steps: int) -> Tensor: ...  # behaviour policy's actions
 
-    def update(self, batch: ReplayBatch) -> tuple[dict[str, Tensor], Tensor]: ...  # one gradient step: losses, TD errors
+    # one gradient step per consecutive minibatch of `batch` (the buffer does not change in between):
+    # (losses summed over the steps, TD errors of every sample)
+    def update(self, batch: ReplayBatch, minibatch_size: int) -> tuple[dict[str, Tensor], Tensor]: ...
 
     def after_env_steps(self, before: int, after: int) -> None: ...  # target networks on an env-step schedule
 
@@ -196,23 +198,19 @@ class OffPolicyLearner:
 
     def _train(self, steps: int) -> dict[str, Tensor]:
         """`steps` gradient steps; the sums of their losses. Uniform minibatches are drawn in one go (the buffer does
-        not change in between); prioritized ones one by one, each after the last one's priorities."""
+        not change in between); prioritized ones one by one, each after the last one's new priorities."""
         o = self.options
+        self.gradient_steps += steps
+        if not o.prioritized:
+            return self.core.update(self.buffer.sample(steps * o.batch_size), o.batch_size)[0]
+        beta = linear_schedule(o.per_beta, 1.0, 1.0, self.env_steps / o.steps)
         sums: dict[str, Tensor] = {}
-        if o.prioritized:
-            beta = linear_schedule(o.per_beta, 1.0, 1.0, self.env_steps / o.steps)
-            batches = None
-        else:
-            big = self.buffer.sample(steps * o.batch_size)
-            batches = [big[i * o.batch_size:(i + 1) * o.batch_size] for i in range(steps)]
-        for i in range(steps):
-            batch = batches[i] if batches is not None else self.buffer.sample(o.batch_size, beta)
-            losses, td_errors = self.core.update(batch)
-            if o.prioritized:
-                self.buffer.update_priorities(batch.indices, td_errors)
+        for _ in range(steps):
+            batch = self.buffer.sample(o.batch_size, beta)
+            losses, td_errors = self.core.update(batch, o.batch_size)
+            self.buffer.update_priorities(batch.indices, td_errors)
             for name, value in losses.items():
                 sums[name] = sums.get(name, 0.0) + value
-        self.gradient_steps += steps
         return sums
 
     def state_dict(self) -> dict[str, Any]:

@@ -53,6 +53,9 @@ class ReplayBatch:
     weights: Tensor  # importance-sampling weights (ones when uniform)
     indices: Tensor  # flat slot ids (slot * n_envs + env), for `update_priorities`
 
+    def __len__(self) -> int:
+        return len(self.obs)
+
     def __getitem__(self, s: slice) -> "ReplayBatch":
         return ReplayBatch(*(getattr(self, f)[s] for f in self.__dataclass_fields__))
 

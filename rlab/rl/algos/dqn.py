@@ -102,15 +102,28 @@ class DQN:
         coin = torch.rand(n, generator=self.generator) < self.epsilon(env_steps)
         return torch.where(coin, torch.randint(self.n_actions, (n,), generator=self.generator), greedy)
 
-    def update(self, b: ReplayBatch) -> tuple[dict[str, Tensor], Tensor]:
-        q = self.agent.q(b.obs).gather(-1, b.actions.long().unsqueeze(-1)).squeeze(-1)
+    def update(self, batch: ReplayBatch, minibatch_size: int) -> tuple[dict[str, Tensor], Tensor]:
+        """One gradient step per consecutive minibatch of `batch`; (summed losses, TD errors of all samples).
+
+        The target network does not move during the call (it follows env steps), so Q_target(s', .) of every
+        minibatch comes from one forward pass; double DQN's argmax uses the online network of each step.
+        """
         with torch.no_grad():
-            y = dqn_target(b.returns, b.discounts, self.target.q(b.next_obs),
-                           self.agent.q(b.next_obs) if self.o.double else None)
-        td_error = q - y
-        loss = (b.weights * F.smooth_l1_loss(q, y, reduction="none")).mean()
-        gradient_step(self.agent.parameters(), self.optimizer, loss, self.o.max_grad_norm)
-        return {"losses/td": loss.detach(), "losses/q_values": q.detach().mean()}, td_error.detach()
+            next_q_target = self.target.q(batch.next_obs)
+        sums: dict[str, Tensor] = {}
+        td_errors = []
+        for start in range(0, len(batch.obs), minibatch_size):
+            mb = slice(start, start + minibatch_size)
+            q = self.agent.q(batch.obs[mb]).gather(-1, batch.actions[mb].long().unsqueeze(-1)).squeeze(-1)
+            with torch.no_grad():
+                y = dqn_target(batch.returns[mb], batch.discounts[mb], next_q_target[mb],
+                               self.agent.q(batch.next_obs[mb]) if self.o.double else None)
+            loss = (batch.weights[mb] * F.smooth_l1_loss(q, y, reduction="none")).mean()
+            gradient_step(self.agent.parameters(), self.optimizer, loss, self.o.max_grad_norm)
+            td_errors.append((q - y).detach())
+            for name, value in (("losses/td", loss.detach()), ("losses/q_values", q.detach().mean())):
+                sums[name] = sums.get(name, 0.0) + value
+        return sums, torch.cat(td_errors)
 
     def after_env_steps(self, before: int, after: int) -> None:
         interval = self.o.target_update_interval
