@@ -1,14 +1,20 @@
-"""The lecture's policy-gradient ladder on one plot: return against env steps, mean and spread over seeds.
+"""The lecture's ladders on one plot: return against env steps, mean and spread over seeds.
 
 Variants (Hung-yi Lee, "Policy Gradient" / "Actor-Critic"):
     v0   vpg, immediate reward            v3   vpg, discounted - batch mean / standardised
     v1   vpg, reward-to-go                v3.5 vpg, discounted - learned V(s)
     v2   vpg, discounted reward-to-go     v4   actor-critic (MC and TD critic), A2C, PPO
 
+`--family value` climbs the value-based ladder instead (Mnih et al., 2015 and its
+extensions): DQN, + double Q (van Hasselt et al., 2016), + dueling heads (Wang et
+al., 2016), + 3-step returns, + prioritized replay (Schaul et al., 2016), each on
+top of the last, with the env's DQN preset (rl-baselines3-zoo's on CartPole-v1).
+
 Each (variant, seed) is an ordinary `rlab train` run folder; the figure is drawn
 by rlab.plots.plot_returns into runs/bench/ladder__<env>__.../ladder.png.
 
     flock /tmp/rlab-heavy.lock .venv/bin/python bench/ladder.py --env CartPole-v1 --steps 50000 --seeds 3
+    flock /tmp/rlab-heavy.lock .venv/bin/python bench/ladder.py --family value --env CartPole-v1 --steps 30000 --seeds 3
 """
 
 from __future__ import annotations
@@ -32,6 +38,14 @@ LADDER: list[tuple[str, dict]] = [
     ("a2c", dict(algo="a2c")),
     ("ppo", dict(algo="ppo")),
 ]
+VALUE_LADDER: list[tuple[str, dict]] = [
+    ("DQN", dict(algo="dqn")),
+    ("+ double Q", dict(algo="dqn", double=True)),
+    ("+ dueling", dict(algo="dqn", double=True, dueling=True)),
+    ("+ 3-step returns", dict(algo="dqn", double=True, dueling=True, n_step=3)),
+    ("+ prioritized replay", dict(algo="dqn", double=True, dueling=True, n_step=3, prioritized=True)),
+]
+FAMILIES = {"policy": (LADDER, "Policy-gradient ladder"), "value": (VALUE_LADDER, "Value-based ladder")}
 
 
 def main() -> None:
@@ -40,15 +54,18 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=50_000, help="env steps per run (the budget)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--variants", default="all", help="comma-separated indices into the ladder (0-based) or 'all'")
+    p.add_argument("--family", default="policy", choices=sorted(FAMILIES), help="which ladder")
     args = p.parse_args()
     torch.set_num_threads(1)
-    chosen = LADDER if args.variants == "all" else [LADDER[int(i)] for i in args.variants.split(",")]
-    bench = RunDir.create("bench", f"ladder__{args.env}", None, vars(args))
+    ladder, title = FAMILIES[args.family]
+    chosen = ladder if args.variants == "all" else [ladder[int(i)] for i in args.variants.split(",")]
+    name = f"ladder__{args.env}" if args.family == "policy" else f"ladder__value__{args.env}"
+    bench = RunDir.create("bench", name, None, vars(args))
     run_dirs = []
     for label, overrides in chosen:
         for seed in range(args.seeds):
             cfg = TrainConfig(env=args.env, steps=args.steps, seed=seed, progress=False, variant=label, device="cpu",
-                              **overrides)
+                              threads=1, **overrides)
             run_dirs.append(train(cfg))
             print(label, seed, run_dirs[-1], flush=True)
     atomic_write_text(bench.path / "runs.txt", "\n".join(map(str, run_dirs)) + "\n")
@@ -57,7 +74,7 @@ def main() -> None:
     except ImportError:
         print("rlab.plots is not available; run folders listed in", bench.path / "runs.txt")
         return
-    out = plot_returns(run_dirs, bench.path / "ladder.png", title=f"Policy-gradient ladder on {args.env}")
+    out = plot_returns(run_dirs, bench.path / "ladder.png", title=f"{title} on {args.env}")
     print(out)
 
 

@@ -131,7 +131,7 @@ def test_off_policy_state_round_trips_through_a_checkpoint(tmp_path):
     identically: every piece of state (Q, target, Adam, buffer and its sampler, exploration RNG, counters) came
     from the checkpoint, none from the constructor."""
     o = DQNOptions(steps=1200, hidden=[16], batch_size=16, buffer_size=300, learning_starts=200, train_freq=8,
-                   gradient_steps=2, target_update_interval=50, log_every=200, n_step=3, prioritized=True,
+                   gradient_steps=2, target_update_interval=70, log_every=200, n_step=3, prioritized=True,
                    double=True, dueling=True)
 
     def learner(seed):
@@ -143,7 +143,8 @@ def test_off_policy_state_round_trips_through_a_checkpoint(tmp_path):
         a.iterate(1.0)
     save_checkpoint(tmp_path / "c.pt", {"learner": a.state_dict()})
     state = load_checkpoint(tmp_path / "c.pt")["learner"]  # weights_only=True
-    assert state["env_steps"] == 600 and state["gradient_steps"] == (600 - 200) // 8 * 2
+    assert state["env_steps"] == 600 and state["gradient_steps"] == (600 - 200) // 8 * 2 - 2
+    assert state["pending_updates"] == 2  # the phase due at step 600 runs before the next env step
     assert not torch.equal(state["core"]["target"]["trunk.0.weight"], state["agent"]["trunk.0.weight"])
 
     rows = []

@@ -139,7 +139,9 @@ class OffPolicyLearner:
                                    () if discrete else self.action_space.shape, np.int64 if discrete else np.float32,
                                    gamma, options.n_step, options.prioritized, options.per_alpha, device=device,
                                    seed=seed + 1)
-        self.env_steps, self.gradient_steps = 0, 0
+        # gradient steps due at a train_freq boundary: run before the next env step, so an iteration that ends at
+        # the boundary is logged and evaluated before them, as SB3's callbacks see its rollouts
+        self.env_steps, self.gradient_steps, self.pending_updates = 0, 0, 0
         self.attack: Callable[[Tensor], Tensor] | None = None
 
     def start(self, seed: int, attack: Callable[[Tensor], Tensor] | None = None) -> None:
@@ -163,7 +165,15 @@ class OffPolicyLearner:
         start_steps, start_updates = self.env_steps, self.gradient_steps
         returns, lengths, seen = [], [], []
         sums: dict[str, Tensor] = {}
+
+        def train() -> None:
+            for name, value in self._train(self.pending_updates).items():
+                sums[name] = sums.get(name, 0.0) + value
+            self.pending_updates = 0
+
         while self.env_steps < stop:
+            if self.pending_updates:
+                train()
             if self.env_steps < o.learning_starts:
                 actions = random_actions(self.action_space, n, self.generator)
             else:
@@ -185,13 +195,14 @@ class OffPolicyLearner:
             before, self.env_steps = self.env_steps, self.env_steps + n
             self.core.after_env_steps(before, self.env_steps)
             updates = self.env_steps // o.train_freq - before // o.train_freq
-            if updates and self.env_steps > o.learning_starts:
-                for name, value in self._train(updates * o.gradient_steps).items():
-                    sums[name] = sums.get(name, 0.0) + value
+            if updates and self.env_steps > o.learning_starts:  # run before the next env step (SB3's order)
+                self.pending_updates += updates * o.gradient_steps
+        if self.pending_updates and self.env_steps >= o.steps:  # the run's last update
+            train()
         if seen:
             self.agent.obs_norm.update(torch.from_numpy(np.concatenate(seen)).to(self.device))
         done_updates = self.gradient_steps - start_updates
-        losses = {name: float(total) / done_updates for name, total in sums.items()}
+        losses = {name: float(total) / done_updates for name, total in sums.items()}  # empty when no update ran
         losses.update(self.core.log_values(self.env_steps))
         losses.update({"charts/gradient_steps": float(self.gradient_steps), "charts/buffer_size": float(len(self.buffer))})
         return Iteration(self.env_steps - start_steps, losses, returns, lengths)
@@ -216,7 +227,7 @@ class OffPolicyLearner:
     def state_dict(self) -> dict[str, Any]:
         return {"agent": self.agent.state_dict(), "core": self.core.state_dict(), "buffer": self.buffer.state_dict(),
                 "generator": self.generator.get_state(), "env_steps": self.env_steps,
-                "gradient_steps": self.gradient_steps}
+                "gradient_steps": self.gradient_steps, "pending_updates": self.pending_updates}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.agent.load_state_dict(state["agent"])
@@ -224,6 +235,7 @@ class OffPolicyLearner:
         self.buffer.load_state_dict(state["buffer"])
         self.generator.set_state(state["generator"])
         self.env_steps, self.gradient_steps = int(state["env_steps"]), int(state["gradient_steps"])
+        self.pending_updates = int(state["pending_updates"])
 
     def close(self) -> None:
         self.envs.close()
