@@ -8,13 +8,15 @@ Variants (Hung-yi Lee, "Policy Gradient" / "Actor-Critic"):
 `--family value` climbs the value-based ladder instead (Mnih et al., 2015 and its
 extensions): DQN, + double Q (van Hasselt et al., 2016), + dueling heads (Wang et
 al., 2016), + 3-step returns, + prioritized replay (Schaul et al., 2016), each on
-top of the last, with the env's DQN preset (rl-baselines3-zoo's on CartPole-v1).
+top of the last, on the small-budget DQN recipe of `rlab demo` (64x64 net, Polyak
+target tau 0.05, 16 gradient steps every 16 env steps, epsilon 1 -> 0.02 over the
+first 20%).
 
 Each (variant, seed) is an ordinary `rlab train` run folder; the figure is drawn
 by rlab.plots.plot_returns into runs/bench/ladder__<env>__.../ladder.png.
 
     flock /tmp/rlab-heavy.lock .venv/bin/python bench/ladder.py --env CartPole-v1 --steps 50000 --seeds 3
-    flock /tmp/rlab-heavy.lock .venv/bin/python bench/ladder.py --family value --env CartPole-v1 --steps 30000 --seeds 3
+    flock /tmp/rlab-heavy.lock .venv/bin/python bench/ladder.py --family value --env CartPole-v1 --steps 10000 --seeds 3
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import argparse
 
 import torch
 
+from rlab.demo import LADDER as DEMO_LADDER
 from rlab.runs import RunDir, atomic_write_text
 from rlab.rl.trainer import TrainConfig, train
 
@@ -38,12 +41,14 @@ LADDER: list[tuple[str, dict]] = [
     ("a2c", dict(algo="a2c")),
     ("ppo", dict(algo="ppo")),
 ]
+# the value-based ladder on the demo's small-budget DQN recipe (Polyak target, one gradient step per env step)
+DQN_BASE = {k: v for k, v in dict(DEMO_LADDER)["DQN (5k steps)"].items() if k != "steps"}
 VALUE_LADDER: list[tuple[str, dict]] = [
-    ("DQN", dict(algo="dqn")),
-    ("+ double Q", dict(algo="dqn", double=True)),
-    ("+ dueling", dict(algo="dqn", double=True, dueling=True)),
-    ("+ 3-step returns", dict(algo="dqn", double=True, dueling=True, n_step=3)),
-    ("+ prioritized replay", dict(algo="dqn", double=True, dueling=True, n_step=3, prioritized=True)),
+    ("DQN", dict(DQN_BASE)),
+    ("+ double Q", dict(DQN_BASE, double=True)),
+    ("+ dueling", dict(DQN_BASE, double=True, dueling=True)),
+    ("+ 3-step returns", dict(DQN_BASE, double=True, dueling=True, n_step=3)),
+    ("+ prioritized replay", dict(DQN_BASE, double=True, dueling=True, n_step=3, prioritized=True)),
 ]
 FAMILIES = {"policy": (LADDER, "Policy-gradient ladder"), "value": (VALUE_LADDER, "Value-based ladder")}
 
@@ -51,13 +56,14 @@ FAMILIES = {"policy": (LADDER, "Policy-gradient ladder"), "value": (VALUE_LADDER
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--env", default="CartPole-v1")
-    p.add_argument("--steps", type=int, default=50_000, help="env steps per run (the budget)")
+    p.add_argument("--steps", type=int, default=None, help="env steps per run (default: 50000; --family value: 10000)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--variants", default="all", help="comma-separated indices into the ladder (0-based) or 'all'")
     p.add_argument("--family", default="policy", choices=sorted(FAMILIES), help="which ladder")
     args = p.parse_args()
     torch.set_num_threads(1)
     ladder, title = FAMILIES[args.family]
+    args.steps = args.steps or (50_000 if args.family == "policy" else 10_000)
     chosen = ladder if args.variants == "all" else [ladder[int(i)] for i in args.variants.split(",")]
     name = f"ladder__{args.env}" if args.family == "policy" else f"ladder__value__{args.env}"
     bench = RunDir.create("bench", name, None, vars(args))

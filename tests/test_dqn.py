@@ -14,19 +14,21 @@ import pytest
 import torch
 
 from rlab.cli import main
+from rlab.demo import LADDER
 from rlab.rl.algos.dqn import DQN, DQNOptions, dqn_target
 from rlab.rl.environments import make_envs
 from rlab.rl.offpolicy import OffPolicyLearner
 from rlab.rl.replay import ReplayBatch
 from rlab.runs import load_checkpoint, save_checkpoint
 
-# a budget that learns CartPole in ~5 s: Polyak target (tau 0.05), one gradient step per env step in bursts of 16
-FAST = ["train", "--algo", "dqn", "--env", "CartPole-v1", "--steps", "5000", "--hidden", "64,64", "--lr", "2e-3",
-        "--batch-size", "64", "--buffer-size", "10000", "--learning-starts", "500", "--train-freq", "16",
-        "--gradient-steps", "16", "--tau", "0.05", "--target-update-interval", "16", "--exploration-fraction", "0.2",
-        "--exploration-final-eps", "0.02", "--eval-episodes", "10", "--no-progress", "--device", "cpu",
-        "--threads", "1"]
+DEMO_DQN = dict(LADDER)["DQN (5k steps)"]
 
+# the demo's DQN rung: learns CartPole in 5k steps (~5 s) with a Polyak target and one gradient step per env step
+FAST = ["train", *(arg for name, value in DEMO_DQN.items() if name != "algo"
+                   for arg in (f"--{name.replace('_', '-')}", ",".join(map(str, value)) if isinstance(value, list)
+                               else str(value))),
+        "--algo", "dqn", "--env", "CartPole-v1", "--eval-episodes", "10", "--no-progress", "--device", "cpu",
+        "--threads", "1"]
 
 def _run(capsys, *argv: str) -> Path:
     assert main(list(argv)) == 0
