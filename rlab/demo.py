@@ -2,7 +2,7 @@
 
     1. the lecture's ladder on CartPole-v1, a few seeds each: immediate reward (v0),
        reward-to-go (v1), discounted reward-to-go (v2), baselines (v3), actor-critic
-       with a TD critic, A2C and PPO -> ladder.png
+       with a TD critic, A2C and PPO, and a short DQN rung -> ladder.png
     2. MNIST-5k classifiers: a CNN with standard training, and one with PGD
        adversarial training at eps 0.3 (Madry et al. 2018)
     3. the attack/defense benchmark on both (FGSM and PGD against no defense, blur,
@@ -38,6 +38,12 @@ LADDER: list[tuple[str, dict[str, Any]]] = [
     ("actor-critic (TD critic)", {"algo": "ac", "critic": "td"}),
     ("A2C (GAE)", {"algo": "a2c"}),
     ("PPO-clip", {"algo": "ppo"}),
+    # the other half of the lecture's critic: Q(s, a) picks the action. A short DQN rung (~5 s of CPU a seed):
+    # a Polyak-averaged target and one gradient step per env step learn CartPole in 5k steps
+    ("DQN (5k steps)", {"algo": "dqn", "steps": 5000, "hidden": [64, 64], "lr": 2e-3, "batch_size": 64,
+                        "buffer_size": 10_000, "learning_starts": 500, "train_freq": 16, "gradient_steps": 16,
+                        "tau": 0.05, "target_update_interval": 16, "exploration_fraction": 0.2,
+                        "exploration_final_eps": 0.02}),
 ]
 QUICK_LADDER = ["v0 immediate reward", "v2 discounted reward-to-go", "PPO-clip"]
 
@@ -79,9 +85,9 @@ def _ladder(b: dict[str, Any], cfg: DemoConfig) -> list[Path]:
 
     paths: list[Path] = []
     for label, options in b["ladder"]:
-        result = train(make_config(TrainConfig, env="CartPole-v1", steps=b["rl_steps"], seed=cfg.seed, seeds=b["seeds"],
-                                   variant=label, device=cfg.device, eval_episodes=5 if cfg.quick else 10,
-                                   **options))
+        result = train(make_config(TrainConfig, **{"env": "CartPole-v1", "steps": b["rl_steps"], "seed": cfg.seed,
+                                                   "seeds": b["seeds"], "variant": label, "device": cfg.device,
+                                                   "eval_episodes": 5 if cfg.quick else 10, **options}))
         paths += result if isinstance(result, list) else [result]
     return paths
 
@@ -182,8 +188,8 @@ def _write_report(root: Path, b, ladder_runs, classifiers, benches, summary) -> 
     md = ["# rlab demo report", "",
           f"Wall time: {summary['wall_seconds']:.0f} s "
           f"({', '.join(f'{k}: {v:.0f} s' for k, v in summary['seconds'].items())}).", "",
-          "## 1. The policy-gradient ladder on CartPole-v1", "",
-          f"{b['rl_steps']} environment steps per run, {b['seeds']} seed(s) per variant; "
+          "## 1. The policy-gradient ladder on CartPole-v1 (and a DQN rung)", "",
+          f"{b['rl_steps']} environment steps per run (DQN: 5,000), {b['seeds']} seed(s) per variant; "
           "return of a deterministic evaluation at the end (mean over seeds):", "",
           "| variant | eval return |", "|---|---|"]
     md += [f"| {k} | {v:.1f} |" for k, v in summary["ladder/eval_mean_return"].items()]

@@ -205,3 +205,66 @@ def test_bad_input_is_refused_with_a_message():
         R.subtract_baseline(x, "value")
     with pytest.raises(ValueError, match="positive integer"):
         R.n_step_returns(x, b, b, x, 0.9, 0)
+
+
+# ----------------------------------------------------------------------------- n-step windows of a replay buffer
+
+
+@st.composite
+def windows(draw):
+    """(B, n) windows of replayed transitions: rewards, terminated, ended (terminated, truncated or newest step)."""
+    B, n = draw(st.integers(1, 6)), draw(st.integers(1, 6))
+    rewards = torch.tensor(draw(st.lists(st.floats(-5, 5, width=32), min_size=B * n, max_size=B * n)),
+                           dtype=torch.float64).reshape(B, n)
+    kinds = draw(st.lists(st.sampled_from(["", "", "", "terminated", "truncated", "newest"]), min_size=B * n,
+                          max_size=B * n))
+    terminated = torch.tensor([k == "terminated" for k in kinds]).reshape(B, n)
+    ended = torch.tensor([k != "" for k in kinds]).reshape(B, n)
+    return rewards, terminated, ended, draw(st.sampled_from([0.0, 0.5, 0.9, 0.99, 1.0]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(windows())
+def test_n_step_window_matches_brute_force(w):
+    rewards, terminated, ended, gamma = w
+    g, discount, last = R.n_step_window(rewards, terminated, ended, gamma)
+    for b in range(rewards.shape[0]):
+        total, k = 0.0, 0
+        while True:  # walk the window the slow way: add rewards until it stops
+            total += gamma**k * rewards[b, k].item()
+            if ended[b, k] or terminated[b, k] or k == rewards.shape[1] - 1:
+                break
+            k += 1
+        assert last[b].item() == k
+        assert g[b].item() == pytest.approx(total, abs=1e-9)
+        assert discount[b].item() == pytest.approx(0.0 if terminated[b, k] else gamma ** (k + 1), abs=1e-12)
+
+
+@settings(max_examples=100, deadline=None)
+@given(rollouts(), st.integers(1, 7))
+def test_n_step_window_agrees_with_n_step_returns_on_a_rollout(r, n_steps):
+    """Each real step t of a rollout, as a replayed window t..t+n-1: G + discount * V(s_{t+m}) = G^(n)_t."""
+    nv = _next_values(r)
+    expected = R.n_step_returns(r["rewards"], r["terminated"], r["truncated"], nv, r["gamma"], n_steps)
+    T = r["rewards"].shape[0]
+    for n, steps, _ in r["episodes"]:
+        for t in steps:
+            idx = torch.arange(t, t + n_steps).clamp(max=T - 1)
+            ended = (r["terminated"] | r["truncated"])[idx, n].clone()
+            ended[idx == T - 1] = True  # the rollout's last step is the newest one stored
+            g, discount, last = R.n_step_window(r["rewards"][idx, n][None], r["terminated"][idx, n][None], ended[None],
+                                                r["gamma"])
+            got = g[0] + discount[0] * nv[t + last[0], n]
+            assert got.item() == pytest.approx(expected[t, n].item(), abs=1e-9)
+
+
+def test_n_step_window_hand_computed():
+    # gamma 0.5; row 0: three rewards, no end -> 1 + 0.5*2 + 0.25*4, discount 0.125
+    # row 1: terminates at k=1 -> 1 + 0.5*2, discount 0; row 2: truncated at k=0 -> 1, discount 0.5
+    rewards = torch.tensor([[1.0, 2.0, 4.0]] * 3)
+    terminated = torch.tensor([[False, False, False], [False, True, False], [False, False, False]])
+    ended = torch.tensor([[False, False, False], [False, True, False], [True, False, False]])
+    g, discount, last = R.n_step_window(rewards, terminated, ended, 0.5)
+    assert g.tolist() == [3.0, 2.0, 1.0] and discount.tolist() == [0.125, 0.0, 0.5] and last.tolist() == [2, 1, 0]
+    with pytest.raises(ValueError, match="one shape"):
+        R.n_step_window(rewards, terminated[:, :2], ended, 0.5)
