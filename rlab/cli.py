@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "classifier train": ("rlab.vision.classifier", "TrainConfig", "train", "train an image classifier (MNIST-5k, CIFAR-10, image folder)"),
     "classifier eval": ("rlab.vision.classifier", "EvalConfig", "evaluate", "evaluate a trained classifier's run folder"),
     "bench attacks": ("rlab.vision.attack_bench", "BenchConfig", "run", "attack/defense benchmark: robust accuracy vs eps, report"),
+    "bench patch": ("rlab.vision.patch_bench", "PatchBenchConfig", "run", "universal adversarial patch: targeted success vs patch area"),
+    "bench reprogram": ("rlab.vision.reprogram_bench", "ReprogramConfig", "run", "adversarial reprogramming: a frame makes a classifier do another task"),
     "bench rl-attack": ("rlab.rl.attack_bench", "RLAttackConfig", "run", "observation attacks on a trained agent: return vs eps"),
     "plot returns": ("rlab.plots", "PlotReturnsConfig", "plot_returns_cmd", "plot return vs env steps, mean and spread over seeds"),
     "plot robustness": ("rlab.plots", "PlotRobustnessConfig", "plot_robustness_cmd", "plot accuracy vs eps from a results.csv"),
