@@ -17,8 +17,6 @@ per epoch), accuracy_vs_time.png and report.md, and prints the table.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import resource
 import sys
 import time
@@ -27,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rlab.vision.classifier import EvalConfig, TrainConfig, evaluate, train  # noqa: E402
-from rlab.runs import RunDir, atomic_write_text, read_json  # noqa: E402
+from rlab.runs import RunDir, atomic_write_text, read_json, write_csv  # noqa: E402
 
 TASKS = {
     "mnist": dict(label="MNIST-5k", dataset="mnist5k", model="mnist_cnn", target=0.98, budget_s=60.0),
@@ -107,11 +105,7 @@ def main() -> None:
         c, r = run_task(w, args.mnist_epochs if w == "mnist" else args.cifar_epochs, args)
         curve += c
         results.append(r)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(curve[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(curve)
-    atomic_write_text(bench.path / "results.csv", buf.getvalue())
+    write_csv(bench.path / "results.csv", curve)
     plot(curve, bench.path / "accuracy_vs_time.png")
 
     lines = ["| task | model | epochs | test acc | train s | CPU s | acc at budget | target | met |",

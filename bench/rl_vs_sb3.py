@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import math
 import time
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from rlab.runs import RunDir, atomic_write_text
+from rlab.runs import RunDir, atomic_write_text, write_csv
 from rlab.rl.trainer import TrainConfig, agent_actor, run_episodes, train
 
 THRESHOLDS = {"CartPole-v1": 475.0, "LunarLander-v3": 200.0}
@@ -176,11 +175,7 @@ def main() -> None:
 
     report = _report(rows, env_id, threshold, at_steps, budget, args)
     print(report)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(run.path / "results.csv", buf.getvalue())
+    write_csv(run.path / "results.csv", rows)
     atomic_write_text(run.path / "report.md", report + "\n")
     run.write_summary({"rows": rows})
     print(run.path)

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import csv
 import html
-import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rlab.config import check, make_config, opt
-from rlab.runs import RunDir, atomic_write_text, read_json, use_runs_root
+from rlab.runs import RunDir, atomic_write_text, read_json, use_runs_root, write_csv
 from rlab.runtime import DEVICES, resolve_device
 
 # (label, options) of the lecture's ladder, in the order the lecture climbs it.
@@ -119,11 +118,7 @@ def _training_comparison(benches: dict[str, Path], out_csv: Path) -> Path:
             for r in csv.DictReader(f):
                 if r["defense"] == "none":
                     rows.append({**r, "defense": f"{label} training"})
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(out_csv, buf.getvalue())
+    write_csv(out_csv, rows)
     return out_csv
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 
@@ -31,6 +32,16 @@ class TrainingDiverged(UserError):
 
     The message names the step and the last good checkpoint, which is kept as it was.
     """
+
+
+def diverged(at: str, what: str, last_good: str | None, checkpoint: Any, lr: float) -> TrainingDiverged:
+    """The error of every trainer for a loss or weight that became NaN or inf `at` a step.
+
+    `last_good` says when the kept checkpoint was written (None: none yet); nothing after it is saved.
+    """
+    kept = (f"the last good checkpoint ({last_good}) is kept in {checkpoint}" if last_good is not None
+            else f"no checkpoint had been written yet in {Path(checkpoint).parent.parent}")
+    return TrainingDiverged(f"training diverged at {at}: {what} is NaN or inf; {kept}; try a smaller --lr than {lr:g}")
 
 
 def first_nonfinite(values: Mapping[str, Any]) -> str | None:

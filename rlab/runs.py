@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rlab.errors import UserError
+from rlab.errors import UserError, load_state_checked
 
 RUNS_ROOT = Path(os.environ.get("RLAB_RUNS", "runs"))
 TRACKED_PACKAGES = ("rlab", "torch", "gymnasium", "stable-baselines3", "foolbox", "numpy", "matplotlib")
@@ -71,6 +71,20 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(_jsonable(obj), indent=2, sort_keys=True) + "\n")
+
+
+def write_csv(path: str | Path, rows: list[dict[str, Any]], columns: list[str] | None = None) -> None:
+    """The lab's one CSV writer: `rows` (dicts) under a header of `columns` (default: every key, in first-seen order).
+
+    Written atomically like every file of a run folder; missing cells stay empty.
+    """
+    if columns is None:
+        columns = list(dict.fromkeys(k for row in rows for k in row))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns or ["step"], lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
 
 
 def read_json(path: str | Path) -> Any:
@@ -294,11 +308,7 @@ class RunDir:
     def flush(self) -> None:
         if not self._rows and not (self.path / "metrics.csv").exists():
             return
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=self._columns or ["step"], lineterminator="\n")
-        w.writeheader()
-        w.writerows(self._rows)
-        atomic_write_text(self.path / "metrics.csv", buf.getvalue())
+        write_csv(self.path / "metrics.csv", self._rows, self._columns)
         self._last_flush = time.monotonic()
 
     def truncate_metrics(self, max_step: int) -> None:
@@ -319,6 +329,24 @@ class RunDir:
 
     def load_checkpoint(self, name: str = "last.pt", map_location: str | torch.device = "cpu") -> dict[str, Any]:
         return load_checkpoint(self.path / "checkpoints" / name, map_location)
+
+    def restore(self, targets: dict[str, Any], counters: tuple[str, ...], command: str,
+                map_location: str | torch.device = "cpu") -> tuple[Any, ...]:
+        """Resume from checkpoints/last.pt: load each `targets[key].load_state_dict(state[key])`, the global RNGs,
+        and return the values of `counters` (e.g. env_steps). The one checkpoint restore of every trainer.
+
+        A checkpoint without an entry, or whose entry does not fit, is a UserError naming the file.
+        """
+        path = self.path / "checkpoints" / "last.pt"
+        state = self.load_checkpoint("last.pt", map_location=map_location)
+        for key, target in targets.items():
+            load_state_checked(target, state, key, path)
+        try:
+            set_rng_state(state["rng"])
+            return tuple(state[name] for name in counters)
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+            raise UserError(f"checkpoint {path} lacks a readable {e if isinstance(e, KeyError) else 'RNG or step'} "
+                            f"entry ({type(e).__name__}); it was not written by `{command}`") from None
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         self.flush()

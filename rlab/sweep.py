@@ -433,17 +433,6 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    columns: list[str] = []
-    for r in rows:
-        columns.extend(k for k in r if k not in columns)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    runs.atomic_write_text(path, buf.getvalue())
-
-
 def gather(sweep_dir: Path, cells: list[dict[str, Any]]) -> dict[str, Path]:
     """summary.csv, and returns.png or results.csv + robustness.png, from the finished cells' run folders."""
     from rlab.plots import RETURN_COLUMN, plot_returns, plot_robustness
@@ -462,12 +451,12 @@ def gather(sweep_dir: Path, cells: list[dict[str, Any]]) -> dict[str, Path]:
             if metrics.is_file() and RETURN_COLUMN in metrics.read_text().partition("\n")[0].split(","):
                 train_dirs.append(d)
     if summary_rows:
-        _write_csv(sweep_dir / "summary.csv", summary_rows)
+        runs.write_csv(sweep_dir / "summary.csv", summary_rows)
         written["summary.csv"] = sweep_dir / "summary.csv"
     if train_dirs:
         written["returns.png"] = plot_returns(train_dirs, sweep_dir / "returns.png")
     if bench_rows:
-        _write_csv(sweep_dir / "results.csv", bench_rows)
+        runs.write_csv(sweep_dir / "results.csv", bench_rows)
         written["results.csv"] = sweep_dir / "results.csv"
         if {"attack", "defense", "eps", "robust_accuracy"} <= set(bench_rows[0]):
             written["robustness.png"] = plot_robustness(sweep_dir / "results.csv", sweep_dir / "robustness.png")

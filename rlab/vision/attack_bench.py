@@ -17,8 +17,6 @@ their ensemble, evaluate on the victim). Writes into one run folder:
 
 from __future__ import annotations
 
-import csv
-import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +27,8 @@ import torch
 from tqdm import tqdm
 
 from rlab.config import check, opt
-from rlab.errors import UserError, unknown_name
-from rlab.runs import RunDir, atomic_write_text
+from rlab.errors import unknown_name
+from rlab.runs import RunDir, atomic_write_text, write_csv
 from rlab.runtime import DEVICES, resolve_device, seed_everything, set_threads
 
 RESULT_COLUMNS = ["attack", "defense", "adaptive", "eps", "clean_accuracy", "robust_accuracy", "success_rate",
@@ -186,11 +184,7 @@ def transfer_matrix(victim, x, y, surrogate_dirs: list[str], attack_names: list[
 
 
 def write_results(run: RunDir, rows: list[dict[str, Any]]) -> Path:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=RESULT_COLUMNS, lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(run.path / "results.csv", buf.getvalue())
+    write_csv(run.path / "results.csv", rows, RESULT_COLUMNS)
     return run.path / "results.csv"
 
 

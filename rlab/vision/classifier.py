@@ -33,9 +33,9 @@ import torch.nn.functional as F
 
 from rlab.config import check, opt
 from rlab.vision.data import DATASET_NAMES, ImageData, course_subset, load_dataset
-from rlab.errors import TrainingDiverged, UserError, first_nonfinite, load_state_checked
+from rlab.errors import TrainingDiverged, UserError, diverged, first_nonfinite, load_state_checked
 from rlab.vision.models import MODEL_NAMES, build_model, default_lr
-from rlab.runs import RunDir, rng_state, set_rng_state
+from rlab.runs import RunDir, rng_state
 from rlab.runtime import DEVICES, resolve_device, seed_everything, set_threads
 
 ADV_METHODS = ("none", "pgd", "fast", "free")
@@ -284,7 +284,9 @@ def train(cfg: TrainConfig) -> Path:
     if run is None:
         run = RunDir.create("classifier", f"{cfg.dataset.replace(':', '-')}__{model_name}", cfg.seed, cfg, device=device)
     elif (run.path / "checkpoints" / "last.pt").exists():
-        start_epoch, step, train_seconds = _restore(run, device, model, optimizer, scheduler)
+        start_epoch, step, train_seconds = run.restore({"model": model, "optimizer": optimizer, "scheduler": scheduler},
+                                                       ("epoch", "step", "train_seconds"), "rlab classifier train",
+                                                       map_location=device)
     # (a run killed before its first checkpoint starts again from step 0 in the same folder)
     run.truncate_metrics(step)
 
@@ -318,7 +320,7 @@ def train(cfg: TrainConfig) -> Path:
             step += 1
             loss_value = loss.item()
             if not math.isfinite(loss_value):
-                raise diverged(step, epoch, "the training loss", run, lr)
+                raise _diverged(step, epoch, "the training loss", run, lr)
             total_loss += loss_value * len(y)
             total_correct += (logits.argmax(1) == y).sum().item()
             seen += len(y)
@@ -326,7 +328,7 @@ def train(cfg: TrainConfig) -> Path:
         train_seconds += time.perf_counter() - t0
         bad = first_nonfinite(model.state_dict())
         if bad is not None:
-            raise diverged(step, epoch, f"weight {bad}", run, lr)
+            raise _diverged(step, epoch, f"weight {bad}", run, lr)
         test_acc, test_loss = accuracy_and_loss(predict_logits(model, test_data, device), test_data.labels)
         run.log(step, **{"epoch": epoch + 1, "train/loss": total_loss / seen, "train/accuracy": total_correct / seen,
                          "test/accuracy": test_acc, "test/loss": test_loss, "charts/lr": lr_used,
@@ -344,27 +346,10 @@ def train(cfg: TrainConfig) -> Path:
     return run.path
 
 
-def diverged(step: int, epoch: int, what: str, run: RunDir, lr: float) -> TrainingDiverged:
-    """The error for a loss or weight that became NaN/inf; the checkpoint of the last finished epoch is kept."""
-    kept = (f"the last good checkpoint (end of epoch {epoch}) is kept in {run.path / 'checkpoints' / 'last.pt'}"
-            if epoch > 0 else f"no checkpoint had been written yet in {run.path}")
-    return TrainingDiverged(f"training diverged at step {step} (epoch {epoch + 1}): {what} is NaN or inf; {kept}; "
-                            f"try a smaller --lr than {lr:g}")
-
-
-def _restore(run: RunDir, device: torch.device, model: nn.Module, optimizer: torch.optim.Optimizer,
-             scheduler) -> tuple[int, int, float]:
-    """Load model, optimizer, schedule and RNG states from the run's last checkpoint; (epoch, step, train_seconds)."""
-    path = run.path / "checkpoints" / "last.pt"
-    state = run.load_checkpoint("last.pt", map_location=device)
-    for key, target in (("model", model), ("optimizer", optimizer), ("scheduler", scheduler)):
-        load_state_checked(target, state, key, path)
-    try:
-        set_rng_state(state["rng"])
-        return int(state["epoch"]), int(state["step"]), float(state["train_seconds"])
-    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
-        raise UserError(f"checkpoint {path} lacks a readable {e if isinstance(e, KeyError) else 'RNG or step'} "
-                        f"entry ({type(e).__name__}); it was not written by `rlab classifier train`") from None
+def _diverged(step: int, epoch: int, what: str, run: RunDir, lr: float) -> TrainingDiverged:
+    """A NaN/inf at `step`: the checkpoint of the last finished epoch is kept."""
+    return diverged(f"step {step} (epoch {epoch + 1})", what, f"end of epoch {epoch}" if epoch > 0 else None,
+                    run.path / "checkpoints" / "last.pt", lr)
 
 
 # ----------------------------------------------------------------------------- load and evaluate
