@@ -103,19 +103,23 @@ class MagNetReformer(nn.Module):
 
     Empty until `fit(x_train)` (or `build(channels)` + `load_state_dict`);
     options: autoencoder `width`, `pool` (default: pool for greyscale, not for
-    colour, as Meng & Chen), training `epochs`, `noise_std`, `seed`.
+    colour, as Meng & Chen), training `epochs`, `noise_std`, `batch_size`, `seed`
+    (as a spec: `magnet:epochs=20:batch_size=32`).
     """
 
     gradient_rule = "exact"
 
     def __init__(self, width: int = 3, pool: bool | None = None, epochs: int = 10, noise_std: float = 0.1,
-                 seed: int = 0):
+                 batch_size: int = 16, seed: int = 0):
         super().__init__()
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"MagNetReformer epochs must be a positive integer, got {epochs!r}")
         if not isinstance(noise_std, (int, float)) or not noise_std >= 0:
             raise ValueError(f"MagNetReformer noise_std must be >= 0, got {noise_std!r}")
-        self.width, self.pool, self.epochs, self.noise_std, self.seed = width, pool, epochs, float(noise_std), seed
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"MagNetReformer batch_size must be a positive integer, got {batch_size!r}")
+        self.width, self.pool, self.epochs, self.noise_std = width, pool, epochs, float(noise_std)
+        self.batch_size, self.seed = batch_size, seed
         self.autoencoder: DenoisingAutoencoder | None = None
 
     def build(self, channels: int) -> "MagNetReformer":
@@ -128,7 +132,8 @@ class MagNetReformer(nn.Module):
         """Build the autoencoder for x's channels and train it on the clean images x; per-epoch losses."""
         torch.manual_seed(self.seed)
         self.build(x.shape[1]).to(x.device)
-        return train_denoising_autoencoder(self.autoencoder, x, self.epochs, self.noise_std, seed=self.seed)
+        return train_denoising_autoencoder(self.autoencoder, x, self.epochs, self.noise_std,
+                                           batch_size=self.batch_size, seed=self.seed)
 
     @property
     def fitted(self) -> bool:
@@ -149,4 +154,5 @@ class MagNetReformer(nn.Module):
         return self
 
     def extra_repr(self) -> str:
-        return f"width={self.width}, pool={self.pool}, epochs={self.epochs}, noise_std={self.noise_std}, seed={self.seed}"
+        return (f"width={self.width}, pool={self.pool}, epochs={self.epochs}, noise_std={self.noise_std}, "
+                f"batch_size={self.batch_size}, seed={self.seed}")

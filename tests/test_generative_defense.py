@@ -83,7 +83,7 @@ def test_bench_attacks_fits_magnet_once_and_caches_it(runs_root, tmp_path, capsy
     import defenses.registry
 
     monkeypatch.setenv("RLAB_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setitem(defenses.registry.DEFENSES, "magnet", functools.partial(MagNetReformer, epochs=1))
+    monkeypatch.setitem(defenses.registry.DEFENSES, "magnet", functools.partial(MagNetReformer, epochs=1, batch_size=256))
     assert main(["classifier", "train", "--dataset", "mnist5k", "--train-subset", "300", "--epochs", "1",
                  "--threads", "1", "--device", "cpu"]) == 0
     classifier = Path(capsys.readouterr().out.strip().splitlines()[-1])

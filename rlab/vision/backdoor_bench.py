@@ -165,7 +165,7 @@ def plot_gallery(models: list[tuple[str, torch.nn.Module]], x: torch.Tensor, y: 
     others = torch.nonzero(y != target).flatten()
     picks = others[torch.linspace(0, len(others) - 1, min(k, len(others))).long()]
     x_triggered = trigger.stamp(x[picks])
-    fig, axes = plt.subplots(1, len(picks), figsize=(1.55 * len(picks) + 0.4, 2.2 + 0.3 * len(models)), dpi=120,
+    fig, axes = plt.subplots(1, len(picks), figsize=(1.55 * len(picks) + 0.4, 2.1 + 0.2 * len(models)), dpi=120,
                              squeeze=False)
     with torch.no_grad():
         predictions = [(name, m(x_triggered).argmax(1)) for name, m in models]
