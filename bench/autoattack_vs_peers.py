@@ -4,8 +4,9 @@
     .venv/bin/python bench/autoattack_vs_peers.py --merge RUN_DIR...   # one table from chunks run with --offset/--n
     .venv/bin/python bench/autoattack_vs_peers.py --smoke    # seconds: a tiny model, 20 digits, fast budgets
 
-Victim: a classifier run folder (`rlab classifier train`), by default evaluated on
-the first `--n` test images of its dataset at L-inf `--eps`. The issue's model is the
+Victim: a classifier run folder (`rlab classifier train`), evaluated on `--n` test
+images of its dataset (a seeded draw; `--offset` walks the same permutation, so chunks
+run one command at a time cover disjoint images) at L-inf `--eps`. The issue's model is the
 README's PGD-adversarially-trained MNIST-5k `mnist_small` (its exact command is in
 README.md), on the 1,000 test digits at eps 0.3. Rows, each a robust accuracy over
 the same images and its wall time (one torch thread by default):
@@ -97,8 +98,8 @@ def smoke_victim(seed: int, n: int):
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--classifier", help="run folder of the victim (rlab classifier train)")
-    parser.add_argument("--n", type=int, default=1000, help="number of test images, from --offset on")
-    parser.add_argument("--offset", type=int, default=0, help="first test image (to run the images in chunks)")
+    parser.add_argument("--n", type=int, default=1000, help="number of test images (a seeded draw), from --offset on")
+    parser.add_argument("--offset", type=int, default=0, help="position in the seeded draw (to run it in chunks)")
     parser.add_argument("--eps", type=float, default=None, help="L-inf radius (default 0.3 for MNIST, 8/255 for RGB)")
     parser.add_argument("--fast", action="store_true", help="also run the lab's `auto` at the fast budget")
     parser.add_argument("--budget", action="append", default=[], metavar="STEPS,TARGETS,QUERIES",
@@ -134,7 +135,9 @@ def main(argv: list[str] | None = None) -> None:
 
         model, options = load_classifier(args.classifier, "cpu")
         data = load_dataset(options["dataset"], "test", options.get("data_dir"))
-        x, y = data.float()[args.offset:args.offset + args.n], data.labels[args.offset:args.offset + args.n]
+        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(args.seed))  # the split is
+        pick = order[args.offset:args.offset + args.n]  # sorted by class: a seeded draw, chunks of one permutation
+        x, y = data.float(pick), data.labels[pick]
         eps = args.eps if args.eps is not None else (0.3 if x.shape[1] == 1 else 8 / 255)
         victim = f"{options['model']} on {options['dataset']} (`{args.classifier}`)"
     classes = int(model(x[:1]).shape[1])
@@ -160,8 +163,8 @@ def main(argv: list[str] | None = None) -> None:
     with torch.no_grad():
         clean = (model(x).argmax(1) == y).float().mean().item()
 
-    header = f"{len(x)} test images (from #{args.offset}), L-inf eps {eps:g}, clean accuracy {100 * clean:.1f}%, " \
-             f"{args.threads} torch thread(s), batch {args.batch_size}."
+    header = (f"{len(x)} test images (seeded draw {args.seed}, from position {args.offset}), L-inf eps {eps:g}, "
+              f"clean accuracy {100 * clean:.1f}%, {args.threads} torch thread(s), batch {args.batch_size}.")
     write_report(RunDir.create("bench", "autoattack_vs_peers", args.seed, vars(args)), rows, victim, header,
                  {"clean_accuracy": clean, "eps": eps, "n": len(x)})
 

@@ -44,6 +44,8 @@ def test_bench_rows_report_and_monotone_curve(tiny_classifier, runs_root, capsys
     (["--defenses", "jpg"], "unknown defense 'jpg'. Did you mean 'jpeg'"),
     (["--eps", "-0.1"], "--eps values must lie in [0, 1]"),
     (["--steps", "0"], "--steps must be >= 1"),
+    (["--attacks", "auto,fgsm", "--steps", "50"], "--steps 50 applies to iterative attacks"),
+    (["--attacks", "fgsm", "--restarts", "5"], "--restarts 5 applies to attacks with a random start"),
 ])
 def test_bad_input_is_one_line_exit_2(tiny_classifier, runs_root, capsys, args, message):
     assert main(["bench", "attacks", "--classifier", str(tiny_classifier), *args]) == 2

@@ -88,6 +88,13 @@ class BenchConfig:
         uses_auto = any(attacks.ATTACKS[canonical_name(a)] is attacks.AutoAttack for a in self.attacks)
         check(uses_auto or self.auto_version == "standard",
               f"--auto-version {self.auto_version} applies to the auto attack only; add auto to --attacks")
+        taken = set().union(*(budget_options(a) for a in self.attacks))
+        check(self.steps == 10 or "steps" in taken,
+              f"--steps {self.steps} applies to iterative attacks (pgd, bim, mifgsm, apgd, ...), and none of "
+              f"--attacks {','.join(self.attacks)} takes it (auto has its own budget: --auto-version)")
+        check(self.restarts == 1 or "restarts" in taken,
+              f"--restarts {self.restarts} applies to attacks with a random start (pgd, l2pgd, apgd, ...), and none "
+              f"of --attacks {','.join(self.attacks)} takes it")
         for d in self.defenses:  # a name, or a spec with parameters such as jpeg:quality=50
             if defenses.parse_spec(d)[0] not in defenses.DEFENSES:
                 raise unknown_name("defense", defenses.parse_spec(d)[0], defenses.DEFENSES)
@@ -101,24 +108,31 @@ def default_eps(channels: int) -> list[float]:
     return [0.0, 0.05, 0.1, 0.2, 0.3] if channels == 1 else [0.0, 2 / 255, 4 / 255, 8 / 255, 16 / 255]
 
 
-def budgeted_attack(name: str, steps: int, seed: int, restarts: int = 1, auto_version: str = "standard"):
-    """An attack by name with the benchmark's budget (single-step attacks ignore `steps`; the auto
-    ensemble has its own budget, `auto_version`)."""
+def budget_options(name: str) -> set[str]:
+    """Which of the benchmark's budget options (steps, restarts, seed, version) the attack `name` takes:
+    single-step FGSM takes no steps, restarts need a random start, the auto ensemble has its own budget."""
     import attacks
     from attacks.registry import canonical_name
 
     cls = attacks.ATTACKS[canonical_name(name)]
-    kwargs: dict[str, Any] = {}
     fields = getattr(cls, "__dataclass_fields__", {})
+    if "version" in fields:  # AutoAttack: its budget is --auto-version
+        return {"seed", "version"}
+    taken = {"seed"} & set(fields)
     if "steps" in fields and canonical_name(name) != "fgsm":
-        kwargs["steps"] = steps
-    if "seed" in fields:
-        kwargs["seed"] = seed
-    if restarts > 1 and "restarts" in fields and getattr(cls(), "random_start", True):
-        kwargs["restarts"] = restarts
-    if "version" in fields:
-        kwargs["version"] = auto_version
-    return cls(**kwargs)
+        taken.add("steps")
+    if "restarts" in fields and getattr(cls(), "random_start", True):
+        taken.add("restarts")
+    return taken
+
+
+def budgeted_attack(name: str, steps: int, seed: int, restarts: int = 1, auto_version: str = "standard"):
+    """An attack by name with the benchmark's budget (see budget_options)."""
+    import attacks
+    from attacks.registry import canonical_name
+
+    given = {"steps": steps, "seed": seed, "restarts": restarts, "version": auto_version}
+    return attacks.ATTACKS[canonical_name(name)](**{k: given[k] for k in budget_options(name)})
 
 
 def load_victim(cfg: BenchConfig, device: torch.device):
