@@ -11,7 +11,9 @@ with the bootstrap term dropped when s' is terminal (a time-limit truncation
 still bootstraps), a' the epsilon-greedy action actually taken next, and pi the
 epsilon-greedy policy. Epsilon falls linearly from `exploration_initial_eps` to
 `exploration_final_eps` over the first `exploration_fraction` of the env steps
-(equal values: constant epsilon, as in the book). td0 evaluates the uniformly
+(equal values: constant epsilon, as in the book); with `alpha_final` the step size
+falls linearly too (on stochastic envs such as the slippery FrozenLake a constant
+alpha leaves the greedy policy flipping between near-equal actions). td0 evaluates the uniformly
 random policy; its agent then acts greedily on the one-step lookahead
 Q(s, a) = sum_s' P(s'|s, a) [r + gamma V(s')] through the env's model (the toy-text
 envs expose P), so V, too, picks actions.
@@ -52,12 +54,15 @@ class TD0Options:
     steps: int = opt(100_000, help="environment steps to train for (all envs together)")
     gamma: float = opt(0.99, help="discount factor")
     alpha: float = opt(0.1, help="step size alpha of the TD update")
+    alpha_final: float | None = opt(None, help="let alpha fall linearly to this over training (default: constant)")
     episodes_per_iteration: int = opt(10, help="episodes between logged rows (tabular methods)")
 
     def __post_init__(self) -> None:
         check(self.steps > 0, f"--steps must be positive, got {self.steps}")
         check(0.0 <= self.gamma <= 1.0, f"--gamma must be in [0, 1], got {self.gamma}")
         check(0.0 < self.alpha <= 1.0, f"--alpha must be in (0, 1], got {self.alpha}")
+        check(self.alpha_final is None or 0.0 < self.alpha_final <= self.alpha,
+              f"--alpha-final must be in (0, --alpha], got {self.alpha_final}")
         check(self.episodes_per_iteration >= 1, f"--episodes-per-iteration must be >= 1, got {self.episodes_per_iteration}")
 
 
@@ -148,7 +153,7 @@ class TabularLearner:
 
     def run_episode(self) -> tuple[float, int]:
         """One episode of online learning: (return, length)."""
-        Q, V, gamma, alpha = self.Q, self.V, self.options.gamma, self.options.alpha
+        o, Q, V, gamma = self.options, self.Q, self.V, self.options.gamma
         s, _ = self.env.reset(seed=self.rng.randrange(2**31))
         eps = self.epsilon()
         a = self.act(s, eps)
@@ -158,6 +163,8 @@ class TabularLearner:
             total, length = total + r, length + 1
             self.env_steps += 1
             eps = self.epsilon()
+            alpha = o.alpha if o.alpha_final is None else linear_schedule(o.alpha, o.alpha_final, 1.0,
+                                                                          self.env_steps / o.steps)
             boot = 0.0 if terminated else 1.0
             if self.method == "sarsa":  # A' is chosen before the update and then taken (Sutton & Barto, p. 130)
                 a2 = self.act(s2, eps)
