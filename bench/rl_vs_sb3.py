@@ -240,7 +240,9 @@ def _report(rows, env_id, threshold, at_steps, budget, args) -> str:
         return math.nan
 
     lines = [f"## {env_id}: steps / train seconds until mean of {args.eval_episodes} deterministic episodes >= {threshold}",
-             f"budget {budget} env steps, eval every {args.eval_every} steps (eval time excluded), 1 torch thread", "",
+             f"budget {budget} env steps (DQN: {args.budget or DQN_BUDGETS[env_id]}), eval every {args.eval_every} steps "
+             f"(eval time excluded), 1 torch thread; CPU s: this process's CPU time, steadier than the wall clock on a "
+             f"shared machine", "",
              f"| agent | seed | steps to {threshold:g} | s to {threshold:g} | CPU s to {threshold:g} | return @ {at_steps} "
              f"| env steps/s | grad steps/s | steps / SB3 same algo | s / SB3 same algo | CPU s / SB3 same algo "
              f"| steps / SB3 PPO | s / SB3 PPO | sps / SB3 same algo | grad sps / SB3 same algo |",

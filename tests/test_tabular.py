@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
-import pytest
 
 from rlab.cli import main
 from rlab.rl.evaluation import load_agent
@@ -35,7 +33,7 @@ def greedy_path(run: Path, limit: int = 100) -> tuple[float, int]:
     s, _ = env.reset(seed=0)
     total, steps = 0.0, 0
     while steps < limit:
-        s, r, terminated, _, _ = env.step(int(agent.q[s].argmax()))
+        s, r, terminated, _, _ = env.step(int(agent.q_table[s].argmax()))
         total, steps = total + r, steps + 1
         if terminated:
             break
@@ -74,7 +72,7 @@ def test_td0_converges_to_the_random_policys_values(runs_root, capsys):
     run = _run(capsys, "train", "--algo", "td0", "--env", "FrozenLake-v1", "--steps", "60000", "--alpha", "0.02",
                "--gamma", "0.95", *COMMON)
     agent, _ = load_agent(run)
-    v, exact = agent.v.numpy(), _random_policy_values("FrozenLake-v1", 0.95)
+    v, exact = agent.v_table.numpy(), _random_policy_values("FrozenLake-v1", 0.95)
     desc = np.asarray(gym.make("FrozenLake-v1").unwrapped.desc, dtype="U1").reshape(-1)
     visited = desc != "H"
     visited[-1] = False  # the goal and the holes are terminal: never updated
@@ -98,7 +96,7 @@ def test_a_resumed_tabular_run_equals_the_uninterrupted_one(runs_root, capsys, t
     a = [{k: v for k, v in r.items() if k not in wall} for r in _rows(whole)]
     b = [{k: v for k, v in r.items() if k not in wall} for r in _rows(stopped)]
     assert len(a) > 10 and a == b
-    qa, qb = load_agent(whole)[0].q, load_agent(stopped)[0].q
+    qa, qb = load_agent(whole)[0].q_table, load_agent(stopped)[0].q_table
     assert (qa == qb).all() and qa.abs().sum() > 0
 
 

@@ -142,8 +142,9 @@ def record_video(agent: Any, env_id: str, path: Path, seed: int, deterministic: 
     obs, _ = env.reset(seed=seed)
     frames.append(env.render())
     act = agent_actor(agent, deterministic)
+    device = next(iter([*agent.parameters(), *agent.buffers()])).device  # a tabular agent has buffers only
     for _ in range(max_frames):
-        action = act(torch.as_tensor(np.asarray(obs, dtype=np.float32)[None], device=next(agent.parameters()).device))[0]
+        action = act(torch.as_tensor(np.asarray(obs, dtype=np.float32)[None], device=device))[0]
         obs, _, terminated, truncated, _ = env.step(action)
         frames.append(env.render())
         if terminated or truncated:

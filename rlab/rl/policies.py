@@ -167,14 +167,40 @@ def make_actor_critic(observation_space: gym.Space, action_space: gym.Space, hid
     raise ValueError(f"unsupported action space {action_space}; allowed: Discrete or a flat Box")
 
 
-class QNetwork(nn.Module):
-    """Q(s, .) for Discrete actions: the agent of the DQN family (Mnih et al., 2015).
+class QAgent(nn.Module):
+    """An agent whose greedy action is argmax_a Q(s, a): subclasses give `q(obs) -> Q(s, .)` (N, n_actions).
 
-    The greedy policy is argmax_a Q(s, a); `pi(obs)` is Categorical(logits=Q(s, .)),
-    so Q plays the role of the logits for evaluation, video and observation attacks
-    (Huang et al., 2017 attacked DQN first), and `sample(deterministic=False)` draws
-    from softmax(Q) (Boltzmann). Exploration while training is epsilon-greedy and
-    lives in the learner (rlab/rl/algos/dqn.py), not here.
+    `pi(obs)` is Categorical(logits=Q(s, .)), so Q plays the role of the logits for
+    evaluation, video and observation attacks (Huang et al., 2017 attacked DQN
+    first), and `sample(deterministic=False)` draws from softmax(Q) (Boltzmann).
+    Exploration while training (epsilon-greedy) lives in the learners, not here.
+    """
+
+    discrete = True
+
+    def q(self, obs: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def pi(self, obs: Tensor) -> Distribution:
+        return Categorical(logits=self.q(obs), validate_args=False)
+
+    def forward(self, obs: Tensor) -> Distribution:
+        return self.pi(obs)
+
+    @torch.no_grad()
+    def sample(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor]:
+        """(action, log pi(a|s)): argmax Q when deterministic, else a draw from softmax(Q) (Gumbel-max)."""
+        logp_all = torch.log_softmax(self.q(obs), -1)
+        scores = logp_all if deterministic else logp_all - torch.empty_like(logp_all).exponential_().log_()
+        action = scores.argmax(-1)
+        return action, logp_all.gather(-1, action.unsqueeze(-1)).squeeze(-1)
+
+    def env_action(self, action: Tensor) -> np.ndarray:
+        return action.cpu().numpy()
+
+
+class QNetwork(QAgent):
+    """Q(s, .) for Discrete actions from flat observations: the agent of the DQN family (Mnih et al., 2015).
 
     dueling (Wang et al., 2016): the hidden layers feed two heads, V(s) and A(s, a),
     combined as Q(s, a) = V(s) + A(s, a) - mean_a' A(s, a'), which keeps them identifiable.
@@ -183,7 +209,7 @@ class QNetwork(nn.Module):
     def __init__(self, obs_dim: int, n_actions: int, hidden: tuple[int, ...] = (64, 64), dueling: bool = False,
                  normalize_obs: bool = False):
         super().__init__()
-        self.discrete, self.dueling = True, dueling
+        self.dueling = dueling
         self.obs_norm = ObsNorm(obs_dim, enabled=normalize_obs)
         if dueling:
             self.trunk = nn.Sequential(*mlp([obs_dim, *hidden, 1], nn.ReLU)[:-1])  # hidden layers and their ReLUs
@@ -200,23 +226,6 @@ class QNetwork(nn.Module):
         h = self.trunk(x)
         a = self.advantage(h)
         return self.value(h) + a - a.mean(-1, keepdim=True)
-
-    def pi(self, obs: Tensor) -> Distribution:
-        return Categorical(logits=self.q(obs), validate_args=False)
-
-    def forward(self, obs: Tensor) -> Distribution:
-        return self.pi(obs)
-
-    @torch.no_grad()
-    def sample(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor]:
-        """(action, log pi(a|s)): argmax Q when deterministic, else a draw from softmax(Q)."""
-        logp_all = torch.log_softmax(self.q(obs), -1)
-        scores = logp_all if deterministic else logp_all - torch.empty_like(logp_all).exponential_().log_()
-        action = scores.argmax(-1)
-        return action, logp_all.gather(-1, action.unsqueeze(-1)).squeeze(-1)
-
-    def env_action(self, action: Tensor) -> np.ndarray:
-        return action.cpu().numpy()
 
 
 def make_q_network(observation_space: gym.Space, action_space: gym.Space, hidden: tuple[int, ...] = (64, 64),

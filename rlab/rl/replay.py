@@ -133,6 +133,7 @@ class ReplayBuffer:
         self.rewards = np.zeros(shape, dtype=np.float32)
         self.terminated = np.zeros(shape, dtype=bool)
         self.truncated = np.zeros(shape, dtype=bool)
+        self.all_envs = np.arange(n_envs)
         self.pos = np.zeros(n_envs, dtype=np.int64)  # next slot to write, per env
         self.filled = np.zeros(n_envs, dtype=np.int64)  # slots holding a transition, per env
         self.generator = torch.Generator().manual_seed(seed)
@@ -145,7 +146,7 @@ class ReplayBuffer:
     def add(self, obs: np.ndarray, next_obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray,
             terminated: np.ndarray, truncated: np.ndarray, valid: np.ndarray) -> None:
         """One vector step: row e of each array is env e; rows with valid[e] False (reset steps) are dropped."""
-        envs = np.flatnonzero(valid)
+        envs = self.all_envs if valid.all() else np.flatnonzero(valid)
         if len(envs) == 0:
             return
         slots = self.pos[envs]

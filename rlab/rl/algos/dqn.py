@@ -96,11 +96,14 @@ class DQN:
 
     def explore(self, obs: Tensor, env_steps: int) -> Tensor:
         """Epsilon-greedy, per env: a random action with probability epsilon, else argmax_a Q(s, a)."""
-        with torch.no_grad():
-            greedy = self.agent.q(obs).argmax(-1).cpu()
-        n = len(greedy)
-        coin = torch.rand(n, generator=self.generator) < self.epsilon(env_steps)
-        return torch.where(coin, torch.randint(self.n_actions, (n,), generator=self.generator), greedy)
+        n = len(obs)
+        explore = torch.rand(n, generator=self.generator) < self.epsilon(env_steps)
+        actions = torch.randint(self.n_actions, (n,), generator=self.generator)
+        if not explore.all():  # Q only where an env acts greedily
+            with torch.no_grad():
+                greedy = self.agent.q(obs).argmax(-1).cpu()
+            actions = torch.where(explore, actions, greedy)
+        return actions
 
     def update(self, batch: ReplayBatch, minibatch_size: int) -> tuple[dict[str, Tensor], Tensor]:
         """One gradient step per consecutive minibatch of `batch`; (summed losses, TD errors of all samples).

@@ -11,7 +11,9 @@ with the bootstrap term dropped when s' is terminal (a time-limit truncation
 still bootstraps), a' the epsilon-greedy action actually taken next, and pi the
 epsilon-greedy policy. Epsilon falls linearly from `exploration_initial_eps` to
 `exploration_final_eps` over the first `exploration_fraction` of the env steps
-(equal values: constant epsilon, as in the book). td0 evaluates the uniformly
+(equal values: constant epsilon, as in the book); with `alpha_final` the step size
+falls linearly too (on stochastic envs such as the slippery FrozenLake a constant
+alpha leaves the greedy policy flipping between near-equal actions). td0 evaluates the uniformly
 random policy; its agent then acts greedily on the one-step lookahead
 Q(s, a) = sum_s' P(s'|s, a) [r + gamma V(s')] through the env's model (the toy-text
 envs expose P), so V, too, picks actions.
@@ -33,13 +35,13 @@ from typing import Any, Callable, ClassVar
 import gymnasium as gym
 import numpy as np
 import torch
-from torch import Tensor, nn
-from torch.distributions import Categorical, Distribution
+from torch import Tensor
 
 from rlab.config import check, opt
 from rlab.errors import UserError
 from rlab.rl.algos.base import Algorithm, Iteration
 from rlab.rl.offpolicy import linear_schedule
+from rlab.rl.policies import QAgent
 
 METHODS = ("td0", "qlearning", "sarsa", "expected-sarsa")
 
@@ -52,12 +54,15 @@ class TD0Options:
     steps: int = opt(100_000, help="environment steps to train for (all envs together)")
     gamma: float = opt(0.99, help="discount factor")
     alpha: float = opt(0.1, help="step size alpha of the TD update")
+    alpha_final: float | None = opt(None, help="let alpha fall linearly to this over training (default: constant)")
     episodes_per_iteration: int = opt(10, help="episodes between logged rows (tabular methods)")
 
     def __post_init__(self) -> None:
         check(self.steps > 0, f"--steps must be positive, got {self.steps}")
         check(0.0 <= self.gamma <= 1.0, f"--gamma must be in [0, 1], got {self.gamma}")
         check(0.0 < self.alpha <= 1.0, f"--alpha must be in (0, 1], got {self.alpha}")
+        check(self.alpha_final is None or 0.0 < self.alpha_final <= self.alpha,
+              f"--alpha-final must be in (0, --alpha], got {self.alpha_final}")
         check(self.episodes_per_iteration >= 1, f"--episodes-per-iteration must be >= 1, got {self.episodes_per_iteration}")
 
 
@@ -77,36 +82,17 @@ class TabularControlOptions(TD0Options):
               "--exploration-initial-eps and --exploration-final-eps must be in [0, 1]")
 
 
-class TabularAgent(nn.Module):
-    """Q(s, .) as a table (and V(s) for td0): greedy action argmax_a Q(s, a); pi = Categorical(logits=Q(s, .)).
-
-    Observations are state indices (a float tensor (N,) from the evaluator is fine).
-    """
+class TabularAgent(QAgent):
+    """Q(s, .) as a table (and V(s) for td0); observations are state indices (the evaluator's float (N,) is fine)."""
 
     def __init__(self, n_states: int, n_actions: int):
         super().__init__()
-        self.discrete = True
-        self.register_buffer("q", torch.zeros(n_states, n_actions, dtype=torch.float64))
-        self.register_buffer("v", torch.zeros(n_states, dtype=torch.float64))
+        self.register_buffer("q_table", torch.zeros(n_states, n_actions, dtype=torch.float64))
+        self.register_buffer("v_table", torch.zeros(n_states, dtype=torch.float64))
 
-    def _rows(self, obs: Tensor) -> Tensor:
-        return self.q[obs.reshape(-1).long().to(self.q.device)].to(device=obs.device, dtype=torch.float32)
-
-    def pi(self, obs: Tensor) -> Distribution:
-        return Categorical(logits=self._rows(obs), validate_args=False)
-
-    def forward(self, obs: Tensor) -> Distribution:
-        return self.pi(obs)
-
-    @torch.no_grad()
-    def sample(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor]:
-        logp_all = torch.log_softmax(self._rows(obs), -1)
-        scores = logp_all if deterministic else logp_all - torch.empty_like(logp_all).exponential_().log_()
-        action = scores.argmax(-1)
-        return action, logp_all.gather(-1, action.unsqueeze(-1)).squeeze(-1)
-
-    def env_action(self, action: Tensor) -> np.ndarray:
-        return action.cpu().numpy()
+    def q(self, obs: Tensor) -> Tensor:
+        rows = self.q_table[obs.reshape(-1).long().to(self.q_table.device)]
+        return rows.to(device=obs.device, dtype=torch.float32)
 
 
 def make_agent(options: Any, observation_space: gym.Space, action_space: gym.Space) -> TabularAgent:
@@ -135,7 +121,7 @@ class TabularLearner:
                             f"{envs.num_envs} ({type(envs).__name__})")
         self.options, self.envs, self.method = options, envs, method
         self.env = envs.envs[0]  # the plain env: the vector wrapper would double the cost of a step
-        self.Q, self.V = self.agent.q.numpy(), self.agent.v.numpy()  # views of the agent's buffers
+        self.Q, self.V = self.agent.q_table.numpy(), self.agent.v_table.numpy()  # views of the agent's buffers
         self.n_actions = int(self.env.action_space.n)
         self.rng = random.Random(seed)
         self.env_steps, self.episodes = 0, 0
@@ -167,7 +153,7 @@ class TabularLearner:
 
     def run_episode(self) -> tuple[float, int]:
         """One episode of online learning: (return, length)."""
-        o, Q, V, gamma, alpha = self.options, self.Q, self.V, self.options.gamma, self.options.alpha
+        o, Q, V, gamma = self.options, self.Q, self.V, self.options.gamma
         s, _ = self.env.reset(seed=self.rng.randrange(2**31))
         eps = self.epsilon()
         a = self.act(s, eps)
@@ -177,6 +163,8 @@ class TabularLearner:
             total, length = total + r, length + 1
             self.env_steps += 1
             eps = self.epsilon()
+            alpha = o.alpha if o.alpha_final is None else linear_schedule(o.alpha, o.alpha_final, 1.0,
+                                                                          self.env_steps / o.steps)
             boot = 0.0 if terminated else 1.0
             if self.method == "sarsa":  # A' is chosen before the update and then taken (Sutton & Barto, p. 130)
                 a2 = self.act(s2, eps)
@@ -232,8 +220,9 @@ def _algorithm(method: str, description: str) -> Algorithm:
         """policy.png: the grid with V as colour (td0: its V; else max_a Q) and the greedy policy as arrows."""
         from rlab.rl.grid_plot import plot_tabular_policy
 
-        v = agent.v.numpy() if method == "td0" else agent.q.numpy().max(1)
-        out = plot_tabular_policy(agent.q.numpy(), v, env_id, run_dir / "policy.png", title=f"{method} on {env_id}")
+        q = agent.q_table.numpy()
+        v = agent.v_table.numpy() if method == "td0" else q.max(1)
+        out = plot_tabular_policy(q, v, env_id, run_dir / "policy.png", title=f"{method} on {env_id}")
         return [out] if out is not None else []
 
     return Algorithm(method, description, options, make_learner, make_agent, figures=figures)
