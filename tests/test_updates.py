@@ -299,7 +299,8 @@ def test_a2c_gae_advantages_by_hand():
 
 @pytest.mark.parametrize("algo, advantages, update", [(vpg, vpg.advantages, vpg.update), (ac, ac.advantages, ac.update),
                                                        (a2c, a2c.advantages, ac.update),
-                                                       (ppo, a2c.advantages, ppo.update)])
+                                                       (ppo, a2c.advantages, ppo.update)],
+                         ids=["vpg", "ac", "a2c", "ppo"])
 def test_registry_wires_each_algorithm_to_its_advantages_and_update(algo, advantages, update):
     """A2C is the actor-critic's joint update on GAE advantages; PPO takes the same advantages."""
     envs = make_envs("CartPole-v1", 1)
