@@ -45,7 +45,9 @@ from __future__ import annotations
 
 import argparse
 import ast
+import fnmatch
 import json
+import random
 import shutil
 import subprocess
 import sys
@@ -82,7 +84,7 @@ GROUPS: dict[str, Group] = {
 }
 SMOKE = Group(("rlab/rl/returns.py",), ("tests/test_returns.py",), ("-k", "termination_does_not_bootstrap"))
 
-# mutant name -> (a piece of its diff that must still be there, why no test can kill it)
+# mutant name (or glob) -> (a piece of its diff that must still be there, why no test can kill it)
 SAME_ZERO = "the std of one value is 0 whichever branch computes it (and a 0-d zero changes no division's dtype)"
 EQUIVALENT: dict[str, tuple[str, str]] = {
     "rlab.rl.returns.x_valid_step_mask__mutmut_7": ("done[:-1]], )", "torch.cat joins along dim 0 by default"),
@@ -177,6 +179,17 @@ def previous_statuses(run_dir: Path) -> dict[str, str]:
         return {r["mutant"]: r["status"] for r in csv.DictReader(f)}
 
 
+def sample_mutants(where: Path, group: Group, cmd: list[str], args) -> list[str]:
+    """A uniform random sample of the group's mutants (mutant sampling, Wong & Mathur 1995): an unbiased estimate
+    of the score for a fraction of the time. mutmut writes every mutant's name while generating them, so a first
+    call with a name that matches nothing generates the mutants and the test statistics, and stops there."""
+    subprocess.run([*cmd, "no.such.mutant"], cwd=where, capture_output=True, text=True)
+    names = sorted(name for codes in read_results(where, group).values() for name in codes)
+    if not names:
+        raise SystemExit(f"mutmut generated no mutants in {where}")
+    return sorted(random.Random(args.seed).sample(names, min(args.sample, len(names))))
+
+
 def run_group(name: str, group: Group, args, python: str) -> tuple[list[dict], list[dict], list[str]]:
     """Mutate the group's modules in a scratch copy; (one row per module, one row per mutant, survivors' diffs).
 
@@ -196,6 +209,8 @@ def run_group(name: str, group: Group, args, python: str) -> tuple[list[dict], l
         cmd.append("rlab.rl.returns.x_td_target*")
     elif before:
         cmd += rerun
+    elif args.sample:
+        cmd += sample_mutants(where, group, cmd, args)
     start = time.perf_counter()
     if before and not rerun:
         print(f"[{name}] nothing to rerun: every mutant was killed", flush=True)
@@ -213,14 +228,15 @@ def run_group(name: str, group: Group, args, python: str) -> tuple[list[dict], l
             raw = status_by_exit_code[code]
             if code is None and mutant in before:
                 raw = before[mutant]
-            if raw == "not checked" and (args.smoke or before):
+            if raw == "not checked" and (args.smoke or before or args.sample):
                 continue
             counts["no tests"] += raw == "no tests"
             counts["timeout"] += raw == "timeout"
             s = outcome(raw)
             if s == "survived":
                 diff = diff_of(where, mutant, python)
-                marker, reason = EQUIVALENT.get(mutant, (None, None))
+                marker, reason = next((v for k, v in EQUIVALENT.items() if fnmatch.fnmatchcase(mutant, k)),
+                                      (None, None))
                 if marker is not None and marker in diff:
                     s = "equivalent"
                     report.append(f"### {mutant} (equivalent: {reason})\n\n```diff\n{diff}\n```\n")
@@ -247,6 +263,8 @@ def main() -> None:
     p.add_argument("--smoke", action="store_true", help="mutate one small function against one test: checks the set-up")
     p.add_argument("--survivors-of", metavar="RUN_DIR",
                    help="rerun only the mutants an earlier run (its mutants.csv) did not kill, after adding tests")
+    p.add_argument("--sample", type=int, default=0, help="run a random sample of this many mutants per group (0: all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of --sample")
     p.add_argument("--tests", default="",
                    help="comma-separated pytest files or node ids replacing the groups' test selection (with "
                         "--survivors-of: the tests added since, as the survivors passed all the others)")
