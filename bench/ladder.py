@@ -1,14 +1,23 @@
-"""The lecture's policy-gradient ladder on one plot: return against env steps, mean and spread over seeds.
+"""The lecture's ladders on one plot: return against env steps, mean and spread over seeds.
 
 Variants (Hung-yi Lee, "Policy Gradient" / "Actor-Critic"):
     v0   vpg, immediate reward            v3   vpg, discounted - batch mean / standardised
     v1   vpg, reward-to-go                v3.5 vpg, discounted - learned V(s)
     v2   vpg, discounted reward-to-go     v4   actor-critic (MC and TD critic), A2C, PPO
 
+`--family value` climbs the value-based ladder instead (Mnih et al., 2015 and its
+extensions): DQN, + double Q (van Hasselt et al., 2016), + dueling heads (Wang et
+al., 2016), + 3-step returns, + prioritized replay (Schaul et al., 2016), each on
+top of the last, on the small-budget DQN recipe of `rlab demo` (64x64 net, Polyak
+target tau 0.05, 16 gradient steps every 16 env steps, epsilon 1 -> 0.02 over the
+first 20%).
+
 Each (variant, seed) is an ordinary `rlab train` run folder; the figure is drawn
 by rlab.plots.plot_returns into runs/bench/ladder__<env>__.../ladder.png.
 
     flock /tmp/rlab-heavy.lock .venv/bin/python bench/ladder.py --env CartPole-v1 --steps 50000 --seeds 3
+    .venv/bin/python bench/ladder.py --smoke        # every variant, 1 seed, 2 rollouts of 16 x 8 envs
+    flock /tmp/rlab-heavy.lock .venv/bin/python bench/ladder.py --family value --env CartPole-v1 --steps 10000 --seeds 3
 """
 
 from __future__ import annotations
@@ -17,6 +26,9 @@ import argparse
 
 import torch
 
+from _smoke import parse_args
+from rlab.demo import LADDER as DEMO_LADDER
+from rlab.plots import plot_returns
 from rlab.runs import RunDir, atomic_write_text
 from rlab.rl.trainer import TrainConfig, train
 
@@ -32,32 +44,48 @@ LADDER: list[tuple[str, dict]] = [
     ("a2c", dict(algo="a2c")),
     ("ppo", dict(algo="ppo")),
 ]
+# the value-based ladder on the demo's small-budget DQN recipe (Polyak target, one gradient step per env step)
+DQN_BASE = {k: v for k, v in dict(DEMO_LADDER)["DQN (5k steps)"].items() if k != "steps"}
+VALUE_LADDER: list[tuple[str, dict]] = [
+    ("DQN", dict(DQN_BASE)),
+    ("+ double Q", dict(DQN_BASE, double=True)),
+    ("+ dueling", dict(DQN_BASE, double=True, dueling=True)),
+    ("+ 3-step returns", dict(DQN_BASE, double=True, dueling=True, n_step=3)),
+    ("+ prioritized replay", dict(DQN_BASE, double=True, dueling=True, n_step=3, prioritized=True)),
+]
+FAMILIES = {"policy": (LADDER, "Policy-gradient ladder"), "value": (VALUE_LADDER, "Value-based ladder")}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--env", default="CartPole-v1")
-    p.add_argument("--steps", type=int, default=50_000, help="env steps per run (the budget)")
+    p.add_argument("--steps", type=int, default=None, help="env steps per run (default: 50000; --family value: 10000)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--variants", default="all", help="comma-separated indices into the ladder (0-based) or 'all'")
-    args = p.parse_args()
+    p.add_argument("--family", default="policy", choices=sorted(FAMILIES), help="which ladder")
+    p.add_argument("--n-steps", type=int, default=None, help="rollout length per env of every policy-gradient variant "
+                                                             "(default: each algorithm's, with the --env preset)")
+    p.add_argument("--eval-episodes", type=int, default=None, help="final evaluation episodes per run "
+                                                                   "(default: rlab train's)")
+    args = parse_args(p, dict(steps=256, seeds=1, n_steps=16, eval_episodes=2))
     torch.set_num_threads(1)
-    chosen = LADDER if args.variants == "all" else [LADDER[int(i)] for i in args.variants.split(",")]
-    bench = RunDir.create("bench", f"ladder__{args.env}", None, vars(args))
+    ladder, title = FAMILIES[args.family]
+    args.steps = args.steps or (50_000 if args.family == "policy" else 10_000)
+    chosen = ladder if args.variants == "all" else [ladder[int(i)] for i in args.variants.split(",")]
+    name = f"ladder__{args.env}" if args.family == "policy" else f"ladder__value__{args.env}"
+    bench = RunDir.create("bench", name, None, vars(args))
+    given = {k: v for k, v in (("n_steps", args.n_steps), ("eval_episodes", args.eval_episodes)) if v is not None}
+    if args.family == "value":
+        given.pop("n_steps", None)  # DQN's n_steps is its n-step return, not a rollout length
     run_dirs = []
     for label, overrides in chosen:
         for seed in range(args.seeds):
             cfg = TrainConfig(env=args.env, steps=args.steps, seed=seed, progress=False, variant=label, device="cpu",
-                              **overrides)
+                              **given, **overrides)
             run_dirs.append(train(cfg))
             print(label, seed, run_dirs[-1], flush=True)
     atomic_write_text(bench.path / "runs.txt", "\n".join(map(str, run_dirs)) + "\n")
-    try:
-        from rlab.plots import plot_returns
-    except ImportError:
-        print("rlab.plots is not available; run folders listed in", bench.path / "runs.txt")
-        return
-    out = plot_returns(run_dirs, bench.path / "ladder.png", title=f"Policy-gradient ladder on {args.env}")
+    out = plot_returns(run_dirs, bench.path / "ladder.png", title=f"{title} on {args.env}")
     print(out)
 
 

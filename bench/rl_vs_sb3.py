@@ -1,18 +1,23 @@
-"""This lab's PPO and A2C against Stable-Baselines3's, same env, budget, machine and evaluator.
+"""This lab's PPO, A2C and DQN against Stable-Baselines3's, same env, budget, machine and evaluator.
 
 Each agent trains until the mean of `--eval-episodes` deterministic episodes
 (evaluated every `--eval-every` env steps, the same `rlab.rl.evaluation.run_episodes` for
 both sides, its time excluded from the clock) reaches the threshold, or the
 budget runs out. SB3 uses rl-baselines3-zoo's hyperparameters (hyperparams/
-ppo.yml, a2c.yml); this lab uses its presets (rlab/rl/presets.py), which copy them
+ppo.yml, a2c.yml, dqn.yml); this lab uses its presets (rlab/rl/presets.py), which copy them
 except PPO on LunarLander-v3 (retuned: 16x256 rollouts, minibatch 256, 10 epochs, lr 1e-3).
+DQN runs the zoo's budget (CartPole-v1 50k, LunarLander-v3 100k env steps; its
+exploration schedule is a fraction of it) unless --budget is given, and the lab's
+DQN logs (and so is evaluated) every --eval-every steps, before the update due at
+that step, as SB3's callback sees it.
 
 Prints per agent and seed: env steps and train seconds to the threshold, eval
 return at `--at-steps` (the last evaluation at or before it), env steps per
-second, and the ratios to SB3's PPO / A2C. Writes results.csv and report.md into
+second, gradient steps per second (DQN), and the ratios to SB3's same algorithm / PPO. Writes results.csv and report.md into
 runs/bench/rl_vs_sb3__<env>__...
 
     flock /tmp/rlab-heavy.lock .venv/bin/python bench/rl_vs_sb3.py --env CartPole-v1 --seeds 3
+    .venv/bin/python bench/rl_vs_sb3.py --smoke     # all four agents, 1 seed, 512 env steps each
 """
 
 from __future__ import annotations
@@ -26,12 +31,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from _smoke import parse_args
 from rlab.runs import RunDir, atomic_write_text, write_csv
 from rlab.rl.evaluation import agent_actor, run_episodes
 from rlab.rl.trainer import TrainConfig, train
 
 THRESHOLDS = {"CartPole-v1": 475.0, "LunarLander-v3": 200.0}
 BUDGETS = {"CartPole-v1": 100_000, "LunarLander-v3": 1_000_000}
+DQN_BUDGETS = {"CartPole-v1": 50_000, "LunarLander-v3": 100_000}  # the zoo's n_timesteps
 AT_STEPS = {"CartPole-v1": 10_240, "LunarLander-v3": 300_000}
 
 
@@ -51,66 +58,88 @@ def zoo_hyperparams(algo: str, env_id: str) -> dict:
         return dict(n_envs=16, n_steps=1024, batch_size=64, gae_lambda=0.98, gamma=0.999, n_epochs=4, ent_coef=0.01)
     if (algo, env_id) == ("a2c", "LunarLander-v3"):
         return dict(n_envs=8, gamma=0.995, n_steps=5, learning_rate=lin(0.00083), ent_coef=1e-5)
+    if (algo, env_id) == ("dqn", "CartPole-v1"):
+        return dict(n_envs=1, learning_rate=2.3e-3, batch_size=64, buffer_size=100_000, learning_starts=1000, gamma=0.99,
+                    target_update_interval=10, train_freq=256, gradient_steps=128, exploration_fraction=0.16,
+                    exploration_final_eps=0.04, policy_kwargs=dict(net_arch=[256, 256]))
+    if (algo, env_id) == ("dqn", "LunarLander-v3"):
+        return dict(n_envs=1, learning_rate=6.3e-4, batch_size=128, buffer_size=50_000, learning_starts=0, gamma=0.99,
+                    target_update_interval=250, train_freq=4, gradient_steps=-1, exploration_fraction=0.12,
+                    exploration_final_eps=0.1, policy_kwargs=dict(net_arch=[256, 256]))
     raise SystemExit(f"no zoo hyperparameters here for {algo} on {env_id}")
 
 
 @dataclass
 class Trace:
-    """What an evaluation callback saw: (env_steps, train_seconds, mean return) per evaluation."""
+    """What an evaluation callback saw: (env_steps, train_seconds, mean return, train CPU seconds) per evaluation."""
 
     threshold: float
-    evals: list[tuple[int, float, float]] = field(default_factory=list)
+    evals: list[tuple[int, float, float, float]] = field(default_factory=list)
 
-    def reached(self) -> tuple[int, float] | None:
-        for steps, secs, ret in self.evals:
+    def reached(self) -> tuple[int, float, float] | None:
+        for steps, secs, ret, cpu in self.evals:
             if ret >= self.threshold:
-                return steps, secs
+                return steps, secs, cpu
         return None
 
     def return_at(self, at_steps: int) -> float:
         """Last evaluation at or before `at_steps`; a run that stopped early (solved) keeps its last value."""
-        before = [ret for steps, _, ret in self.evals if steps <= at_steps]
+        before = [ret for steps, _, ret, _ in self.evals if steps <= at_steps]
         return before[-1] if before else math.nan
 
 
 class Evaluator:
-    """Evaluate every `every` env steps with the shared evaluator; stop once the threshold is reached."""
+    """Evaluate every `every` env steps with the shared evaluator; stop once the threshold is reached.
+
+    Also keeps this process's CPU seconds since it was made, less its own evaluations': on a machine shared
+    with other jobs, CPU time is steadier than the wall clock (which the trainers report).
+    """
 
     def __init__(self, env_id: str, every: int, episodes: int, threshold: float, seed: int):
         self.env_id, self.every, self.episodes, self.seed = env_id, every, episodes, seed
         self.trace = Trace(threshold)
         self.next_eval = every
+        self.cpu_start, self.cpu_paused = time.process_time(), 0.0
+
+    def cpu_seconds(self) -> float:
+        return time.process_time() - self.cpu_start - self.cpu_paused
 
     def __call__(self, env_steps: int, train_seconds: float, act) -> bool:
         if env_steps < self.next_eval:
             return False
+        t0 = time.process_time()
         self.next_eval = (env_steps // self.every + 1) * self.every
         ret = float(run_episodes(act, self.env_id, self.episodes, seed=self.seed + env_steps).mean())
-        self.trace.evals.append((env_steps, train_seconds, ret))
+        self.trace.evals.append((env_steps, train_seconds, ret, t0 - self.cpu_start - self.cpu_paused))
+        self.cpu_paused += time.process_time() - t0
         return ret >= self.trace.threshold
 
 
-def run_lab(algo: str, env_id: str, seed: int, budget: int, ev: Evaluator) -> tuple[Trace, float, int]:
-    cfg = TrainConfig(algo=algo, env=env_id, steps=budget, seed=seed, progress=False, device="cpu", threads=1)
+def run_lab(algo: str, env_id: str, seed: int, budget: int, ev: Evaluator) -> tuple[Trace, float, int, int]:
+    """(trace, train seconds, env steps, gradient steps (DQN; 0 otherwise))."""
+    extra = {"log_every": ev.every} if algo == "dqn" else {}
+    cfg = TrainConfig(algo=algo, env=env_id, steps=budget, seed=seed, progress=False, device="cpu", threads=1, **extra)
     state = {}
 
     def callback(env_steps, train_seconds, agent):
         state.update(steps=env_steps, secs=train_seconds)
         return ev(env_steps, train_seconds, agent_actor(agent))
 
-    train(cfg, callback)
-    return ev.trace, state["secs"], state["steps"]
+    run = train(cfg, callback)
+    rows = RunDir.open(run).metrics
+    gradient_steps = int(max((r.get("charts/gradient_steps") or 0 for r in rows), default=0))
+    return ev.trace, state["secs"], state["steps"], gradient_steps
 
 
-def run_sb3(algo: str, env_id: str, seed: int, budget: int, ev: Evaluator) -> tuple[Trace, float, int]:
-    from stable_baselines3 import A2C, PPO
+def run_sb3(algo: str, env_id: str, seed: int, budget: int, ev: Evaluator) -> tuple[Trace, float, int, int]:
+    from stable_baselines3 import A2C, DQN, PPO
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
 
     hp = zoo_hyperparams(algo, env_id)
     n_envs = hp.pop("n_envs")
     env = make_vec_env(env_id, n_envs=n_envs, seed=seed)
-    model = (PPO if algo == "ppo" else A2C)("MlpPolicy", env, seed=seed, device="cpu", verbose=0, **hp)
+    model = {"ppo": PPO, "a2c": A2C, "dqn": DQN}[algo]("MlpPolicy", env, seed=seed, device="cpu", verbose=0, **hp)
 
     class Clock(BaseCallback):
         """Times training only: the evaluation inside the callback is subtracted."""
@@ -136,22 +165,22 @@ def run_sb3(algo: str, env_id: str, seed: int, budget: int, ev: Evaluator) -> tu
     model.learn(total_timesteps=budget, callback=clock)
     env.close()
     steps, secs = clock.last
-    return ev.trace, secs, steps
+    return ev.trace, secs, steps, int(getattr(model, "_n_updates", 0)) if algo == "dqn" else 0
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--env", default="CartPole-v1", choices=sorted(THRESHOLDS))
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--agents", default="ppo,a2c,sb3-ppo,sb3-a2c")
-    p.add_argument("--budget", type=int, default=None, help="env steps per run (default: per env)")
+    p.add_argument("--agents", default="ppo,a2c,sb3-ppo,sb3-a2c", help="any of ppo, a2c, dqn, sb3-ppo, sb3-a2c, sb3-dqn")
+    p.add_argument("--budget", type=int, default=None, help="env steps per run (default: per env; DQN: the zoo's)")
     p.add_argument("--eval-every", type=int, default=1024)
     p.add_argument("--eval-episodes", type=int, default=20)
     p.add_argument("--at-steps", type=int, default=None, help="compare eval return at this many env steps")
     p.add_argument("--reuse", default=None, metavar="RESULTS_CSV",
                    help="take the rows of agents not in --agents from an earlier run's results.csv (e.g. SB3's "
                         "LunarLander runs, ~25 min a seed); the report says which rows were reused")
-    args = p.parse_args()
+    args = parse_args(p, dict(seeds=1, budget=512, eval_every=256, eval_episodes=2, at_steps=512))
     torch.set_num_threads(1)
     env_id, threshold = args.env, THRESHOLDS[args.env]
     budget = args.budget or BUDGETS[env_id]
@@ -164,13 +193,17 @@ def main() -> None:
         for seed in range(args.seeds):
             ev = Evaluator(env_id, args.eval_every, args.eval_episodes, threshold, seed=10_000 + seed)
             algo = agent.removeprefix("sb3-")
-            trace, secs, steps = (run_sb3 if agent.startswith("sb3-") else run_lab)(algo, env_id, seed, budget, ev)
+            agent_budget = args.budget or (DQN_BUDGETS[env_id] if algo == "dqn" else budget)
+            trace, secs, steps, grads = (run_sb3 if agent.startswith("sb3-") else run_lab)(algo, env_id, seed,
+                                                                                         agent_budget, ev)
             reached = trace.reached()
             row = {"agent": agent, "seed": seed, "steps_to_threshold": reached[0] if reached else math.nan,
                    "seconds_to_threshold": reached[1] if reached else math.nan,
+                   "cpu_seconds_to_threshold": reached[2] if reached else math.nan,
                    f"return_at_{at_steps}": trace.return_at(at_steps), "env_steps": steps, "train_seconds": secs,
-                   "sps": steps / max(secs, 1e-9), "final_eval": trace.evals[-1][2] if trace.evals else math.nan,
-                   "reused": 0}
+                   "sps": steps / max(secs, 1e-9), "gradient_steps": grads,
+                   "gradient_sps": grads / max(secs, 1e-9) if grads else math.nan, "cpu_seconds": ev.cpu_seconds(),
+                   "final_eval": trace.evals[-1][2] if trace.evals else math.nan, "reused": 0}
             rows.append(row)
             print(", ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
 
@@ -203,23 +236,27 @@ def _report(rows, env_id, threshold, at_steps, budget, args) -> str:
     def ref(agent, seed, key):
         for r in rows:
             if r["agent"] == f"sb3-{agent.removeprefix('sb3-')}" and r["seed"] == seed:
-                return r[key]
+                return r.get(key, math.nan)
         return math.nan
 
     lines = [f"## {env_id}: steps / train seconds until mean of {args.eval_episodes} deterministic episodes >= {threshold}",
              f"budget {budget} env steps, eval every {args.eval_every} steps (eval time excluded), 1 torch thread", "",
-             f"| agent | seed | steps to {threshold:g} | s to {threshold:g} | return @ {at_steps} | env steps/s "
-             f"| steps / SB3 same algo | s / SB3 same algo | steps / SB3 PPO | s / SB3 PPO | sps / SB3 same algo |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"| agent | seed | steps to {threshold:g} | s to {threshold:g} | CPU s to {threshold:g} | return @ {at_steps} "
+             f"| env steps/s | grad steps/s | steps / SB3 same algo | s / SB3 same algo | CPU s / SB3 same algo "
+             f"| steps / SB3 PPO | s / SB3 PPO | sps / SB3 same algo | grad sps / SB3 same algo |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         a, s = r["agent"], r["seed"]
         cells = [a, s, f"{r['steps_to_threshold']:.0f}", f"{r['seconds_to_threshold']:.1f}",
-                 f"{r[f'return_at_{at_steps}']:.1f}", f"{r['sps']:.0f}",
+                 f"{r.get('cpu_seconds_to_threshold', math.nan):.1f}",
+                 f"{r[f'return_at_{at_steps}']:.1f}", f"{r['sps']:.0f}", f"{r.get('gradient_sps', math.nan):.0f}",
                  f"{r['steps_to_threshold'] / ref(a, s, 'steps_to_threshold'):.2f}",
                  f"{r['seconds_to_threshold'] / ref(a, s, 'seconds_to_threshold'):.2f}",
+                 f"{r.get('cpu_seconds_to_threshold', math.nan) / ref(a, s, 'cpu_seconds_to_threshold'):.2f}",
                  f"{r['steps_to_threshold'] / ref('ppo', s, 'steps_to_threshold'):.2f}",
                  f"{r['seconds_to_threshold'] / ref('ppo', s, 'seconds_to_threshold'):.2f}",
-                 f"{r['sps'] / ref(a, s, 'sps'):.2f}"]
+                 f"{r['sps'] / ref(a, s, 'sps'):.2f}",
+                 f"{r.get('gradient_sps', math.nan) / ref(a, s, 'gradient_sps'):.2f}"]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     lines.append("")
     reused = sorted({r["agent"] for r in rows if r.get("reused")})

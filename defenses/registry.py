@@ -11,6 +11,7 @@ import inspect
 
 import torch.nn as nn
 
+from defenses.generative import MagNetReformer
 from defenses.preprocessing import BitDepth, GaussianBlur, Identity, JPEG, MedianSmoothing, RandomResizePad
 
 DEFENSES = {
@@ -20,6 +21,7 @@ DEFENSES = {
     "jpeg": JPEG,
     "bitdepth": BitDepth,
     "resize-pad": RandomResizePad,
+    "magnet": MagNetReformer,
 }
 
 
@@ -50,7 +52,8 @@ def _value(text: str):
 
 def make_defense(name: str, **kwargs) -> nn.Module:
     """The defense called `name` (see DEFENSES), built with `kwargs`; `name` may be a spec with parameters
-    (make_defense("jpeg:quality=50") == make_defense("jpeg", quality=50))."""
+    (make_defense("jpeg:quality=50") == make_defense("jpeg", quality=50)). A defense with a `fit`
+    method (magnet) must be fitted on clean training images before use."""
     name, from_spec = parse_spec(name)
     kwargs = {**from_spec, **kwargs}
     if name not in DEFENSES:

@@ -2,12 +2,13 @@
 
     1. the lecture's ladder on CartPole-v1, a few seeds each: immediate reward (v0),
        reward-to-go (v1), discounted reward-to-go (v2), baselines (v3), actor-critic
-       with a TD critic, A2C and PPO -> ladder.png
+       with a TD critic, A2C and PPO, and a short DQN rung -> ladder.png
     2. MNIST-5k classifiers: a CNN with standard training, and one with PGD
        adversarial training at eps 0.3 (Madry et al. 2018)
     3. the attack/defense benchmark on both (FGSM and PGD against no defense, blur,
        median, JPEG, bit depth and random resize-pad, non-adaptive and adaptive)
-    4. report.md and index.html that show every plot and table
+    4. report.md and index.html that show every plot and table (and an index.html
+       beside each benchmark's report.md)
 
 Everything lands under runs/demo/demo__<seed>__<time>/ (sub-runs in rl/,
 classifier/, bench/ below it). `--quick` is the same pipeline on tiny budgets
@@ -17,13 +18,13 @@ classifier/, bench/ below it). `--quick` is the same pipeline on tiny budgets
 from __future__ import annotations
 
 import csv
-import html
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rlab.config import check, make_config, opt
+from rlab.report import write_html_report
 from rlab.runs import RunDir, atomic_write_text, read_json, use_runs_root, write_csv
 from rlab.runtime import resolve_device
 
@@ -37,6 +38,12 @@ LADDER: list[tuple[str, dict[str, Any]]] = [
     ("actor-critic (TD critic)", {"algo": "ac", "critic": "td"}),
     ("A2C (GAE)", {"algo": "a2c"}),
     ("PPO-clip", {"algo": "ppo"}),
+    # the other half of the lecture's critic: Q(s, a) picks the action. A short DQN rung (~5 s of CPU a seed):
+    # a Polyak-averaged target and one gradient step per env step learn CartPole in 5k steps
+    ("DQN (5k steps)", {"algo": "dqn", "steps": 5000, "hidden": [64, 64], "lr": 2e-3, "batch_size": 64,
+                        "buffer_size": 10_000, "learning_starts": 500, "train_freq": 16, "gradient_steps": 16,
+                        "tau": 0.05, "target_update_interval": 16, "exploration_fraction": 0.2,
+                        "exploration_final_eps": 0.02}),
 ]
 QUICK_LADDER = ["v0 immediate reward", "v2 discounted reward-to-go", "PPO-clip"]
 
@@ -78,9 +85,9 @@ def _ladder(b: dict[str, Any], cfg: DemoConfig) -> list[Path]:
 
     paths: list[Path] = []
     for label, options in b["ladder"]:
-        result = train(make_config(TrainConfig, env="CartPole-v1", steps=b["rl_steps"], seed=cfg.seed, seeds=b["seeds"],
-                                   variant=label, device=cfg.device, eval_episodes=5 if cfg.quick else 10,
-                                   **options))
+        result = train(make_config(TrainConfig, **{"env": "CartPole-v1", "steps": b["rl_steps"], "seed": cfg.seed,
+                                                   "seeds": b["seeds"], "variant": label, "device": cfg.device,
+                                                   "eval_episodes": 5 if cfg.quick else 10, **options}))
         paths += result if isinstance(result, list) else [result]
     return paths
 
@@ -181,8 +188,8 @@ def _write_report(root: Path, b, ladder_runs, classifiers, benches, summary) -> 
     md = ["# rlab demo report", "",
           f"Wall time: {summary['wall_seconds']:.0f} s "
           f"({', '.join(f'{k}: {v:.0f} s' for k, v in summary['seconds'].items())}).", "",
-          "## 1. The policy-gradient ladder on CartPole-v1", "",
-          f"{b['rl_steps']} environment steps per run, {b['seeds']} seed(s) per variant; "
+          "## 1. The policy-gradient ladder on CartPole-v1 (and a DQN rung)", "",
+          f"{b['rl_steps']} environment steps per run (DQN: 5,000), {b['seeds']} seed(s) per variant; "
           "return of a deterministic evaluation at the end (mean over seeds):", "",
           "| variant | eval return |", "|---|---|"]
     md += [f"| {k} | {v:.1f} |" for k, v in summary["ladder/eval_mean_return"].items()]
@@ -194,50 +201,20 @@ def _write_report(root: Path, b, ladder_runs, classifiers, benches, summary) -> 
     md += ["", "## 3. Attacks and defenses", ""]
     for label, p in benches.items():
         report = (p / "report.md").read_text().split("\n")
-        table = [line for line in report if line.startswith("|")]
-        md += [f"### {label} model (`{_rel(root, p)}`)", ""] + table + [""]
+        start = next(i for i, line in enumerate(report) if line.startswith("## Headline"))
+        end = next(i for i, line in enumerate(report) if line.startswith("![robustness]"))
+        tables = [f"##{line}" if line.startswith("## ") else line for line in report[start:end]]
+        md += [f"### {label} model (`{_rel(root, p)}`)", ""] + tables
         for png in ("robustness.png", "gallery.png"):
             if (p / png).is_file():
                 md.append(f"![{label} {png[:-4]}]({_rel(root, p / png)})")
         md.append("")
     md += ["### Standard vs adversarial training", "", "![training comparison](training_comparison.png)", "",
-           "Passive defenses are judged by the adaptive (dashed) numbers: an attacker who knows the defense "
-           "differentiates through it (BPDA / EOT, Athalye et al. 2018).", ""]
+           "A defense is judged by its worst case over every attack and both attackers (the headline tables): "
+           "an attacker who knows the defense differentiates through it (BPDA / EOT, Athalye et al. 2018) and "
+           "usually wins; where the adaptive figure reads higher (†), the adaptive attack was the weaker one, "
+           "not the defense stronger.", ""]
     atomic_write_text(root / "report.md", "\n".join(md))
-    atomic_write_text(root / "index.html", _markdown_to_html("\n".join(md)))
-
-
-def _markdown_to_html(md: str) -> str:
-    """The report's small markdown subset (headings, tables, images, paragraphs) as one HTML page."""
-    out = ["<!doctype html><html><head><meta charset='utf-8'><title>rlab demo</title><style>"
-           "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
-           "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
-           "td:first-child,th:first-child{text-align:left}img{max-width:100%;margin:0.5em 0}</style></head><body>"]
-    table: list[list[str]] = []
-
-    def flush_table() -> None:
-        if table:
-            head, *body = table
-            out.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr>")
-            out.extend("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in body)
-            out.append("</table>")
-            table.clear()
-
-    for line in md.split("\n"):
-        if line.startswith("|"):
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            if not all(set(c) <= {"-", ":"} for c in cells):
-                table.append(cells)
-            continue
-        flush_table()
-        if line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            out.append(f"<h{level}>{html.escape(line[level:].strip())}</h{level}>")
-        elif line.startswith("![") and "](" in line:
-            alt, src = line[2:].split("](", 1)
-            out.append(f"<p><img src='{html.escape(src.rstrip(')'))}' alt='{html.escape(alt)}'></p>")
-        elif line.strip():
-            out.append(f"<p>{html.escape(line)}</p>")
-    flush_table()
-    out.append("</body></html>")
-    return "\n".join(out)
+    write_html_report(root, "rlab demo")
+    for label, p in benches.items():  # each benchmark's own report, as a page of its own
+        write_html_report(p, f"rlab bench attacks: {label} model")

@@ -34,14 +34,16 @@ class TrainingDiverged(UserError):
     """
 
 
-def diverged(at: str, what: str, last_good: str | None, checkpoint: Any, lr: float) -> TrainingDiverged:
+def diverged(at: str, what: str, last_good: str | None, checkpoint: Any, lr: float | None) -> TrainingDiverged:
     """The error of every trainer for a loss or weight that became NaN or inf `at` a step.
 
     `last_good` says when the kept checkpoint was written (None: none yet); nothing after it is saved.
+    `lr` (None: the method has no learning rate) is quoted in the advice.
     """
     kept = (f"the last good checkpoint ({last_good}) is kept in {checkpoint}" if last_good is not None
             else f"no checkpoint had been written yet in {Path(checkpoint).parent.parent}")
-    return TrainingDiverged(f"training diverged at {at}: {what} is NaN or inf; {kept}; try a smaller --lr than {lr:g}")
+    advice = f"try a smaller --lr than {lr:g}" if lr is not None else "try a smaller step size"
+    return TrainingDiverged(f"training diverged at {at}: {what} is NaN or inf; {kept}; {advice}")
 
 
 def first_nonfinite(values: Mapping[str, Any]) -> str | None:

@@ -36,6 +36,8 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from test_tensorboard import assert_same_scalars
 
 import rlab.vision.classifier
 from rlab.cli import main
@@ -73,7 +75,7 @@ def without_wall_clock(table: list[dict] | dict) -> list[dict] | dict:
 
 
 def check_every_file_parses(run: Path) -> list[int]:
-    """Parse every file of a run folder (JSON, CSV, weights-only checkpoints, PNG); return metrics.csv's steps.
+    """Parse every file of a run folder (JSON, CSV, weights-only checkpoints, PNG, event files); return metrics.csv's steps.
 
     Hidden `.NAME.*.tmp` files are atomic writes in progress when the process
     died; readers never open them. They are counted, not parsed.
@@ -97,6 +99,9 @@ def check_every_file_parses(run: Path) -> list[int]:
         elif f.suffix == ".png":
             with Image.open(f) as im:
                 im.verify()
+        elif f.name.startswith("events.out.tfevents."):
+            # TensorBoard's own reader; a record cut short by the kill ends the file, as TensorBoard reads it
+            EventAccumulator(str(f), size_guidance={"scalars": 0}).Reload()
         else:
             pytest.fail(f"unexpected file in the run folder: {f}")
         TALLY["files_checked"] += 1
@@ -178,6 +183,7 @@ def test_rl_training_survives_sigkill_and_resumes(tmp_path, runs_root, capsys):
     expected = list(range(128, RL_STEPS + 1, 128))
     TALLY["steps_lost"] += len(set(expected) - set(steps))
     assert steps == expected  # every step exactly once, in order
+    assert_same_scalars(run)  # and so in TensorBoard, after three kills and resumes
     assert all(0 < s < RL_STEPS for s in resumed_from[1:]), resumed_from  # killed after a checkpoint, before the end
     assert json.loads((run / "summary.json").read_text())["env_steps"] == RL_STEPS
 
@@ -195,6 +201,7 @@ def test_classifier_training_survives_sigkill_and_resumes(tmp_path, runs_root, c
     run, _ = kill_and_resume(argv, "classifier", tmp_path / "sub", tmp_path, seed=9)
     steps = check_every_file_parses(run)
     assert [int(r["epoch"]) for r in rows(run)] == list(range(1, CLS_EPOCHS + 1))
+    assert_same_scalars(run)
     TALLY["steps_lost"] += CLS_EPOCHS - len(steps)
 
     assert main(argv) == 0

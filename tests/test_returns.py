@@ -205,3 +205,133 @@ def test_bad_input_is_refused_with_a_message():
         R.subtract_baseline(x, "value")
     with pytest.raises(ValueError, match="positive integer"):
         R.n_step_returns(x, b, b, x, 0.9, 0)
+
+
+# ----------------------------------------------------------------------------- n-step windows of a replay buffer
+
+
+@st.composite
+def windows(draw):
+    """(B, n) windows of replayed transitions: rewards, terminated, ended (terminated, truncated or newest step)."""
+    B, n = draw(st.integers(1, 6)), draw(st.integers(1, 6))
+    rewards = torch.tensor(draw(st.lists(st.floats(-5, 5, width=32), min_size=B * n, max_size=B * n)),
+                           dtype=torch.float64).reshape(B, n)
+    kinds = draw(st.lists(st.sampled_from(["", "", "", "terminated", "truncated", "newest"]), min_size=B * n,
+                          max_size=B * n))
+    terminated = torch.tensor([k == "terminated" for k in kinds]).reshape(B, n)
+    ended = torch.tensor([k != "" for k in kinds]).reshape(B, n)
+    return rewards, terminated, ended, draw(st.sampled_from([0.0, 0.5, 0.9, 0.99, 1.0]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(windows())
+def test_n_step_window_matches_brute_force(w):
+    rewards, terminated, ended, gamma = w
+    g, discount, last = R.n_step_window(rewards, terminated, ended, gamma)
+    for b in range(rewards.shape[0]):
+        total, k = 0.0, 0
+        while True:  # walk the window the slow way: add rewards until it stops
+            total += gamma**k * rewards[b, k].item()
+            if ended[b, k] or terminated[b, k] or k == rewards.shape[1] - 1:
+                break
+            k += 1
+        assert last[b].item() == k
+        assert g[b].item() == pytest.approx(total, abs=1e-9)
+        assert discount[b].item() == pytest.approx(0.0 if terminated[b, k] else gamma ** (k + 1), abs=1e-12)
+
+
+@settings(max_examples=100, deadline=None)
+@given(rollouts(), st.integers(1, 7))
+def test_n_step_window_agrees_with_n_step_returns_on_a_rollout(r, n_steps):
+    """Each real step t of a rollout, as a replayed window t..t+n-1: G + discount * V(s_{t+m}) = G^(n)_t."""
+    nv = _next_values(r)
+    expected = R.n_step_returns(r["rewards"], r["terminated"], r["truncated"], nv, r["gamma"], n_steps)
+    T = r["rewards"].shape[0]
+    for n, steps, _ in r["episodes"]:
+        for t in steps:
+            idx = torch.arange(t, t + n_steps).clamp(max=T - 1)
+            ended = (r["terminated"] | r["truncated"])[idx, n].clone()
+            ended[idx == T - 1] = True  # the rollout's last step is the newest one stored
+            g, discount, last = R.n_step_window(r["rewards"][idx, n][None], r["terminated"][idx, n][None], ended[None],
+                                                r["gamma"])
+            got = g[0] + discount[0] * nv[t + last[0], n]
+            assert got.item() == pytest.approx(expected[t, n].item(), abs=1e-9)
+
+
+def test_n_step_window_hand_computed():
+    # gamma 0.5; row 0: three rewards, no end -> 1 + 0.5*2 + 0.25*4, discount 0.125
+    # row 1: terminates at k=1 -> 1 + 0.5*2, discount 0; row 2: truncated at k=0 -> 1, discount 0.5
+    rewards = torch.tensor([[1.0, 2.0, 4.0]] * 3)
+    terminated = torch.tensor([[False, False, False], [False, True, False], [False, False, False]])
+    ended = torch.tensor([[False, False, False], [False, True, False], [True, False, False]])
+    g, discount, last = R.n_step_window(rewards, terminated, ended, 0.5)
+    assert g.tolist() == [3.0, 2.0, 1.0] and discount.tolist() == [0.125, 0.0, 0.5] and last.tolist() == [2, 1, 0]
+    with pytest.raises(ValueError, match="one shape"):
+        R.n_step_window(rewards, terminated[:, :2], ended, 0.5)
+
+
+# ----------------------------------------------------------------------------- edges the brute force does not reach
+# (found by mutation testing: bench/mutate.py)
+
+SHAPED = {  # function -> its (T, N) tensor arguments, in order, and how to call it
+    "discounted_returns": (("rewards", "terminated", "truncated", "next_values"),
+                           lambda a: R.discounted_returns(*a, 0.9)),
+    "td_target": (("rewards", "terminated", "next_values"), lambda a: R.td_target(*a, 0.9)),
+    "n_step_returns": (("rewards", "terminated", "truncated", "next_values"),
+                       lambda a: R.n_step_returns(*a, 0.9, 2)),
+    "gae_advantages": (("rewards", "values", "terminated", "truncated", "next_values"),
+                       lambda a: R.gae_advantages(*a, 0.9, 0.95)),
+}
+
+
+@pytest.mark.parametrize("function", sorted(SHAPED))
+def test_every_tensor_argument_is_shape_checked(function):
+    names, call = SHAPED[function]
+    for bad in range(len(names)):
+        args = [torch.zeros(3, 2, dtype=torch.bool if n in ("terminated", "truncated") else torch.float32)
+                for n in names]
+        args[bad] = args[bad][:2]
+        with pytest.raises(ValueError, match=f"one shape.*{names[bad]}"):
+            call(args)
+
+
+def test_gae_of_a_one_step_rollout_and_its_lambda_check():
+    r, v, nv = torch.tensor([[1.0]]), torch.tensor([[0.5]]), torch.tensor([[2.0]])
+    no = torch.tensor([[False]])
+    adv, ret = R.gae_advantages(r, v, no, no, nv, 0.5, 0.9)
+    assert adv.item() == 1.0 + 0.5 * 2.0 - 0.5 and ret.item() == 1.0 + 0.5 * 2.0
+    with pytest.raises(ValueError, match="^lambda must be in"):
+        R.gae_advantages(r, v, no, no, nv, 0.5, 1.5)
+
+
+def test_baselines_without_a_mask_and_on_tiny_batches():
+    g = torch.tensor([[1.0, 3.0], [5.0, 7.0]], dtype=torch.float64)
+    assert R.subtract_baseline(g, "mean").tolist() == [[-3.0, -1.0], [1.0, 3.0]]  # the mean of all four: 4
+    std = (5.0 ** 0.5)  # population std of 1, 3, 5, 7
+    assert torch.allclose(R.subtract_baseline(g, "standardize"), (g - 4.0) / (std + 1e-8))
+    one = torch.tensor([[True, False], [False, False]])
+    assert R.subtract_baseline(g, "mean", mask=one)[0, 0].item() == 0.0  # one sample is its own mean
+    assert R.subtract_baseline(g, "standardize", mask=one)[0, 0].item() == 0.0  # (x - x) / (0 + eps)
+    two = torch.tensor([[True, True], [False, False]])
+    assert R.subtract_baseline(g, "standardize", mask=two)[0].tolist() == pytest.approx([-1.0, 1.0])
+    nothing = torch.zeros(2, 2, dtype=torch.bool)
+    assert torch.equal(R.subtract_baseline(g, "standardize", mask=nothing), g)  # no statistics: left as is
+    # eps keeps a near-constant batch finite: std 1e-8 and eps 1e-8 halve the standardised values
+    flat = torch.tensor([[1.0, 1.0 + 2e-8]], dtype=torch.float64)
+    assert R.subtract_baseline(flat, "standardize").tolist()[0] == pytest.approx([-0.5, 0.5], rel=1e-6)
+
+
+def test_normalize_is_the_masked_standardisation_with_its_eps():
+    x = torch.tensor([[1.0, 2.0], [4.0, 100.0]], dtype=torch.float64)
+    mask = torch.tensor([[True, True], [True, False]])
+    z = R.normalize(x, mask, eps=0.5)
+    sel = torch.tensor([1.0, 2.0, 4.0], dtype=torch.float64)
+    assert torch.allclose(z, (x - sel.mean()) / (sel.std(unbiased=False) + 0.5))
+    assert torch.allclose(R.normalize(x[:1]), (x[:1] - 1.5) / (0.5 + 1e-8))
+
+
+def test_baseline_messages_name_what_is_allowed():
+    with pytest.raises(ValueError, match="^unknown baseline 'median'; allowed: none, mean, standardize, value$"):
+        R.subtract_baseline(torch.zeros(2, 2), "median")
+    with pytest.raises(ValueError, match=r"^baseline 'value' needs the critic's values V\(s_t\)$"):
+        R.subtract_baseline(torch.zeros(2, 2), "value")

@@ -165,3 +165,65 @@ def make_actor_critic(observation_space: gym.Space, action_space: gym.Space, hid
         high = torch.as_tensor(action_space.high, dtype=torch.float32)
         return ActorCritic(obs_dim, int(action_space.shape[0]), False, tuple(hidden), normalize_obs, log_std_init, low, high)
     raise ValueError(f"unsupported action space {action_space}; allowed: Discrete or a flat Box")
+
+
+class QNetwork(nn.Module):
+    """Q(s, .) for Discrete actions: the agent of the DQN family (Mnih et al., 2015).
+
+    The greedy policy is argmax_a Q(s, a); `pi(obs)` is Categorical(logits=Q(s, .)),
+    so Q plays the role of the logits for evaluation, video and observation attacks
+    (Huang et al., 2017 attacked DQN first), and `sample(deterministic=False)` draws
+    from softmax(Q) (Boltzmann). Exploration while training is epsilon-greedy and
+    lives in the learner (rlab/rl/algos/dqn.py), not here.
+
+    dueling (Wang et al., 2016): the hidden layers feed two heads, V(s) and A(s, a),
+    combined as Q(s, a) = V(s) + A(s, a) - mean_a' A(s, a'), which keeps them identifiable.
+    """
+
+    def __init__(self, obs_dim: int, n_actions: int, hidden: tuple[int, ...] = (64, 64), dueling: bool = False,
+                 normalize_obs: bool = False):
+        super().__init__()
+        self.discrete, self.dueling = True, dueling
+        self.obs_norm = ObsNorm(obs_dim, enabled=normalize_obs)
+        if dueling:
+            self.trunk = nn.Sequential(*mlp([obs_dim, *hidden, 1], nn.ReLU)[:-1])  # hidden layers and their ReLUs
+            self.value = mlp([hidden[-1], 1], out_gain=1.0)
+            self.advantage = mlp([hidden[-1], n_actions], out_gain=1.0)
+        else:
+            self.q_net = mlp([obs_dim, *hidden, n_actions], nn.ReLU, out_gain=1.0)
+
+    def q(self, obs: Tensor) -> Tensor:
+        """Q(s, .) of raw observations: (N, n_actions)."""
+        x = self.obs_norm(obs)
+        if not self.dueling:
+            return self.q_net(x)
+        h = self.trunk(x)
+        a = self.advantage(h)
+        return self.value(h) + a - a.mean(-1, keepdim=True)
+
+    def pi(self, obs: Tensor) -> Distribution:
+        return Categorical(logits=self.q(obs), validate_args=False)
+
+    def forward(self, obs: Tensor) -> Distribution:
+        return self.pi(obs)
+
+    @torch.no_grad()
+    def sample(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor]:
+        """(action, log pi(a|s)): argmax Q when deterministic, else a draw from softmax(Q)."""
+        logp_all = torch.log_softmax(self.q(obs), -1)
+        scores = logp_all if deterministic else logp_all - torch.empty_like(logp_all).exponential_().log_()
+        action = scores.argmax(-1)
+        return action, logp_all.gather(-1, action.unsqueeze(-1)).squeeze(-1)
+
+    def env_action(self, action: Tensor) -> np.ndarray:
+        return action.cpu().numpy()
+
+
+def make_q_network(observation_space: gym.Space, action_space: gym.Space, hidden: tuple[int, ...] = (64, 64),
+                   dueling: bool = False, normalize_obs: bool = False) -> QNetwork:
+    """Q(s, .) over a Discrete action space from flat Box observations."""
+    if not isinstance(observation_space, gym.spaces.Box) or len(observation_space.shape) != 1:
+        raise ValueError(f"Q-networks here take flat Box observations, got {observation_space}")
+    if not isinstance(action_space, gym.spaces.Discrete):
+        raise ValueError(f"Q-networks need a Discrete action space (one output per action), got {action_space}")
+    return QNetwork(int(observation_space.shape[0]), int(action_space.n), tuple(hidden), dueling, normalize_obs)

@@ -7,7 +7,8 @@ value came from.
 
 PPO and A2C follow rl-baselines3-zoo (Raffin, 2020, hyperparams/ppo.yml, a2c.yml)
 where it has an entry, so the SB3 comparison is like for like (except PPO on
-LunarLander-v3, retuned here for fewer, larger minibatches: see its entry); VPG and the
+LunarLander-v3, retuned here for fewer, larger minibatches: see its entry), and so does DQN
+(hyperparams/dqn.yml, whose classic-control entries share one recipe: the dqn defaults); VPG and the
 actor-critic follow Spinning Up's defaults (large batches, Adam).
 """
 
@@ -24,10 +25,24 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # rollouts makes too few updates to learn at all, 16 steps per env does (32 collapsed on seed 0)
         "vpg": dict(lr=1e-2),
         "ac": dict(n_steps=16),
+        # zoo dqn.yml: 5e4 steps, lr 2.3e-3, batch 64, buffer 1e5, learning_starts 1000, target every 10 steps,
+        # train_freq 256, gradient_steps 128, exploration 0.16 -> 0.04, net 256x256
+        "dqn": dict(steps=50_000, lr=2.3e-3, batch_size=64, buffer_size=100_000, learning_starts=1000,
+                    target_update_interval=10, train_freq=256, gradient_steps=128, exploration_fraction=0.16,
+                    exploration_final_eps=0.04),
     },
     "Acrobot-v1": {
         "ppo": dict(n_envs=16, gae_lambda=0.94, epochs=4),
         "a2c": dict(n_envs=16),
+        # zoo dqn.yml (the dqn defaults): 1e5 steps, lr 6.3e-4, batch 128, buffer 5e4, target 250, train_freq 4,
+        # gradient_steps -1 (= the 4 env steps collected), exploration 0.12 -> 0.1, net 256x256; learning_starts 0
+        "dqn": dict(learning_starts=0),
+    },
+    "MountainCar-v0": {
+        # zoo dqn.yml: 1.2e5 steps, lr 4e-3, batch 128, buffer 1e4, learning_starts 1000, gamma 0.98, target 600,
+        # train_freq 16, gradient_steps 8, exploration 0.2 -> 0.07, net 256x256
+        "dqn": dict(steps=120_000, lr=4e-3, buffer_size=10_000, gamma=0.98, target_update_interval=600,
+                    train_freq=16, gradient_steps=8, exploration_fraction=0.2, exploration_final_eps=0.07),
     },
     "Pendulum-v1": {
         "ppo": dict(steps=200_000, n_envs=4, n_steps=1024, gamma=0.9, minibatch_size=64, lr=1e-3, log_std_init=-0.5),
@@ -43,6 +58,15 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "a2c": dict(steps=1_000_000, gamma=0.995, lr=8.3e-4, anneal_lr=True, ent_coef=1e-5, obs_norm=False),
         "vpg": dict(steps=1_000_000, n_steps=1000, lr=3e-3),
         "ac": dict(steps=1_000_000, n_steps=256, lr=7e-4),
+        # zoo dqn.yml (LunarLander-v2 entry): the dqn defaults with learning_starts 0 (1e5 steps, lr 6.3e-4, batch 128,
+        # buffer 5e4, target 250, train_freq 4, gradient_steps -1 = 4, exploration 0.12 -> 0.1, net 256x256)
+        "dqn": dict(learning_starts=0),
+    },
+    "CliffWalking-v1": {
+        # Sutton & Barto, Example 6.6: alpha 0.5, gamma 1, constant epsilon 0.1 (~500 episodes in 20k steps)
+        **{m: dict(steps=20_000, alpha=0.5, gamma=1.0, exploration_initial_eps=0.1, exploration_final_eps=0.1)
+           for m in ("qlearning", "sarsa", "expected-sarsa")},
+        "td0": dict(alpha=0.5, gamma=1.0),
     },
 }
 PRESETS["rlab/TorchCartPole-v1"] = PRESETS["CartPole-v1"]

@@ -126,6 +126,38 @@ def n_step_returns(rewards: Tensor, terminated: Tensor, truncated: Tensor, next_
     return returns
 
 
+def n_step_window(rewards: Tensor, terminated: Tensor, ended: Tensor, gamma: float) -> tuple[Tensor, Tensor, Tensor]:
+    """The n-step target of a replayed window (DQN with n-step returns; Sutton, 1988; Hessel et al., 2018):
+    row b holds n consecutive transitions of one env, k = 0..n-1, starting at the sampled step t.
+
+        m          = min(n, 1 + first k with ended_k)         (steps the window uses)
+        G          = sum_{k=0}^{m-1} gamma^k r_k
+        discount   = gamma^m (1 - terminated_{m-1})
+        y_t        = G + discount * Q'(s_{t+m})               (s_{t+m}: the next observation of step m-1)
+
+    `ended` marks where a window must stop: an episode end (terminated or truncated)
+    or the newest stored step (its successor is not in the buffer yet, or is older
+    data). A truncated end still bootstraps; only `terminated` zeroes the discount.
+    Returns (G, discount, m - 1) with shapes (B,), (B,), (B,) int64. n = 1 is the
+    one-step `td_target`; this is `n_step_returns` at t for the window's steps.
+    """
+    if rewards.ndim != 2 or terminated.shape != rewards.shape or ended.shape != rewards.shape:
+        raise ValueError(f"n_step_window needs (B, n) tensors of one shape, got rewards {tuple(rewards.shape)}, "
+                         f"terminated {tuple(terminated.shape)}, ended {tuple(ended.shape)}")
+    _check_gamma(gamma)
+    B, n = rewards.shape
+    stop = ended.bool() | terminated.bool()
+    stop[:, -1] = True  # the window ends after n steps
+    last = stop.to(torch.int8).argmax(dim=1)  # first k that stops (argmax returns the first maximum)
+    k = torch.arange(n, device=rewards.device)
+    used = (k.unsqueeze(0) <= last.unsqueeze(1)).to(rewards.dtype)
+    powers = torch.full((n,), float(gamma), dtype=rewards.dtype, device=rewards.device) ** k
+    returns = (rewards * powers * used).sum(dim=1)
+    not_terminal = (~terminated.bool().gather(1, last.unsqueeze(1)).squeeze(1)).to(rewards.dtype)
+    discount = float(gamma) ** (last + 1).to(rewards.dtype) * not_terminal
+    return returns, discount, last.long()
+
+
 def gae_advantages(rewards: Tensor, values: Tensor, terminated: Tensor, truncated: Tensor, next_values: Tensor,
                    gamma: float, lam: float) -> tuple[Tensor, Tensor]:
     """Generalized advantage estimation, GAE(gamma, lambda):

@@ -229,12 +229,17 @@ def _train_one(cfg: Any, callback: Callback | None = None, sources: dict[str, st
     algorithm, options = algorithm_options(dataclasses.asdict(cfg))
     seed_everything(cfg.seed)
     envs = make_envs(cfg.env, options.n_envs)
+    try:  # an algorithm that cannot act in this env refuses before a run folder exists
+        learner = algorithm.make_learner(options, envs, device, cfg.seed)
+    except ValueError as e:
+        envs.close()
+        raise UserError(f"--algo {cfg.algo} cannot train on {cfg.env}: {e}") from None
+    attack = _observation_attack(cfg, learner.agent, device) if cfg.adv_obs != "none" else None
     if not resumed:
         if cfg.progress:  # printed once the envs exist; --no-progress runs (scripts, tests) stay quiet
             print(describe(cfg, sources or {}), file=sys.stderr)
         run = RunDir.create("rl", f"{cfg.env}__{cfg.algo}", cfg.seed,
                             {**dataclasses.asdict(cfg), "option_sources": sources or {}}, device)
-    learner = algorithm.make_learner(options, envs, device, cfg.seed)
 
     env_steps, updates, train_seconds = 0, 0, 0.0
     good_checkpoint: int | None = None  # env steps of the last checkpoint with finite weights
@@ -243,8 +248,7 @@ def _train_one(cfg: Any, callback: Callback | None = None, sources: dict[str, st
                                                         "rlab train", map_location=device)
         good_checkpoint = env_steps
     run.truncate_metrics(env_steps)
-    learner.start(seed=cfg.seed + env_steps,
-                  attack=_observation_attack(cfg, learner.agent, device) if cfg.adv_obs != "none" else None)
+    learner.start(seed=cfg.seed + env_steps, attack=attack)
 
     steps = options.steps
     checkpoint_every = cfg.checkpoint_every or max(1, steps // 10)
@@ -270,7 +274,7 @@ def _train_one(cfg: Any, callback: Callback | None = None, sources: dict[str, st
             run.flush()
             raise diverged(f"env step {env_steps} (update {updates})", bad,
                            None if good_checkpoint is None else f"env step {good_checkpoint}",
-                           run.path / "checkpoints" / "last.pt", options.lr)
+                           run.path / "checkpoints" / "last.pt", getattr(options, "lr", None))
         train_seconds += time.perf_counter() - start
         row: dict[str, float] = {**it.losses, "charts/sps": env_steps / max(train_seconds, 1e-9),
                                  "time/train_seconds": train_seconds}
@@ -293,6 +297,8 @@ def _train_one(cfg: Any, callback: Callback | None = None, sources: dict[str, st
     bar.close()
     learner.close()
     save()
+    if algorithm.figures is not None:
+        algorithm.figures(learner.agent, cfg.env, run.path)
     returns = run_episodes(agent_actor(learner.agent), cfg.env, cfg.eval_episodes, seed=10_000, device=device)
     run.write_summary({"eval/mean_return": float(returns.mean()), "eval/std_return": float(returns.std()),
                        "env_steps": env_steps, "updates": updates, "wall_seconds": train_seconds,
@@ -306,11 +312,11 @@ def _observation_attack(cfg: Any, agent: Any, device: Any) -> Callable:
 
     from envs.observation_attacks import observation_scale, perturb_observations, worst_action_rule
 
-    scale = observation_scale(cfg.env).to(device)
     try:
+        scale = observation_scale(cfg.env).to(device)
         worst_action = worst_action_rule(cfg.env) if cfg.adv_obs == "pgd-worst" else None
     except ValueError as e:
-        raise UserError(str(e)) from None
+        raise UserError(f"--adv-obs {cfg.adv_obs}: {e}") from None
     frac = 1.0 if cfg.adv_frac is None else cfg.adv_frac
 
     def attack(obs: torch.Tensor) -> torch.Tensor:

@@ -303,7 +303,7 @@ def _shared_data_dirs(data_dir: str | None) -> list[Path]:
     if data_dir is not None:
         return [Path(data_dir).expanduser()]
     dirs = [Path(os.environ["RLAB_DATA"]).expanduser()] if os.environ.get("RLAB_DATA") else []
-    return dirs + [Path(__file__).resolve().parents[2] / "shared" / "data"]
+    return dirs + [Path(__file__).resolve().parents[3] / "shared" / "data"]  # rlab/vision/data.py -> ../shared/data
 
 
 def load_cifar10_jpg(split: str, data_dir: str | None = None) -> ImageData:

@@ -1,17 +1,19 @@
 """The algorithm registry: name -> `Algorithm` (rlab/rl/algos/base.py).
 
 A new algorithm is one module in this folder (its options dataclass, its
-learner or its advantages and update, an `ALGORITHM` entry) plus its name in the
+learner or its advantages and update, an `ALGORITHM` entry; a family of small
+ones may share a module and an `ALGORITHMS` list) plus its entry in the
 tuple below. The training shell looks algorithms up here and knows none by name.
 """
 
 from __future__ import annotations
 
 from rlab.errors import unknown_name
-from rlab.rl.algos import a2c, ac, ppo, vpg
+from rlab.rl.algos import a2c, ac, dqn, ppo, tabular, vpg
 from rlab.rl.algos.base import Algorithm
 
-ALGORITHMS: dict[str, Algorithm] = {m.ALGORITHM.name: m.ALGORITHM for m in (vpg, ac, a2c, ppo)}
+ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (vpg.ALGORITHM, ac.ALGORITHM, a2c.ALGORITHM, ppo.ALGORITHM,
+                                                        dqn.ALGORITHM, *tabular.ALGORITHMS)}
 
 
 def get(name: str) -> Algorithm:

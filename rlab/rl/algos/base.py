@@ -71,6 +71,8 @@ class Algorithm:
     make_learner: LearnerFactory
     make_agent: Callable[[Any, gym.Space, gym.Space], Any]  # options, obs space, action space -> agent (for loading)
     label: Callable[[Any], str] | None = None
+    # agent, env id, run folder -> the pictures it wrote there (e.g. a tabular policy on its grid), after training
+    figures: Callable[[Any, str, Any], list] | None = None
 
     def variant(self, options: Any) -> str:
         return self.label(options) if self.label is not None else self.name
