@@ -85,8 +85,15 @@ GROUPS: dict[str, Group] = {
 SMOKE = Group(("rlab/rl/returns.py",), ("tests/test_returns.py",), ("-k", "termination_does_not_bootstrap"))
 
 # mutant name (or glob) -> (a piece of its diff that must still be there, why no test can kill it)
+TD_CHECKS = ("gae_advantages calls td_target(rewards, terminated, next_values) first, which refuses the same "
+             "mismatched tensor with the same one-line ValueError")
 SAME_ZERO = "the std of one value is 0 whichever branch computes it (and a 0-d zero changes no division's dtype)"
 EQUIVALENT: dict[str, tuple[str, str]] = {
+    "rlab.rl.returns.x_gae_advantages__mutmut_6": ("_check_shapes(values=values", TD_CHECKS),
+    "rlab.rl.returns.x_gae_advantages__mutmut_8": ("_check_shapes(rewards=rewards, values=values, truncated", TD_CHECKS),
+    "rlab.rl.returns.x_gae_advantages__mutmut_10": ("truncated=truncated, )", TD_CHECKS),
+    "rlab.rl.returns.x_next_state_values__mutmut_4": ("last_value.reshape(1, -1)], )",
+                                                     "torch.cat joins along dim 0 by default"),
     "rlab.rl.returns.x_valid_step_mask__mutmut_7": ("done[:-1]], )", "torch.cat joins along dim 0 by default"),
     "rlab.rl.returns.x_finished_episode_mask__mutmut_2": (".to(None)", "cumsum of a bool tensor is int64 already"),
     "rlab.rl.returns.x_n_step_returns__mutmut_18": ("(~terminated.bool()).to(None)",

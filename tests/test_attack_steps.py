@@ -155,3 +155,29 @@ def test_early_stop_returns_the_first_adversarial_iterate():
         x_adv = step(x, x_adv, input_gradient(model, x_adv, y), eps / steps, eps)
     assert found.any() and early.grad_steps < full.grad_steps
     assert torch.allclose(early.x_adv[found], first[found], atol=1e-12)
+
+
+def test_apgd_step_and_checkpoints_follow_croce_and_hein():
+    """Croce & Hein 2020, Alg. 1: z = P(x_k + eta sign(g)); x_{k+1} = P(x_k + a (z - x_k) + (1 - a)(x_k - x_{k-1})),
+    a = 0.75; step-size checkpoints w_j = ceil(p_j N), p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)."""
+    from attacks.apgd import ALPHA, apgd_step, checkpoints
+
+    assert ALPHA == 0.75
+    assert checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]  # p = .22 .41 .57 .70 .80 .87 .93 .99
+    model = linear_model()
+    x, y = batch()
+    eps = 0.1
+    g = torch.Generator().manual_seed(2)
+
+    def project(v):
+        return (x + (v - x).clamp(-eps, eps)).clamp(0, 1)
+
+    x_prev = project(x + eps * (2 * torch.rand(x.shape, generator=g, dtype=x.dtype) - 1))
+    x_k = project(x + eps * (2 * torch.rand(x.shape, generator=g, dtype=x.dtype) - 1))
+    grad = input_gradient(model, x_k, y)
+    eta = torch.tensor([0.2, 0.1, 0.05, 0.02], dtype=x.dtype)
+    z = project(x_k + eta[:, None] * grad.sign())
+    expected = project(x_k + 0.75 * (z - x_k) + 0.25 * (x_k - x_prev))
+    assert torch.allclose(apgd_step(x_k, x_prev, grad, eta, ALPHA, "linf", project), expected, atol=1e-12)
+    assert not torch.allclose(expected, z)  # the momentum term moves the iterate off the plain step
+    assert torch.allclose(apgd_step(x_k, x_prev, grad, eta, 1.0, "linf", project), z, atol=1e-12)  # k = 0: a = 1

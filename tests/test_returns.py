@@ -302,6 +302,8 @@ def test_gae_of_a_one_step_rollout_and_its_lambda_check():
     assert adv.item() == 1.0 + 0.5 * 2.0 - 0.5 and ret.item() == 1.0 + 0.5 * 2.0
     with pytest.raises(ValueError, match="^lambda must be in"):
         R.gae_advantages(r, v, no, no, nv, 0.5, 1.5)
+    with pytest.raises(ValueError, match=r"^gamma must be in \[0, 1\], got -0.5$"):
+        R.gae_advantages(r, v, no, no, nv, -0.5, 0.9)
 
 
 def test_baselines_without_a_mask_and_on_tiny_batches():
