@@ -333,17 +333,11 @@ def train(cfg: TrainConfig) -> Path:
     set_threads(cfg.threads, "cnn")
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
-    train_data = load_dataset(cfg.dataset, "train", cfg.data_dir)
+    train_data, badnets, poisoned = training_set(cfg)
+    num_planted = int(poisoned.sum()) if poisoned is not None else 0
     test_data = load_dataset(cfg.dataset, "test", cfg.data_dir)
     if (train_data.channels, train_data.image_size) != (test_data.channels, test_data.image_size):
         raise UserError(f"{cfg.dataset}: train and test images differ in shape")
-    if cfg.train_subset:
-        train_data = train_data.subset(torch.randperm(len(train_data))[: cfg.train_subset])
-    badnets = poisoning_attack(cfg)
-    poisoned, num_planted = None, 0
-    if badnets is not None:
-        train_data, poisoned = poison_training_set(train_data, badnets)
-        num_planted = int(poisoned.sum())
     detection = None
     if cfg.remove_suspects:
         detection = find_suspects(cfg, train_data, poisoned, device)
@@ -473,6 +467,20 @@ def poisoning_attack(cfg: TrainConfig) -> BadNets | None:
                    rate=BadNets.rate if cfg.poison_rate is None else cfg.poison_rate, trigger=trigger, seed=cfg.seed)
 
 
+def training_set(cfg: TrainConfig) -> tuple[ImageData, BadNets | None, torch.Tensor | None]:
+    """The training set a run of `cfg` learns from (before --remove-suspects), right after
+    seed_everything(cfg.seed): its --train-subset draw, poisoned when --poison is given;
+    also the BadNets transform and the (N,) mask of poisoned images (None without --poison)."""
+    data = load_dataset(cfg.dataset, "train", cfg.data_dir)
+    if cfg.train_subset:
+        data = data.subset(torch.randperm(len(data))[: cfg.train_subset])
+    badnets = poisoning_attack(cfg)
+    if badnets is None:
+        return data, None, None
+    data, poisoned = poison_training_set(data, badnets)
+    return data, badnets, poisoned
+
+
 def poison_training_set(data: ImageData, badnets: BadNets) -> tuple[ImageData, torch.Tensor]:
     """The poisoned copy of the training set and the (N,) bool mask of its poisoned images."""
     if badnets.target >= len(data.classes):
@@ -501,20 +509,13 @@ def find_suspects(cfg: TrainConfig, data: ImageData, poisoned: torch.Tensor | No
 
 
 def _find_suspects(cfg: TrainConfig, data: ImageData, poisoned: torch.Tensor | None, device: torch.device) -> dict:
-    from defenses.poison_detection import detect_poison, penultimate_features
+    from defenses.poison_detection import detect_poison
 
-    source = RunDir.open(cfg.remove_suspects)
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    try:
-        source_cfg = TrainConfig(**{k: v for k, v in source.config["options"].items() if k in known and k != "resume"})
-    except (TypeError, UserError) as e:
-        raise UserError(f"--remove-suspects {cfg.remove_suspects} is not a run folder of `rlab classifier train` ({e})") from None
-    if _training_set_key(source_cfg) != _training_set_key(cfg):
+    if _training_set_key(saved_train_config(cfg.remove_suspects)) != _training_set_key(cfg):
         raise UserError(f"--remove-suspects {cfg.remove_suspects} was trained on another training set: give this run "
                         "the same --dataset, --train-subset, --seed and --poison options")
     model, _ = load_classifier(cfg.remove_suspects, device)
-    features = torch.cat([penultimate_features(model, data.float(slice(i, i + 5000)).to(device))
-                          for i in range(0, len(data), 5000)])
+    features = training_features(model, data, device)
     detector = cfg.detector or DETECTORS[0]
     found = detect_poison(features, data.labels, detector)
     result = {"suspects": found.suspects, "detector": detector, "source_run": str(cfg.remove_suspects),
@@ -523,6 +524,24 @@ def _find_suspects(cfg: TrainConfig, data: ImageData, poisoned: torch.Tensor | N
     if poisoned is not None:
         result["precision"], result["recall"] = found.precision_recall(poisoned)
     return result
+
+
+def saved_train_config(run_dir: str | Path) -> TrainConfig:
+    """The TrainConfig a classifier run folder was trained with (from its config.json)."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    try:
+        return TrainConfig(**{k: v for k, v in RunDir.open(run_dir).config["options"].items()
+                              if k in known and k != "resume"})
+    except (TypeError, UserError) as e:
+        raise UserError(f"{run_dir} is not a run folder of `rlab classifier train` ({e})") from None
+
+
+def training_features(model: nn.Module, data: ImageData, device: torch.device, chunk: int = 5000) -> torch.Tensor:
+    """The model's penultimate activations (N, d) of every image of `data`, decoded `chunk` images at a time."""
+    from defenses.poison_detection import penultimate_features
+
+    return torch.cat([penultimate_features(model, data.float(slice(i, i + chunk)).to(device))
+                      for i in range(0, len(data), chunk)])
 
 
 def _poison_summary(badnets: BadNets | None, num_planted: int, poisoned: torch.Tensor | None,
