@@ -199,12 +199,26 @@ def check_autoattack_vs_peers(s: Smoke) -> None:
     assert "20 test images" in report and "| lab auto (fast) |" in report
 
 
+def check_poison_detection(s: Smoke) -> None:
+    run = s.run_dir("poison_detection__0")
+    rows = {r["detector"]: r for r in rows_of(run / "results.csv")}
+    expected = {"ours spectral", "ours clustering"} | (
+        {"ART spectral", "ART clustering"} if importlib.util.find_spec("art") else set())
+    assert set(rows) == expected, rows
+    if not importlib.util.find_spec("art"):
+        assert "peer art is not installed" in s.stdout
+    for r in rows.values():  # 10% of the 600 smoke digits were poisoned
+        assert r["poison_rate"] == "0.1" and 0 <= int(r["flagged"]) <= 600 and float(r["seconds"]) > 0
+        assert 0 <= fraction(r["recall"]) and (r["precision"] == "") == (r["flagged"] == "0")
+    assert "| 10% | ours spectral |" in (run / "report.md").read_text()
+
+
 CHECKS = {
     "threads": check_threads, "rl_vs_sb3": check_rl_vs_sb3, "ladder": check_ladder,
     "classifier_accuracy": check_classifier_accuracy, "attack_speed": check_attack_speed, "transfer": check_transfer,
     "adv_training_mnist": check_adv_training_mnist, "defense_table": check_defense_table,
     "cartpole_speed": check_cartpole_speed, "sweep_speedup": check_sweep_speedup,
-    "autoattack_vs_peers": check_autoattack_vs_peers,
+    "autoattack_vs_peers": check_autoattack_vs_peers, "poison_detection": check_poison_detection,
 }
 # optional peers of a script: module -> the row it adds
 PEERS = {("attack_speed", "torchattacks"): "torchattacks PGD", ("attack_speed", "art"): "ART ProjectedGradientDescent"}
