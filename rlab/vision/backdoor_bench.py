@@ -23,8 +23,6 @@ the classifier runs themselves land under runs/classifier/.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import time
 from dataclasses import dataclass
@@ -37,7 +35,7 @@ from attacks.poisoning import BadNets, Trigger, attack_success_rate
 from defenses.poison_detection import DETECTORS
 from rlab.config import check, opt
 from rlab.errors import UserError
-from rlab.runs import RunDir, atomic_write_text
+from rlab.runs import RunDir, atomic_write_text, write_csv
 from rlab.runtime import resolve_device, set_threads
 from rlab.vision.classifier import TrainConfig, check_dataset_name, load_classifier, train
 from rlab.vision.data import load_dataset
@@ -99,14 +97,6 @@ def _row(rate: float, model: str, run: Path, detector: str = "", asr: float | No
             "recall": round(s["detection/recall"], 4) if "detection/recall" in s else "",
             "poisoned_left": s.get("backdoor/num_poisoned_trained_on", 0) if detector else s.get("backdoor/num_poisoned", 0),
             "train_seconds": round(s["train_seconds"], 1), "run": str(run)}
-
-
-def write_results(path: Path, rows: list[dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=RESULT_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
 
 
 def report_table(rows: list[dict[str, Any]]) -> str:
@@ -205,7 +195,7 @@ def run(cfg: BackdoorBenchConfig) -> Path:
             rows.append(_row(rate, "retrained", retrained, detector))
             gallery_runs[f"retrained ({detector})"] = retrained
 
-    write_results(bench.path / "results.csv", rows)
+    write_csv(bench.path / "results.csv", rows, RESULT_COLUMNS)
     title = f"BadNets on {cfg.dataset} / {options['model']}: trigger {trigger.spec}, target {test.classes[cfg.target]}"
     plot_backdoor(rows, bench.path / "backdoor.png", title)
     report = [f"# Backdoor benchmark: BadNets on {cfg.dataset} / {options['model']}", "",
