@@ -85,10 +85,14 @@ GROUPS: dict[str, Group] = {
 SMOKE = Group(("rlab/rl/returns.py",), ("tests/test_returns.py",), ("-k", "termination_does_not_bootstrap"))
 
 # mutant name (or glob) -> (a piece of its diff that must still be there, why no test can kill it)
+CPU_ONLY = "a move to the device is a no-op on this CPU-only machine (a GPU run of the tests would catch it)"
 TD_CHECKS = ("gae_advantages calls td_target(rewards, terminated, next_values) first, which refuses the same "
              "mismatched tensor with the same one-line ValueError")
 SAME_ZERO = "the std of one value is 0 whichever branch computes it (and a 0-d zero changes no division's dtype)"
 EQUIVALENT: dict[str, tuple[str, str]] = {
+    "rlab.rl.algos.ac.x_update__mutmut_1": ("out = None", "the loop body always runs (epochs >= 1, and the learner "
+                                            "never updates on an empty batch), so `out` is always reassigned"),
+    "rlab.rl.onpolicy.xǁCollectorǁcollect__mutmut_102": (".to(None), first_is_reset", CPU_ONLY),
     "rlab.rl.returns.x_gae_advantages__mutmut_6": ("_check_shapes(values=values", TD_CHECKS),
     "rlab.rl.returns.x_gae_advantages__mutmut_8": ("_check_shapes(rewards=rewards, values=values, truncated", TD_CHECKS),
     "rlab.rl.returns.x_gae_advantages__mutmut_10": ("truncated=truncated, )", TD_CHECKS),
