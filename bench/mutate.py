@@ -90,6 +90,12 @@ TD_CHECKS = ("gae_advantages calls td_target(rewards, terminated, next_values) f
              "mismatched tensor with the same one-line ValueError")
 SAME_ZERO = "the std of one value is 0 whichever branch computes it (and a 0-d zero changes no division's dtype)"
 EQUIVALENT: dict[str, tuple[str, str]] = {
+    "attacks.gradient.x_input_diversity__mutmut_53": ("device=None)", CPU_ONLY),
+    "attacks.gradient.x_input_diversity__mutmut_74": ("generator=generator, ).item())", CPU_ONLY),
+    "attacks.gradient.xǁGradientAttackǁrun__mutmut_43": ("(self.momentum) or True",
+                                                        "with momentum 0 the velocity is the gradient over a positive "
+                                                        "per-sample scalar, which the step's sign (or L2 direction) "
+                                                        "removes"),
     "rlab.rl.algos.ac.x_update__mutmut_1": ("out = None", "the loop body always runs (epochs >= 1, and the learner "
                                             "never updates on an empty batch), so `out` is always reassigned"),
     "rlab.rl.onpolicy.xǁCollectorǁcollect__mutmut_102": (".to(None), first_is_reset", CPU_ONLY),
