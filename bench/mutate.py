@@ -247,7 +247,6 @@ def run_group(name: str, group: Group, args, python: str) -> tuple[list[dict], l
                 raw = before[mutant]
             if raw == "not checked" and (args.smoke or before or args.sample):
                 continue
-            counts["no tests"] += raw == "no tests"
             counts["timeout"] += raw == "timeout"
             s = outcome(raw)
             if s == "survived":
@@ -262,6 +261,7 @@ def run_group(name: str, group: Group, args, python: str) -> tuple[list[dict], l
                         print(f"  warning: {mutant} is listed as equivalent but its diff changed; counted as survived")
                     report.append(f"### {mutant} ({raw})\n\n```diff\n{diff}\n```\n")
             counts[s if s in counts else "other"] += 1
+            counts["no tests"] += raw == "no tests" and s == "survived"
             mutant_rows.append({"group": name, "module": module, "mutant": mutant, "status": raw, "outcome": s})
         scored = counts["killed"] + counts["survived"]
         rows.append({"group": name, "module": module,
