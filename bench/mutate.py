@@ -27,7 +27,7 @@ body (`f = torch.no_grad()(f)`), so the advantages functions are mutated too.
 
     make mutate                                        # every group
     .venv/bin/python bench/mutate.py --groups returns,updates --max-children 2
-    .venv/bin/python bench/mutate.py --smoke           # one small function: checks the set-up (~1 min)
+    .venv/bin/python bench/mutate.py --smoke           # one small function: checks the set-up (3-6 min on a loaded 2-core machine)
 
 After adding tests, `--survivors-of RUN_DIR` reruns only what that run did not
 kill (a killed mutant stays killed while the old tests stay), and `--tests` can
