@@ -40,8 +40,10 @@ from rlab.runtime import seed_everything, set_threads
 
 
 def lab_row(name: str, model, attack, x, y, eps: float, batch_size: int) -> dict:
+    cpu = time.process_time()
     result = attacks.robust_accuracy(model, attack, x, y, [eps], batch_size=batch_size)
     row = {"attack": name, "robust_accuracy": result.accuracy[0], "seconds": result.seconds,
+           "cpu_seconds": time.process_time() - cpu,
            "grad_steps": result.grad_steps, "queries": result.queries, "warnings": " / ".join(result.warnings)}
     if result.fooled_by:
         row["fooled_by"] = ", ".join(f"{k} {v[0]}" for k, v in result.fooled_by.items())
@@ -60,7 +62,7 @@ def torchattacks_row(model, x, y, eps: float, batch_size: int, seed: int, classe
                                          torchattacks.APGDT(model, eps=eps, steps=5, n_classes=classes, seed=seed),
                                          torchattacks.Square(model, eps=eps, n_queries=100, seed=seed)])
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     robust = 0
     for b in range(0, len(x), batch_size):
         xb, yb = x[b:b + batch_size], y[b:b + batch_size]
@@ -69,7 +71,7 @@ def torchattacks_row(model, x, y, eps: float, batch_size: int, seed: int, classe
             robust += int((model(x_adv).argmax(1) == yb).sum())
     name = "torchattacks APGD, APGD-T, Square (smoke budget)" if smoke else "torchattacks AutoAttack (standard)"
     return {"attack": name, "robust_accuracy": robust / len(x), "seconds": time.perf_counter() - start,
-            "grad_steps": "", "queries": "", "warnings": ""}
+            "cpu_seconds": time.process_time() - cpu, "grad_steps": "", "queries": "", "warnings": ""}
 
 
 def smoke_victim(seed: int, n: int):
@@ -173,13 +175,14 @@ def write_report(run: RunDir, rows: list[dict], victim: str, header: str, summar
     """results.csv, report.md (the table, with points and time ratios against torchattacks) and summary.json."""
     peer = next((r for r in rows if r["attack"].startswith("torchattacks")), None)
     lines = [f"# lab auto vs torchattacks AutoAttack vs PGD: {victim}", "", header, "",
-             "| attack | robust accuracy | wall s | vs torchattacks AA: points | time ratio | grad steps | queries |",
-             "|---|---|---|---|---|---|---|"]
+             "| attack | robust accuracy | wall s | CPU s | vs torchattacks AA: points | time ratio (wall / CPU) | "
+             "grad steps | queries |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         points = f"{100 * (float(r['robust_accuracy']) - float(peer['robust_accuracy'])):+.1f}" if peer else ""
-        ratio = f"{float(r['seconds']) / float(peer['seconds']):.2f}x" if peer else ""
+        ratio = (f"{float(r['seconds']) / float(peer['seconds']):.2f}x / "
+                 f"{float(r['cpu_seconds']) / float(peer['cpu_seconds']):.2f}x" if peer else "")
         lines.append(f"| {r['attack']} | {100 * float(r['robust_accuracy']):.1f}% | {float(r['seconds']):.1f} | "
-                     f"{points} | {ratio} | {r['grad_steps']} | {r['queries']} |")
+                     f"{float(r['cpu_seconds']):.1f} | {points} | {ratio} | {r['grad_steps']} | {r['queries']} |")
     for r in rows:
         if r.get("fooled_by"):
             lines.append(f"\n{r['attack']}: fooled first by {r['fooled_by']}.")
@@ -188,12 +191,15 @@ def write_report(run: RunDir, rows: list[dict], victim: str, header: str, summar
     if peer:
         for auto in (r for r in rows if r["attack"].startswith("lab auto")):
             met = (float(auto["robust_accuracy"]) <= float(peer["robust_accuracy"]) + 0.002,
-                   float(auto["seconds"]) <= float(peer["seconds"]) / 2)
+                   float(auto["seconds"]) <= float(peer["seconds"]) / 2,
+                   float(auto["cpu_seconds"]) <= float(peer["cpu_seconds"]) / 2)
             lines.append(f"\nTargets of issue 17 for {auto['attack']}: accuracy <= torchattacks + 0.2 points: "
-                         f"{'met' if met[0] else 'missed'}; wall time <= half of torchattacks': "
-                         f"{'met' if met[1] else 'missed'}.")
+                         f"{'met' if met[0] else 'missed'}; time <= half of torchattacks': wall "
+                         f"{'met' if met[1] else 'missed'}, CPU {'met' if met[2] else 'missed'}.")
+    lines.append("\nOn a shared machine the wall time depends on the other jobs; the CPU time of the one torch "
+                 "thread does not.")
     report = "\n".join(lines) + "\n"
-    columns = ["attack", "robust_accuracy", "seconds", "grad_steps", "queries", "fooled_by", "warnings"]
+    columns = ["attack", "robust_accuracy", "seconds", "cpu_seconds", "grad_steps", "queries", "fooled_by", "warnings"]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
@@ -201,7 +207,7 @@ def write_report(run: RunDir, rows: list[dict], victim: str, header: str, summar
     atomic_write_text(run.path / "results.csv", buf.getvalue())
     atomic_write_text(run.path / "report.md", report)
     run.write_summary({**summary, **{f"{r['attack']}/{k}": float(r[k]) for r in rows
-                                     for k in ("robust_accuracy", "seconds")}})
+                                     for k in ("robust_accuracy", "seconds", "cpu_seconds")}})
     print(report, end="")
     print(run.path)
 
@@ -222,9 +228,10 @@ def merge(run_dirs: list[str], seed: int) -> None:
         options = json.loads((path / "config.json").read_text())["options"]
         for r in csv.DictReader((path / "results.csv").read_text().splitlines()):
             t = totals.setdefault(r["attack"], {"attack": r["attack"], "robust": 0.0, "seconds": 0.0,
-                                                "grad_steps": 0, "queries": 0, "warnings": []})
+                                                "cpu_seconds": 0.0, "grad_steps": 0, "queries": 0, "warnings": []})
             t["robust"] += float(r["robust_accuracy"]) * summary["n"]
             t["seconds"] += float(r["seconds"])
+            t["cpu_seconds"] += float(r["cpu_seconds"])
             t["grad_steps"] += int(r["grad_steps"] or 0)
             t["queries"] += int(r["queries"] or 0)
             t["warnings"] += [r["warnings"]] if r.get("warnings") else []

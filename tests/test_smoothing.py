@@ -232,6 +232,19 @@ def test_certify_end_to_end(runs, runs_root, capsys):
     assert "| certified (%) |" in (bench / "report.md").read_text()
 
 
+def test_certify_without_attack_tabulates_only_certified_radii(runs, runs_root, capsys):
+    assert main(["bench", "certify", str(runs[1]), "--sigma", "0.25", "--n", "30", "--n0", "5", "--images", "6",
+                 "--attack-images", "0", "--threads", "1", "--device", "cpu"]) == 0
+    (bench,) = (runs_root / "bench").iterdir()
+    with open(bench / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    summary = json.loads((bench / "summary.json").read_text())
+    assert {r["kind"] for r in rows} == {"certified"} and summary["attack_images"] == 0
+    assert summary["sigma"] == 0.25 and summary["trained_noise_sd"] == 0.0
+    r_max = summary["largest_certifiable_radius"]
+    assert [float(r["radius"]) for r in rows] == [0.125 * k for k in range(int(r_max / 0.125) + 1)]
+
+
 @pytest.mark.parametrize("args, message", [
     (["--sigma", "0"], "--sigma must be > 0"),
     (["--alpha", "1.5"], "--alpha must be a probability in (0, 1)"),

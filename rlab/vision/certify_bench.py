@@ -176,7 +176,7 @@ def plot_certified(certificate, y, empirical: list[dict[str, Any]], r_max: float
         ax.plot(list(anchor), [100 * a for a in anchor.values()], "k^", ms=6,
                 label="Cohen et al. 2019, ResNet-110, σ=0.25, n=100,000")
     ax.axvline(r_max, color="grey", ls=":", lw=1)
-    ax.text(r_max, 50, " largest radius\n n samples can certify", color="grey", fontsize=7, va="center")
+    ax.text(r_max, 50, "largest radius \nn samples can certify ", color="grey", fontsize=7, va="center", ha="right")
     ax.set(xlabel="L2 radius r (images in [0, 1])", ylabel="accuracy at radius r (%), abstentions count as errors",
            ylim=(-2, 102), xlim=(0, top), title=title)
     ax.title.set_fontsize(9)
@@ -205,7 +205,7 @@ def run(cfg: CertifyConfig) -> Path:
         for i, label, p, c, pa, r in zip(index, y.cpu(), certificate.prediction.cpu(), correct.cpu(),
                                          certificate.p_a_lower.cpu(), certificate.radius.cpu())], CERTIFICATE_COLUMNS)
     r_max = largest_certifiable_radius(sigma, cfg.n, cfg.alpha)
-    grid = radius_grid(r_max, cfg.attack_eps)
+    grid = radius_grid(r_max, cfg.attack_eps if cfg.attack_images else [])
     abstain = float((certificate.prediction < 0).float().mean())
     rows = [_row("certified", r, a, abstain, len(x), cfg.n0 + cfg.n, cfg.alpha, sigma, certify_seconds)
             for r, a in zip(grid, certificate.certified_accuracy(y, grid))]
@@ -217,8 +217,8 @@ def run(cfg: CertifyConfig) -> Path:
     cpu_per_image_per_1000 = certify_cpu_seconds / len(x) / ((cfg.n0 + cfg.n) / 1000)
     anchor = COHEN_CIFAR10_SIGMA_025 if options["dataset"].startswith("cifar10") and sigma == 0.25 else None
     title = (f"{options['model']} on {options['dataset']}: smoothed with σ={sigma:g} (base trained with noise sd "
-             f"{trained_sd:g})\nCERTIFY with n0={cfg.n0}, n={cfg.n:,}, α={cfg.alpha:g}; attack: L2 PGD-{cfg.attack_steps}, "
-             f"EOT over {cfg.eot_samples} draws")
+             f"{trained_sd:g})\nCERTIFY with n0={cfg.n0}, n={cfg.n:,}, α={cfg.alpha:g}"
+             + (f"; attack: L2 PGD-{cfg.attack_steps}, EOT over {cfg.eot_samples} draws" if empirical else ""))
     plot_certified(certificate, y, empirical, r_max, title, run_dir.path / "certified.png", anchor)
     summary: dict[str, Any] = {
         "sigma": sigma, "trained_noise_sd": trained_sd, "n": cfg.n, "n0": cfg.n0, "alpha": cfg.alpha,

@@ -42,7 +42,7 @@ class ReprogramConfig:
     source: str = opt("mnist5k", "the source task's dataset (its train split trains the program, its test split scores it)")
     source_size: int = opt(0, "side in pixels of the embedded source image (0: its own size, e.g. 28 for MNIST)")
     label_map: list[int] | None = opt(None, "victim class for each source class, e.g. 3,1,0,... (default: class k -> k)")
-    n_train: int = opt(0, "train the program on the first N source training images only (0: all)")
+    n_train: int = opt(0, "train the program on N source training images only, a seeded random draw (0: all)")
     epochs: int = opt(10, "passes over the source's training split")
     batch_size: int = opt(100, "source images per Adam step")
     lr: float = opt(0.05, "Adam learning rate on the program W")
@@ -157,8 +157,9 @@ def run(cfg: ReprogramConfig) -> Any:
                                                 f"{options['image_size']}x{options['image_size']} input")
     check(train.channels in (1, options["in_channels"]), f"{cfg.source} has {train.channels}-channel images; the victim "
                                                         f"takes {options['in_channels']}")
-    if cfg.n_train:
-        train = train.subset(torch.arange(min(cfg.n_train, len(train))))
+    if cfg.n_train:  # a seeded draw: the first N of a class-sorted split would hold one class
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))
+        train = train.subset(order[: min(cfg.n_train, len(train))])
     x_train, y_train = train.float().to(device), train.labels.to(device)
     x_test, y_test = test.float().to(device), test.labels.to(device)
     run_dir = RunDir.create("bench", f"reprogram__{cfg.source.replace(':', '-')}__{options['model']}", cfg.seed, cfg, device)
