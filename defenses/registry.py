@@ -63,7 +63,7 @@ def make_defense(name: str, **kwargs) -> nn.Module:
     params = [p for p in inspect.signature(DEFENSES[name]).parameters if p not in ("self", "args", "kwargs")]
     unknown = [k for k in kwargs if k not in params]
     if unknown:
-        raise ValueError(f"defense {name!r} has no parameter {unknown[0]!r}; its parameters: "
+        raise TypeError(f"defense {name!r} has no parameter {unknown[0]!r}; its parameters: "
                          f"{', '.join(params) or 'none'}")
     try:
         return DEFENSES[name](**kwargs)

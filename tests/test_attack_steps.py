@@ -181,3 +181,17 @@ def test_apgd_step_and_checkpoints_follow_croce_and_hein():
     assert torch.allclose(apgd_step(x_k, x_prev, grad, eta, ALPHA, "linf", project), expected, atol=1e-12)
     assert not torch.allclose(expected, z)  # the momentum term moves the iterate off the plain step
     assert torch.allclose(apgd_step(x_k, x_prev, grad, eta, 1.0, "linf", project), z, atol=1e-12)  # k = 0: a = 1
+
+
+def test_step_options_and_label_errors_say_which():
+    """A zero step size or a resize rate of 1 (no diversity) is refused; a bad label names whose it is."""
+    with pytest.raises(ValueError, match="^abs_stepsize must be > 0 or None, got 0"):
+        GradientAttack(abs_stepsize=0.0)
+    with pytest.raises(ValueError, match="^resize_rate must be > 1, got 1"):
+        DIFGSM(resize_rate=1.0)
+    model = linear_model()
+    x, y = batch()
+    with pytest.raises(ValueError, match=r"^labels must be in \[0, 2\]"):
+        FGSM()(model, x, torch.full_like(y, 5), eps=0.1)
+    with pytest.raises(ValueError, match=r"^target labels must be in \[0, 2\]"):
+        FGSM()(model, x, torch.zeros_like(y), eps=0.1, target=torch.full_like(y, 7))

@@ -99,7 +99,7 @@ def test_defenses_take_parameters_on_the_command_line():
     jpeg = defenses.make_defense("jpeg:quality=50")
     assert isinstance(jpeg, defenses.JPEG) and jpeg.quality == 50
     assert defenses.parse_spec("blur:sigma=1.5") == ("blur", {"sigma": 1.5})
-    with pytest.raises(ValueError, match="has no parameter 'qualty'; its parameters: .*quality"):
+    with pytest.raises(TypeError, match="defense 'jpeg' has no parameter 'qualty'; its parameters: .*quality"):
         defenses.make_defense("jpeg:qualty=50")
     with pytest.raises(ValueError, match="is not key=value"):
         defenses.make_defense("jpeg:50")

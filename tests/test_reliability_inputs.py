@@ -82,7 +82,7 @@ CLI_CASES = [
     ("train --env LunarLander-v2", "did you mean 'lunarlander-v3'"),
     ("train --env cartpole", "unknown environment 'cartpole'"),
     ("train --env Ant-v5 --steps 64", "cannot be made here"),
-    ("train --algo dqn", "choose from vpg, ac, a2c, ppo"),
+    ("train --algo nope", "is not allowed; choose from vpg, ac, a2c, ppo"),
     ("train --steps 0", "--steps must be positive, got 0"),
     ("train --steps -5", "--steps must be positive"),
     ("train --steps many", PARSE),

@@ -371,7 +371,10 @@ def test_ppo_update_gradient_value_loss_and_entropy(progress_left, norm_adv):
     coef = torch.where(unclipped, a * r, torch.zeros_like(a))
     expected_w = -(coef[:, None, None] * grad_logp(agent, obs, actions)).mean(0) - 0.01 * grad_entropy(agent, obs).mean(0)
     expected_u = 0.5 * grad_value_loss(agent, obs, b.returns)
-    out = ppo.update(o, agent, sgd(agent), b, progress_left, torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    state = generator.get_state()
+    out = ppo.update(o, agent, sgd(agent), b, progress_left, generator)
+    assert torch.equal(generator.get_state(), state)  # one minibatch of the whole rollout: no permutation drawn
     assert close(w0 - agent.actor.weight.detach(), expected_w)
     assert close(u0 - agent.critic.weight.detach(), expected_u)
     assert out["losses/policy"] == pytest.approx(-torch.min(r * a, r.clamp(1 - clip, 1 + clip) * a).mean().item())
@@ -519,6 +522,8 @@ def test_registry_entries_name_their_options(algo, name, options):
     entry = algo.ALGORITHM
     assert entry.name == name and entry.options is options and len(entry.description) > 10
     assert entry.make_agent(options(hidden=[4]), BOX4, gym.spaces.Discrete(2)).actor[0].in_features == 4
+    gaussian = entry.make_agent(options(hidden=[4], log_std_init=-0.5), BOX4, gym.spaces.Box(-1, 1, (2,), np.float32))
+    assert gaussian.log_std.tolist() == [-0.5, -0.5]
 
 
 def test_on_policy_builds_a_registry_entry_on_the_shared_loop():
