@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.rlab-installed
 
-.PHONY: setup demo test bench clean-venv
+.PHONY: setup demo test bench mutate clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,12 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[dev,bench]"
 	$(PY) -m pip install --quiet --no-deps "torchattacks>=3.5"
+
+# Mutation testing (mutmut) of the returns math, the updates, the gradient attacks and the
+# defenses; not part of `make test` (tens of minutes). MUTATE_ARGS='--groups returns'
+mutate: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[dev,mutate]"
+	$(PY) bench/mutate.py $(MUTATE_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

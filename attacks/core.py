@@ -12,7 +12,10 @@ Learning Models Resistant to Adversarial Attacks"):
     L2:   ||x_adv - x||_2   <= eps      step  alpha * g / ||g||_2, project  delta * min(1, eps / ||delta||_2)
 
 The margin loss is the one of Carlini & Wagner (2017), "Towards Evaluating the
-Robustness of Neural Networks": z_y - max_{j != y} z_j on the logits z.
+Robustness of Neural Networks": z_y - max_{j != y} z_j on the logits z. The DLR
+loss (Croce & Hein 2020, "Reliable evaluation of adversarial robustness with an
+ensemble of diverse parameter-free attacks") divides it by the spread of the
+top logits, so it is blind to a shift or rescaling of the logits.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-LOSSES = ("ce", "margin")
+LOSSES = ("ce", "margin")  # the losses of the FGSM family (GradientAttack)
 TARGET_MODES = ("least-likely", "random")
 Eps = float | Sequence[float]
 
@@ -105,6 +108,21 @@ def check_batch(x: Tensor, y: Tensor, bounds: tuple[float, float] | None = (0.0,
                              f"[{float(x.min()):g}, {float(x.max()):g}] (normalise inside the model, not the data)")
 
 
+def check_counts(**options: int) -> None:
+    """Raise ValueError unless every option is an integer >= 1 (steps, restarts, queries, ...)."""
+    for name, value in options.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def check_threat_model(norm: str, bounds: tuple[float, float] | None) -> None:
+    """Raise ValueError unless norm names a threat model of NORMS and bounds is (lo, hi) with lo < hi, or None."""
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
+    if bounds is not None and not (len(bounds) == 2 and bounds[0] < bounds[1]):
+        raise ValueError(f"bounds must be (lo, hi) with lo < hi or None, got {bounds!r}")
+
+
 def check_labels(labels: Tensor, num_classes: int, name: str = "labels") -> None:
     """Raise ValueError when a label is not a class index of logits with `num_classes` columns."""
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
@@ -137,18 +155,46 @@ def margin(logits: Tensor, labels: Tensor) -> Tensor:
     return z_y - others.amax(1)
 
 
-def objective(logits: Tensor, labels: Tensor, loss: str, targeted: bool) -> Tensor:
+def dlr(logits: Tensor, y: Tensor) -> Tensor:
+    """Difference of Logits Ratio (Croce & Hein 2020, eq. 5), shape (N,), to be maximised:
+
+        DLR(z, y) = -(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3)
+
+    with z_pi1 >= z_pi2 >= ... the sorted logits. Needs >= 3 classes.
+    """
+    top = logits.topk(3, dim=1).values
+    return -margin(logits, y) / (top[:, 0] - top[:, 2] + 1e-12)
+
+
+def targeted_dlr(logits: Tensor, y: Tensor, target: Tensor) -> Tensor:
+    """Targeted DLR (Croce & Hein 2020, eq. 6), shape (N,), to be maximised; needs >= 4 classes:
+
+        -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2)
+    """
+    top = logits.topk(4, dim=1).values
+    z_y = logits.gather(1, y[:, None]).squeeze(1)
+    z_t = logits.gather(1, target[:, None]).squeeze(1)
+    return -(z_y - z_t) / (top[:, 0] - (top[:, 2] + top[:, 3]) / 2 + 1e-12)
+
+
+def objective(logits: Tensor, labels: Tensor, loss: str, targeted: bool, y: Tensor | None = None) -> Tensor:
     """Per-sample quantity the attacker maximises, shape (N,).
 
-    untargeted (labels = true y): CE(z, y)      or  -margin(z, y)
-    targeted   (labels = target): -CE(z, t)     or   margin(z, t)
+    untargeted (labels = true y): CE(z, y)      or  -margin(z, y)   or  DLR(z, y)
+    targeted   (labels = target): -CE(z, t)     or   margin(z, t)   or  targeted DLR(z, y, t) (needs y)
     """
+    if loss == "dlr":
+        if not targeted:
+            return dlr(logits, labels)
+        if y is None:
+            raise ValueError("the targeted DLR loss needs the true labels y as well as the targets")
+        return targeted_dlr(logits, y, labels)
     if loss == "ce":
         value = F.cross_entropy(logits, labels, reduction="none")
     elif loss == "margin":
         value = -margin(logits, labels)
     else:
-        raise ValueError(f"unknown loss {loss!r}; allowed: {', '.join(LOSSES)}")
+        raise ValueError(f"unknown loss {loss!r}; allowed: ce, margin, dlr")
     return -value if targeted else value
 
 
@@ -184,6 +230,15 @@ def resolve_target(target: Tensor | str | None, model: nn.Module, x: Tensor, y: 
     if (target == y).any():
         raise ValueError("target labels must differ from the true labels (a target equal to y is already reached)")
     return target.to(y.device), 0
+
+
+def clean_result(model: nn.Module, x: Tensor, labels: Tensor, targeted: bool) -> AttackResult:
+    """The result at eps = 0: x itself, successful where the model already errs (or already says the target)."""
+    with torch.no_grad():
+        logits = model(x)
+    check_logits(logits, x.shape[0])
+    check_labels(labels, logits.shape[1], "target labels" if targeted else "labels")
+    return AttackResult(x.detach().clone(), is_adversarial(logits, labels, targeted), queries=x.shape[0])
 
 
 def make_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
@@ -249,6 +304,30 @@ def distance(x_adv: Tensor, x: Tensor, norm: str) -> Tensor:
     if norm == "l0":
         return (delta != 0).sum(1)
     raise ValueError(f"unknown norm {norm!r}; allowed: linf, l2, l0")
+
+
+def eps_limit(norm: str, bounds: tuple[float, float] | None, x: Tensor) -> float | None:
+    """Largest meaningful eps: the box width in Linf, the box diagonal in L2 (None when unbounded)."""
+    if bounds is None:
+        return None
+    width = bounds[1] - bounds[0]
+    return width if norm == "linf" else width * x[0].numel() ** 0.5
+
+
+def each_eps(values: list[float], single: bool, early_stop: bool,
+             attack_eps: Callable[[float, AttackResult | None], AttackResult], extra_queries: int = 0) -> AttackResult:
+    """Run `attack_eps(eps, reuse)` once per distinct eps, smallest first, and stack the results in the order given.
+
+    With early_stop, `reuse` is the result at the next smaller eps (its successes
+    hold in the larger ball, and its survivors may start from their last iterate);
+    else None. `extra_queries` (e.g. for picking targets) is booked on the smallest eps.
+    """
+    results: dict[float, AttackResult] = {}
+    previous: AttackResult | None = None
+    for e in sorted(set(values)):
+        previous = results[e] = attack_eps(e, previous if early_stop else None)
+    results[min(values)].queries += extra_queries
+    return stack_results([results[e] for e in values], single)
 
 
 def stack_results(results: list[AttackResult], single: bool) -> AttackResult:

@@ -35,8 +35,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from attacks.core import (LOSSES, NORMS, AttackResult, Eps, check_batch, check_labels, check_logits, eps_values,
-                          eval_mode, is_adversarial, make_generator, objective, resolve_target, stack_results)
+from attacks.core import (LOSSES, NORMS, AttackResult, Eps, check_batch, check_counts, check_labels, check_logits,
+                          check_threat_model, clean_result, each_eps, eps_limit, eps_values, eval_mode, is_adversarial,
+                          make_generator, objective, resolve_target)
 
 
 def input_diversity(x: Tensor, resize_rate: float, prob: float, generator: torch.Generator | None) -> Tensor:
@@ -93,14 +94,10 @@ class GradientAttack:
     bounds: tuple[float, float] | None = (0.0, 1.0)
 
     def __post_init__(self) -> None:
-        if self.norm not in NORMS:
-            raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
+        check_threat_model(self.norm, self.bounds)
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
-        for name in ("steps", "restarts"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        check_counts(steps=self.steps, restarts=self.restarts)
         if not self.rel_stepsize > 0:
             raise ValueError(f"rel_stepsize must be > 0, got {self.rel_stepsize}")
         if self.abs_stepsize is not None and not self.abs_stepsize > 0:
@@ -111,32 +108,18 @@ class GradientAttack:
             raise ValueError(f"diversity_prob must be in [0, 1], got {self.diversity_prob}")
         if not self.resize_rate > 1:
             raise ValueError(f"resize_rate must be > 1, got {self.resize_rate}")
-        if self.bounds is not None and not (len(self.bounds) == 2 and self.bounds[0] < self.bounds[1]):
-            raise ValueError(f"bounds must be (lo, hi) with lo < hi or None, got {self.bounds!r}")
-
-    def eps_limit(self, x: Tensor) -> float | None:
-        """Largest meaningful eps: the box width in Linf, the box diagonal in L2."""
-        if self.bounds is None:
-            return None
-        width = self.bounds[1] - self.bounds[0]
-        return width if self.norm == "linf" else width * x[0].numel() ** 0.5
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, eps: Eps,
                  target: Tensor | str | None = None) -> AttackResult:
         check_batch(x, y, self.bounds)
-        values, single = eps_values(eps, self.eps_limit(x))
+        values, single = eps_values(eps, eps_limit(self.norm, self.bounds, x))
         generator = make_generator(self.seed, x.device)
         with eval_mode(model):
             labels, queries = resolve_target(target, model, x, y, generator)
             targeted = labels is not None
             labels = labels if targeted else y
-            results: dict[float, AttackResult] = {}
-            previous: AttackResult | None = None
-            for e in sorted(set(values)):
-                reuse = previous if self.early_stop else None
-                previous = results[e] = self._attack_eps(model, x, labels, e, targeted, generator, reuse)
-        results[min(values)].queries += queries
-        return stack_results([results[e] for e in values], single)
+            return each_eps(values, single, self.early_stop,
+                            lambda e, reuse: self._attack_eps(model, x, labels, e, targeted, generator, reuse), queries)
 
     def _attack_eps(self, model: nn.Module, x: Tensor, labels: Tensor, eps: float, targeted: bool,
                     generator: torch.Generator | None, reuse: AttackResult | None) -> AttackResult:
@@ -147,11 +130,7 @@ class GradientAttack:
             x_adv[reuse.success] = reuse.x_adv[reuse.success]
             success |= reuse.success
         if eps == 0:
-            with torch.no_grad():
-                logits = model(x)
-            check_logits(logits, x.shape[0])
-            check_labels(labels, logits.shape[1], "target labels" if targeted else "labels")
-            return AttackResult(x_adv, is_adversarial(logits, labels, targeted), queries=x.shape[0])
+            return clean_result(model, x, labels, targeted)
         grad_steps = queries = 0
         alpha = self.abs_stepsize if self.abs_stepsize is not None else self.rel_stepsize * eps
         for restart in range(self.restarts):

@@ -2,7 +2,8 @@
 
     SquareAttack  Andriushchenko et al. 2020, "Square Attack: a query-efficient black-box adversarial
                   attack via random search": Linf random search over square patches of +-eps, the
-                  patch side shrinking on a schedule; accept a proposal when the margin loss falls.
+                  patch side shrinking on a schedule; accept a proposal when the margin loss falls
+                  (a proposal equal to the current image is redrawn with the opposite signs).
     SimBA         Guo et al. 2019, "Simple Black-box Adversarial Attacks": walk the pixel basis in random
                   order, try -eps then +eps on one coordinate, keep a step that lowers p(y | x).
     OnePixel      Su et al. 2019, "One Pixel Attack for Fooling Deep Neural Networks": differential
@@ -26,8 +27,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from attacks.core import (AttackResult, Eps, check_batch, check_labels, check_logits, eps_values, eval_mode,
-                          is_adversarial, make_generator, margin, resolve_target, stack_results)
+from attacks.core import (AttackResult, Eps, check_batch, check_counts, check_labels, check_logits, eps_values,
+                          eval_mode, is_adversarial, make_generator, margin, resolve_target, stack_results)
 
 
 def _score_loss(logits: Tensor, labels: Tensor, targeted: bool) -> Tensor:
@@ -40,12 +41,6 @@ def _query(model: nn.Module, x: Tensor) -> Tensor:
         logits = model(x)
     check_logits(logits, x.shape[0])
     return logits
-
-
-def _check_options(**options: float) -> None:
-    for name, value in options.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 def _run_per_eps(attack, model: nn.Module, x: Tensor, y: Tensor, eps: Eps, target, upper: float | None,
@@ -92,7 +87,7 @@ class SquareAttack:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        _check_options(max_queries=self.max_queries)
+        check_counts(max_queries=self.max_queries)
         if not 0 < self.p_init <= 1:
             raise ValueError(f"p_init must be in (0, 1], got {self.p_init}")
 
@@ -123,8 +118,11 @@ class SquareAttack:
             left = torch.randint(0, w - side + 1, (m, 1, 1), generator=generator, device=device)
             window = ((rows >= top) & (rows < top + side) & (cols >= left) & (cols < left + side)).unsqueeze(1)
             signs = torch.randint(0, 2, (m, c, 1, 1), generator=generator, device=device).to(dtype) * 2 - 1
-            x_a = x[active]
-            proposal = torch.where(window, (x_a + eps * signs).clamp(0, 1), x_adv[active])
+            x_a, current = x[active], x_adv[active]
+            proposal = torch.where(window, (x_a + eps * signs).clamp(0, 1), current)
+            same = (proposal == current).flatten(1).all(1)  # a query that changes nothing is wasted (1 in 2 on gray)
+            if same.any():
+                proposal[same] = torch.where(window[same], (x_a[same] - eps * signs[same]).clamp(0, 1), current[same])
             logits = _query(model, proposal)
             queries += m
             new_loss = _score_loss(logits, labels[active], targeted)
@@ -143,7 +141,7 @@ class SimBA:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        _check_options(max_queries=self.max_queries)
+        check_counts(max_queries=self.max_queries)
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, eps: Eps,
                  target: Tensor | str | None = None) -> AttackResult:
@@ -199,7 +197,7 @@ class OnePixel:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        _check_options(population=self.population, generations=self.generations)
+        check_counts(population=self.population, generations=self.generations)
         if self.population < 4:
             raise ValueError(f"population must be >= 4 for DE/rand/1, got {self.population}")
         if not 0 < self.mutation <= 2:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable
 
+from attacks.apgd import APGD, APGDDLR, APGDT
+from attacks.autoattack import AutoAttack
 from attacks.decision import DecisionAttack
 from attacks.gradient import BIM, DIFGSM, DIMIFGSM, FGSM, L2PGD, MIFGSM, PGD
 from attacks.queries import OnePixel, SimBA, SquareAttack
@@ -19,6 +21,12 @@ ATTACKS: dict[str, Callable] = {
     "mifgsm": MIFGSM,
     "difgsm": DIFGSM,
     "dimifgsm": DIMIFGSM,
+    "apgd": APGD,
+    "apgdce": APGD,
+    "apgddlr": APGDDLR,
+    "apgdt": APGDT,
+    "auto": AutoAttack,
+    "autoattack": AutoAttack,
     "square": SquareAttack,
     "simba": SimBA,
     "onepixel": OnePixel,

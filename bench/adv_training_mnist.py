@@ -2,6 +2,7 @@
 
     flock /tmp/rlab-heavy.lock .venv/bin/python bench/adv_training_mnist.py [--methods none,pgd,fast,free]
     .venv/bin/python bench/adv_training_mnist.py --merge RUN_DIR...   # one table from runs made one method at a time
+    .venv/bin/python bench/adv_training_mnist.py --smoke   # every method, 1 epoch on 200 digits, PGD-2 on 20
 
 Each method trains rlab's `mnist_small` (Wong, Rice & Kolter 2020's MNIST net) on
 the 4,000 training digits of MNIST-5k with Adam under a cyclic (triangular)
@@ -47,14 +48,22 @@ import torch.nn.functional as F
 from attacks import PGD, robust_accuracy
 from defenses import AdversarialTraining, correct
 from defenses.adversarial_training import ramped_eps
-from rlab.vision.classifier import one_cycle
-from rlab.vision.data import load_dataset
-from rlab.vision.models import build_model
+from _smoke import parse_args
 from rlab.runs import RunDir, atomic_write_text
 from rlab.runtime import seed_everything, set_threads
+from rlab.vision.classifier import one_cycle
+from rlab.vision.data import ImageData, load_dataset
+from rlab.vision.models import build_model
 
 METHODS = ("none", "pgd", "fast", "free")
 TARGET_ROBUST, TARGET_CLEAN, TARGET_SECONDS = 0.80, 0.97, 600.0
+
+
+def seeded_part(data: ImageData, n: int) -> ImageData:
+    """`n` images drawn with a fixed seed, or all of `data` in its order when n is 0 or covers it."""
+    if n <= 0 or n >= len(data):
+        return data
+    return data.subset(torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:n])
 
 
 def make_trainer(method: str, args) -> AdversarialTraining | None:
@@ -133,8 +142,8 @@ def merge(run_dirs: list[str], seed: int) -> None:
         rows += list(csv.DictReader((path / "results.csv").read_text().splitlines()))
         options.append(json.loads((path / "config.json").read_text())["options"])
     first = options[0]
-    title = (f"MNIST-5k (4,000 train / {first['eval_n']} test), eps {first['eps']}, {first['model']}, "
-             f"{first['threads']} threads; robust = PGD-{first['eval_steps']} x {first['restarts']} restarts; "
+    title = (f"MNIST-5k ({first.get('train_subset') or 4000:,} train / {first['eval_n']} test), eps {first['eps']}, "
+             f"{first['model']}, {first['threads']} threads; robust = PGD-{first['eval_steps']} x {first['restarts']} restarts; "
              f"target >= {TARGET_ROBUST:.0%} robust at >= {TARGET_CLEAN:.0%} clean in < {TARGET_SECONDS / 60:.0f} min; "
              f"merged from {', '.join(Path(r).name for r in run_dirs)}")
     write_results(RunDir.create("bench", "adv_training_mnist", seed, {"merge": run_dirs}), rows, title)
@@ -157,11 +166,15 @@ def main() -> None:
     parser.add_argument("--free-alpha", type=float, default=1.0, help="step of free training, in units of eps")
     parser.add_argument("--eval-steps", type=int, default=50)
     parser.add_argument("--restarts", type=int, default=5)
-    parser.add_argument("--eval-n", type=int, default=1000, help="test digits to evaluate (all 1,000 by default)")
+    parser.add_argument("--eval-n", type=int, default=1000,
+                        help="test digits to evaluate (all 1,000 by default; fewer: a seeded draw)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the bench owns the machine under the lock)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-subset", type=int, default=0,
+                        help="train on N training digits, a seeded draw (0: all 4,000)")
     parser.add_argument("--merge", nargs="+", metavar="RUN_DIR", help="only merge the tables of earlier runs")
-    args = parser.parse_args()
+    args = parse_args(parser, dict(epochs="none=1,pgd=1,fast=1,free=1", pgd_steps=2, replays=2, eval_steps=2,
+                                   restarts=1, eval_n=20, threads=1, train_subset=200))
     if args.merge:
         return merge(args.merge, args.seed)
     methods = args.methods.split(",")
@@ -174,8 +187,10 @@ def main() -> None:
         parser.error(f"--epochs gives no count for {', '.join(missing)} (e.g. --epochs pgd=20,fast=40)")
     set_threads(args.threads, "cnn")
     train_data, test_data = load_dataset("mnist5k", "train"), load_dataset("mnist5k", "test")
+    # MNIST-5k's splits are sorted by class: a part of one is a seeded draw, never its first N (all zeros)
+    train_data, test_data = seeded_part(train_data, args.train_subset), seeded_part(test_data, args.eval_n)
     x, y = train_data.float(), train_data.labels
-    x_test, y_test = test_data.float()[:args.eval_n], test_data.labels[:args.eval_n]
+    x_test, y_test = test_data.float(), test_data.labels
     run = RunDir.create("bench", "adv_training_mnist", args.seed, vars(args))
     attack = PGD(steps=args.eval_steps, rel_stepsize=2.5 / args.eval_steps, restarts=args.restarts, seed=args.seed)
     rows = []
@@ -189,7 +204,7 @@ def main() -> None:
                          eval_seconds=round(time.perf_counter() - start, 1),
                          meets_target=clean >= TARGET_CLEAN and robust >= TARGET_ROBUST and seconds < TARGET_SECONDS))
         print(rows[-1], flush=True)
-    write_results(run, rows, f"MNIST-5k (4,000 train / {len(x_test)} test), eps {args.eps}, {args.model}, "
+    write_results(run, rows, f"MNIST-5k ({len(x):,} train / {len(x_test)} test), eps {args.eps}, {args.model}, "
                              f"{args.threads} threads; robust = PGD-{args.eval_steps} x {args.restarts} restarts; "
                              f"target >= {TARGET_ROBUST:.0%} robust at >= {TARGET_CLEAN:.0%} clean in "
                              f"< {TARGET_SECONDS / 60:.0f} min")

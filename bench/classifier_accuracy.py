@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/classifier_accuracy.py                       # both
     flock /tmp/rlab-heavy.lock .venv/bin/python bench/classifier_accuracy.py --which cifar --cifar-epochs 8
+    .venv/bin/python bench/classifier_accuracy.py --smoke   # 1 epoch on 256 images; CIFAR replaced by generated images
 
 Targets (issue #4): MNIST-5k >= 98% on the 1,000 held-out digits within 60 s of
 training; CIFAR-10 (the JPEG copy in ../shared/data, reported as "CIFAR-10 (JPEG)")
@@ -24,8 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rlab.vision.classifier import EvalConfig, TrainConfig, evaluate, train  # noqa: E402
+from _smoke import parse_args, synthetic_image_folder  # noqa: E402
 from rlab.runs import RunDir, atomic_write_text, read_json, write_csv  # noqa: E402
+from rlab.vision.classifier import EvalConfig, TrainConfig, evaluate, train  # noqa: E402
 
 TASKS = {
     "mnist": dict(label="MNIST-5k", dataset="mnist5k", model="mnist_cnn", target=0.98, budget_s=60.0),
@@ -38,10 +40,14 @@ def cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def run_task(name: str, epochs: int, args: argparse.Namespace) -> tuple[list[dict], dict]:
-    task = TASKS[name]
+def run_task(name: str, epochs: int, args: argparse.Namespace, dataset: str | None = None) -> tuple[list[dict], dict]:
+    """Train the task's model (on `dataset` in place of the task's own, if given) and read its curve."""
+    task = dict(TASKS[name])
+    if dataset is not None and dataset != task["dataset"]:
+        task.update(dataset=dataset, label=dataset.split("/")[-1] if dataset.startswith("imagefolder:") else dataset)
     cfg = TrainConfig(dataset=task["dataset"], model=task["model"], epochs=epochs, batch_size=args.batch_size,
-                      seed=args.seed, threads=args.threads, device=args.device, data_dir=args.data_dir)
+                      train_subset=args.train_subset, seed=args.seed, threads=args.threads, device=args.device,
+                      data_dir=args.data_dir)
     cpu0, t0 = cpu_seconds(), time.perf_counter()
     run = train(cfg)
     cpu, wall = cpu_seconds() - cpu0, time.perf_counter() - t0
@@ -93,16 +99,27 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--data-dir", default=None, help="folder holding cifar10-jpg.tar.gz (default ../shared/data)")
+    p.add_argument("--cifar-dataset", default=TASKS["cifar"]["dataset"],
+                   help="dataset of the cifar task: cifar10-jpg, cifar10, imagefolder:PATH, or 'synthetic' (a few "
+                        "generated 32x32 images in the run folder, what --smoke uses)")
+    p.add_argument("--train-subset", type=int, default=0, help="train on the first N shuffled images only (0: all)")
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args()
+    args = parse_args(p, dict(mnist_epochs=1, cifar_epochs=1, batch_size=64, threads=1, train_subset=256,
+                              cifar_dataset="synthetic"))
     which = [w.strip() for w in args.which.split(",") if w.strip()]
     for w in which:
         if w not in TASKS:
             p.error(f"--which: unknown task {w!r}; allowed: {', '.join(TASKS)}")
     bench = RunDir.create("bench", "classifier_accuracy", args.seed, vars(args))
     curve, results = [], []
+    cifar_dataset = args.cifar_dataset
+    if "cifar" in which and cifar_dataset == "synthetic":
+        cifar_dataset = f"imagefolder:{synthetic_image_folder(bench.path / 'synthetic_images')}"
     for w in which:
-        c, r = run_task(w, args.mnist_epochs if w == "mnist" else args.cifar_epochs, args)
+        if w == "mnist":
+            c, r = run_task(w, args.mnist_epochs, args)
+        else:
+            c, r = run_task(w, args.cifar_epochs, args, cifar_dataset)
         curve += c
         results.append(r)
     write_csv(bench.path / "results.csv", curve)

@@ -1,6 +1,7 @@
 """Clean / non-adaptive / adaptive robust accuracy of every preprocessing defense on MNIST-5k.
 
     flock /tmp/rlab-heavy.lock .venv/bin/python bench/defense_table.py [--eps 0.1,0.2,0.3] [--n 500]
+    .venv/bin/python bench/defense_table.py --smoke   # every defense, 1 epoch on 200 digits, PGD-2 on 20
 
 Trains rlab's `mnist_cnn` normally (no adversarial training) on the 4,000
 MNIST-5k training digits, then for each defense runs `defenses.evaluate_defense`
@@ -26,10 +27,11 @@ import torch.nn.functional as F
 
 from attacks import PGD
 from defenses import JPEG, BitDepth, GaussianBlur, Identity, MedianSmoothing, RandomResizePad, evaluate_defense
-from rlab.vision.data import load_dataset
-from rlab.vision.models import build_model
+from _smoke import parse_args
 from rlab.runs import RunDir, atomic_write_text
 from rlab.runtime import seed_everything, set_threads
+from rlab.vision.data import load_dataset
+from rlab.vision.models import build_model
 
 DEFENSE_ROWS = {
     "none": lambda: Identity(),
@@ -65,12 +67,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--eot-samples", type=int, default=8)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--train-subset", type=int, default=0, help="train on N digits, a seeded draw (0: all 4,000)")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args = parse_args(parser, dict(eps="0.3", n=20, epochs=1, steps=2, eot_samples=2, threads=1, train_subset=200))
     eps = [float(e) for e in args.eps.split(",")]
     set_threads(args.threads, "cnn")
     train_data, test_data = load_dataset("mnist5k", "train"), load_dataset("mnist5k", "test")
-    x_test, y_test = test_data.float()[:args.n], test_data.labels[:args.n]
+    # the splits are sorted by class: take seeded draws, never the first N (digits 0-4 for N = 500)
+    draw = torch.Generator().manual_seed(0)
+    pick = torch.randperm(len(test_data), generator=draw)[:args.n]
+    x_test, y_test = test_data.float()[pick], test_data.labels[pick]
+    if args.train_subset:
+        train_data = train_data.subset(torch.randperm(len(train_data), generator=draw)[:args.train_subset])
     run = RunDir.create("bench", "defense_table", args.seed, vars(args))
     start = time.perf_counter()
     model = train_standard(train_data.float(), train_data.labels, args.epochs, args.seed)

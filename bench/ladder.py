@@ -16,6 +16,7 @@ Each (variant, seed) is an ordinary `rlab train` run folder; the figure is drawn
 by rlab.plots.plot_returns into runs/bench/ladder__<env>__.../ladder.png.
 
     flock /tmp/rlab-heavy.lock .venv/bin/python bench/ladder.py --env CartPole-v1 --steps 50000 --seeds 3
+    .venv/bin/python bench/ladder.py --smoke        # every variant, 1 seed, 2 rollouts of 16 x 8 envs
     flock /tmp/rlab-heavy.lock .venv/bin/python bench/ladder.py --family value --env CartPole-v1 --steps 10000 --seeds 3
 """
 
@@ -25,7 +26,9 @@ import argparse
 
 import torch
 
+from _smoke import parse_args
 from rlab.demo import LADDER as DEMO_LADDER
+from rlab.plots import plot_returns
 from rlab.runs import RunDir, atomic_write_text
 from rlab.rl.trainer import TrainConfig, train
 
@@ -60,26 +63,28 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--variants", default="all", help="comma-separated indices into the ladder (0-based) or 'all'")
     p.add_argument("--family", default="policy", choices=sorted(FAMILIES), help="which ladder")
-    args = p.parse_args()
+    p.add_argument("--n-steps", type=int, default=None, help="rollout length per env of every policy-gradient variant "
+                                                             "(default: each algorithm's, with the --env preset)")
+    p.add_argument("--eval-episodes", type=int, default=None, help="final evaluation episodes per run "
+                                                                   "(default: rlab train's)")
+    args = parse_args(p, dict(steps=256, seeds=1, n_steps=16, eval_episodes=2))
     torch.set_num_threads(1)
     ladder, title = FAMILIES[args.family]
     args.steps = args.steps or (50_000 if args.family == "policy" else 10_000)
     chosen = ladder if args.variants == "all" else [ladder[int(i)] for i in args.variants.split(",")]
     name = f"ladder__{args.env}" if args.family == "policy" else f"ladder__value__{args.env}"
     bench = RunDir.create("bench", name, None, vars(args))
+    given = {k: v for k, v in (("n_steps", args.n_steps), ("eval_episodes", args.eval_episodes)) if v is not None}
+    if args.family == "value":
+        given.pop("n_steps", None)  # DQN's n_steps is its n-step return, not a rollout length
     run_dirs = []
     for label, overrides in chosen:
         for seed in range(args.seeds):
             cfg = TrainConfig(env=args.env, steps=args.steps, seed=seed, progress=False, variant=label, device="cpu",
-                              threads=1, **overrides)
+                              **given, **overrides)
             run_dirs.append(train(cfg))
             print(label, seed, run_dirs[-1], flush=True)
     atomic_write_text(bench.path / "runs.txt", "\n".join(map(str, run_dirs)) + "\n")
-    try:
-        from rlab.plots import plot_returns
-    except ImportError:
-        print("rlab.plots is not available; run folders listed in", bench.path / "runs.txt")
-        return
     out = plot_returns(run_dirs, bench.path / "ladder.png", title=f"{title} on {args.env}")
     print(out)
 

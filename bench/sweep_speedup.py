@@ -1,6 +1,8 @@
 """Sweep speed-up on this machine: 8 short training cells, sequential vs 2 processes vs local Ray.
 
     flock /tmp/rlab-heavy.lock .venv/bin/python bench/sweep_speedup.py [--cells 8] [--steps 3000]
+    .venv/bin/python bench/sweep_speedup.py --smoke   # 1 cell of 256 steps per backend, processes only (Ray's
+                                                      # start-up alone is several seconds)
 
 Each cell is `rlab train --algo ppo --env CartPole-v1 --steps 3000 --seed k`,
 one process (about 1.5 s of interpreter and torch start-up plus ~2 s of training).
@@ -34,6 +36,7 @@ import os
 import tempfile
 import time
 
+from _smoke import parse_args
 from rlab.config import make_config
 from rlab.runs import read_json, use_runs_root
 from rlab.sweep import SweepConfig, run
@@ -67,8 +70,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cells", type=int, default=8)
     p.add_argument("--steps", type=int, default=3000)
-    args = p.parse_args()
-    has_ray = importlib.util.find_spec("ray") is not None
+    p.add_argument("--ray", action=argparse.BooleanOptionalAction, default=None,
+                   help="time the local Ray backend too (default: when Ray is installed)")
+    args = parse_args(p, dict(cells=1, steps=256, ray=False))
+    if args.ray and importlib.util.find_spec("ray") is None:
+        p.error("--ray: Ray is not installed (pip install 'rlab[ray]')")
+    has_ray = importlib.util.find_spec("ray") is not None if args.ray is None else args.ray
     modes = [("sequential (processes)", 1, False), ("2 processes", 2, False)]
     if has_ray:
         modes.append(("local Ray, 2 workers", 2, True))
@@ -78,7 +85,7 @@ def main() -> None:
     for label, workers, ray in modes:
         rows[label] = timed_sweep(args.cells, args.steps, workers, ray)
     seq = rows["sequential (processes)"][0]
-    print(f"\n| backend | workers | wall (s) | speed-up | mean cell (s) | finished |\n|---|---|---|---|---|---|")
+    print("\n| backend | workers | wall (s) | speed-up | mean cell (s) | finished |\n|---|---|---|---|---|---|")
     for label, workers, _ in modes:
         wall, cell, finished = rows[label]
         print(f"| {label} | {workers} | {wall:.1f} | {seq / wall:.2f}x | {cell:.2f} | {finished}/{args.cells} |")
@@ -88,6 +95,8 @@ def main() -> None:
         print(f"\nRay start-up (init + one empty task + shutdown): {startup:.1f} s")
         print(f"Ray overhead per cell vs plain processes: {extra / args.cells:.2f} s including start-up, "
               f"{(extra - startup) / args.cells:.2f} s excluding it")
+    elif args.ray is False:
+        print("\nRay rows skipped (--no-ray)")
     else:
         print("\nRay is not installed (pip install 'rlab[ray]'): Ray rows skipped")
     print(f"load average after: {os.getloadavg()[0]:.2f}")

@@ -1,6 +1,7 @@
 """The course homework's transfer setting: craft on proxies trained here, measure a different victim.
 
     flock /tmp/rlab-heavy.lock .venv/bin/python bench/transfer.py [--train-size 10000] [--epochs 5]
+    .venv/bin/python bench/transfer.py --smoke   # generated images in place of CIFAR-10, 1 epoch, 2 steps
 
 CIFAR-10 (JPEG copy, ../shared/data via rlab.vision.data), the course's attack set of
 20 test images per class (200), Linf eps = 8/255, 10 iterations of eps/10.
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,6 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from _smoke import parse_args, synthetic_image_folder
 from attacks import BIM, DIMIFGSM, FGSM, MIFGSM, Ensemble, transfer_attack
 
 CACHE = Path(os.environ.get("RLAB_CACHE") or Path.home() / ".cache" / "rlab") / "bench_transfer"
@@ -59,12 +62,13 @@ def build(kind: str) -> nn.Module:
     return model
 
 
-def train_model(kind: str, seed: int, x: torch.Tensor, y: torch.Tensor, epochs: int) -> nn.Module:
-    """Adam with a linear decay, random flips; cached by (kind, seed, data size, epochs)."""
-    path = CACHE / f"{kind}__seed{seed}__n{x.shape[0]}__e{epochs}.pt"
+def train_model(kind: str, seed: int, x: torch.Tensor, y: torch.Tensor, epochs: int,
+                cache: Path | None) -> nn.Module:
+    """Adam with a linear decay, random flips; cached in `cache` (None: never) by (kind, seed, data size, epochs)."""
+    path = cache / f"{kind}__seed{seed}__n{x.shape[0]}__e{epochs}.pt" if cache is not None else None
     torch.manual_seed(seed)
     model = build(kind)
-    if path.exists():
+    if path is not None and path.exists():
         model.load_state_dict(torch.load(path, weights_only=True))
         return model.eval()
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3, weight_decay=5e-4)
@@ -84,8 +88,9 @@ def train_model(kind: str, seed: int, x: torch.Tensor, y: torch.Tensor, epochs: 
             loss.backward()
             optimizer.step()
             schedule.step()
-    CACHE.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), path)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), path)
     print(f"  trained {kind} (seed {seed}) in {time.perf_counter() - start:.0f} s")
     return model.eval()
 
@@ -103,22 +108,37 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--victim", default="vgg_small")
     parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
+    parser.add_argument("--dataset", default="cifar10-jpg",
+                        help="cifar10-jpg, cifar10, imagefolder:PATH (weights not cached), or 'synthetic' (a few "
+                             "generated 32x32 images, what --smoke uses)")
+    parser.add_argument("--per-class", type=int, default=20, help="attacked test images per class (the course: 20)")
+    args = parse_args(parser, dict(train_size=48, epochs=1, steps=2, threads=1, dataset="synthetic", per_class=2))
     torch.set_num_threads(args.threads)
+    if args.dataset != "synthetic":
+        return run(args, args.dataset)
+    with tempfile.TemporaryDirectory(prefix="rlab-bench-transfer-") as tmp:
+        run(args, f"imagefolder:{synthetic_image_folder(tmp)}")
+
+
+def run(args: argparse.Namespace, dataset: str) -> None:
+    """Train the proxies and the victim on `dataset`, then print the table of transfer attacks."""
     from rlab.vision.data import course_subset, load_dataset
 
-    train = load_dataset("cifar10-jpg", "train")
-    test = course_subset(load_dataset("cifar10-jpg", "test"), per_class=20, seed=0)
+    cache = {"cifar10-jpg": CACHE, "cifar10": CACHE / "cifar10"}.get(dataset)  # image folders: not cached
+    train = load_dataset(dataset, "train")
+    test = course_subset(load_dataset(dataset, "test"), per_class=args.per_class, seed=0)
     pick = torch.randperm(len(train.labels), generator=torch.Generator().manual_seed(0))[:args.train_size]
     x_train, y_train = train.images[pick], train.labels[pick]
     x, y = test.float(), test.labels
-    print(f"CIFAR-10 (JPEG): training on {args.train_size} images x {args.epochs} epochs; attacking "
-          f"{len(y)} test images (20 per class), eps {args.eps * 255:.0f}/255, {args.steps} steps")
-    proxy = train_model("fastnet16", 0, x_train, y_train, args.epochs)
-    proxy2 = train_model("fastnet16", 1, x_train, y_train, args.epochs)
-    victim = train_model(args.victim, 2, x_train, y_train, args.epochs)
-    for name, model in [("proxy fastnet16 seed 0", proxy), ("proxy fastnet16 seed 1", proxy2), (f"victim {args.victim}", victim)]:
-        print(f"  clean accuracy on the 200: {name} {accuracy(model, x, y):.3f}")
+    label = {"cifar10-jpg": "CIFAR-10 (JPEG)", "cifar10": "CIFAR-10"}.get(args.dataset, args.dataset)
+    print(f"{label}: training on {len(y_train)} images x {args.epochs} epochs; attacking "
+          f"{len(y)} test images ({args.per_class} per class), eps {args.eps * 255:.0f}/255, {args.steps} steps")
+    proxy = train_model("fastnet16", 0, x_train, y_train, args.epochs, cache)
+    proxy2 = train_model("fastnet16", 1, x_train, y_train, args.epochs, cache)
+    victim = train_model(args.victim, 2, x_train, y_train, args.epochs, cache)
+    for name, model in [("proxy fastnet16 seed 0", proxy), ("proxy fastnet16 seed 1", proxy2),
+                        (f"victim {args.victim}", victim)]:
+        print(f"  clean accuracy on the {len(y)}: {name} {accuracy(model, x, y):.3f}")
 
     rel = 1 / args.steps
     rows = [

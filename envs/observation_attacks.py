@@ -29,37 +29,12 @@ and Hussenot et al., 2019, "Targeted Attacks on Deep Reinforcement Learning Agen
 Adversarial Observations", argue for targets over untargeted flips). The worst action comes from
 the env's physics (WORST_ACTIONS); for CartPole it is the push that tips the pole further over,
 a_w = push right when the pole leans left (theta < 0), else push left. Where the agent already
-takes a_w the observation is left alone. Why untargeted flips are weak here, measured on PPO
-agents (`rlab train --algo ppo --env CartPole-v1`, seeds 0-2, 20 episodes): untargeted PGD also
-flips the agent's *destabilising* dithers into stabilising pushes, so it returns 500 at eps 0.02
-on two of three agents (and is non-monotone in eps on the third: 283 at 0.01, 500 at 0.02), while
-pgd-worst at eps 0.0175 drops the pole within 13-83 steps on all three; fixed targets ("always
-push left") only hurt some agents (a trained agent is not symmetric), and "push the cart away from
-the centre" (the track edge as the lure) is about as strong as pgd-worst. Random noise of the same
-size costs these agents 0-10% at eps 0.0175 (seed 0: 452 of 500) and 0-5% at eps 0.016, where
-pgd-worst leaves them 3%, 28% and 9% of the clean 500 (runs/bench/rl-attack__CartPole-v1__0__
-20261122T041436Z, ...041536Z, ...041631Z; 20 episodes, plain runs ...031949Z/032013Z/032038Z).
-Adversarial training (`rlab train --adv-obs pgd-worst --adv-eps 0.0175`) with the preset (gamma 0.98,
-100k steps; the PPO loop before Gumbel-max sampling) kept 98% of the clean return under pgd-worst at
-0.0175 on seed 0 but 29% and 41% on seeds 1 and 2; the agents that fail keep the pole up
-and let the cart drift off the track (|x| = 2.4 after 150-400 steps, even without an attack) --
-the attacker makes position control expensive and gamma 0.98 (a ~50-step horizon) hardly sees the
-edge coming. Today's recipe, `--steps 200000 --gamma 0.995 --gae-lambda 0.95`, kept 500 of 500 (100%)
-under pgd-worst at 0.016 and 0.0175 on seeds 0 and 1 (runs ...040244Z, ...040520Z); seed 2 (...040749Z)
-still drifts: 270 clean, 229 under pgd-worst (85% of its own clean return, 46% of the plain agent's).
-The same options without the attack (...041244Z, ...041315Z, ...041340Z) leave pgd-worst at 7-15% of
-clean: the robustness is the adversarial training's. A wider network fixes the drift: with
-`--hidden 128,128 --steps 200000 --gamma 0.995 --gae-lambda 0.95 --adv-obs pgd-worst --adv-eps 0.0175`
-all three seeds return 500 clean and keep 98%, 100%, 100% under pgd-worst at eps 0.016 (92%, 100%,
-100% at 0.0175; random noise and untargeted pgd: 100%), runs ...041830Z-2, ...042104Z, ...042336Z,
-while the same network and options without the attack (...042842Z, ...042917Z, ...042956Z) fall to
-10%, 10%, 7%. gamma 0.999 with 64x64 held seeds 1 and 2 but not seed 0 (66% at 0.016). Other tries, each failing on at least one seed:
-gamma 0.99, lambda 0.8, 200k steps (seed 1: 500, seed 2: 233); gamma 0.995 with gae lambda 0.8 (seed 2: 500;
-seeds 0, 1: 232, 215), also at 300k steps (seed 0: 250 of 483); --adv-frac 0.5 --adv-eps 0.02 at gamma
-0.98 (seeds 1, 2: 152, 212; 212 and 402 clean). Which seed drifts looks close to a coin flip. On a
-hand-made linear controller with strong theta-dot feedback the theta-sign rule is no stronger than
-untargeted pgd (fixed "push left" kills that one instead): the worst action of a rule is not the worst
-action of every agent.
+takes a_w the observation is left alone. Untargeted PGD is weak on CartPole because it also
+flips the agent's destabilising dithers into stabilising pushes; a consistent push the wrong
+way is what drops the pole. The worst action of a rule is not the worst action of every agent
+(on a hand-made controller with strong theta-dot feedback, a fixed "push left" is stronger).
+Measured figures (plain and adversarially trained PPO agents): the README's table and
+`rlab bench rl-attack`.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@
        adversarial training at eps 0.3 (Madry et al. 2018)
     3. the attack/defense benchmark on both (FGSM and PGD against no defense, blur,
        median, JPEG, bit depth and random resize-pad, non-adaptive and adaptive)
-    4. report.md and index.html that show every plot and table
+    4. report.md and index.html that show every plot and table (and an index.html
+       beside each benchmark's report.md)
 
 Everything lands under runs/demo/demo__<seed>__<time>/ (sub-runs in rl/,
 classifier/, bench/ below it). `--quick` is the same pipeline on tiny budgets
@@ -17,13 +18,13 @@ classifier/, bench/ below it). `--quick` is the same pipeline on tiny budgets
 from __future__ import annotations
 
 import csv
-import html
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rlab.config import check, make_config, opt
+from rlab.report import write_html_report
 from rlab.runs import RunDir, atomic_write_text, read_json, use_runs_root, write_csv
 from rlab.runtime import resolve_device
 
@@ -200,50 +201,20 @@ def _write_report(root: Path, b, ladder_runs, classifiers, benches, summary) -> 
     md += ["", "## 3. Attacks and defenses", ""]
     for label, p in benches.items():
         report = (p / "report.md").read_text().split("\n")
-        table = [line for line in report if line.startswith("|")]
-        md += [f"### {label} model (`{_rel(root, p)}`)", ""] + table + [""]
+        start = next(i for i, line in enumerate(report) if line.startswith("## Headline"))
+        end = next(i for i, line in enumerate(report) if line.startswith("![robustness]"))
+        tables = [f"##{line}" if line.startswith("## ") else line for line in report[start:end]]
+        md += [f"### {label} model (`{_rel(root, p)}`)", ""] + tables
         for png in ("robustness.png", "gallery.png"):
             if (p / png).is_file():
                 md.append(f"![{label} {png[:-4]}]({_rel(root, p / png)})")
         md.append("")
     md += ["### Standard vs adversarial training", "", "![training comparison](training_comparison.png)", "",
-           "Passive defenses are judged by the adaptive (dashed) numbers: an attacker who knows the defense "
-           "differentiates through it (BPDA / EOT, Athalye et al. 2018).", ""]
+           "A defense is judged by its worst case over every attack and both attackers (the headline tables): "
+           "an attacker who knows the defense differentiates through it (BPDA / EOT, Athalye et al. 2018) and "
+           "usually wins; where the adaptive figure reads higher (†), the adaptive attack was the weaker one, "
+           "not the defense stronger.", ""]
     atomic_write_text(root / "report.md", "\n".join(md))
-    atomic_write_text(root / "index.html", _markdown_to_html("\n".join(md)))
-
-
-def _markdown_to_html(md: str) -> str:
-    """The report's small markdown subset (headings, tables, images, paragraphs) as one HTML page."""
-    out = ["<!doctype html><html><head><meta charset='utf-8'><title>rlab demo</title><style>"
-           "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
-           "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
-           "td:first-child,th:first-child{text-align:left}img{max-width:100%;margin:0.5em 0}</style></head><body>"]
-    table: list[list[str]] = []
-
-    def flush_table() -> None:
-        if table:
-            head, *body = table
-            out.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr>")
-            out.extend("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in body)
-            out.append("</table>")
-            table.clear()
-
-    for line in md.split("\n"):
-        if line.startswith("|"):
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            if not all(set(c) <= {"-", ":"} for c in cells):
-                table.append(cells)
-            continue
-        flush_table()
-        if line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            out.append(f"<h{level}>{html.escape(line[level:].strip())}</h{level}>")
-        elif line.startswith("![") and "](" in line:
-            alt, src = line[2:].split("](", 1)
-            out.append(f"<p><img src='{html.escape(src.rstrip(')'))}' alt='{html.escape(alt)}'></p>")
-        elif line.strip():
-            out.append(f"<p>{html.escape(line)}</p>")
-    flush_table()
-    out.append("</body></html>")
-    return "\n".join(out)
+    write_html_report(root, "rlab demo")
+    for label, p in benches.items():  # each benchmark's own report, as a page of its own
+        write_html_report(p, f"rlab bench attacks: {label} model")

@@ -2,7 +2,10 @@
 
     plot_returns(run_dirs, out_png)      return vs environment steps (or wall time),
                                          one line per variant, shaded ± 1 std over seeds
-    plot_robustness(results_csv, out_png) accuracy vs eps, one line per attack/defense
+    plot_robustness(results_csv, out_png) accuracy vs eps, one line per attack/defense, and the
+                                         worst case per defense (the headline figure)
+    worst_case(rows)                     per defense and eps, the lowest robust accuracy over every
+                                         attack and attacker kind
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from rlab.errors import UserError  # noqa: E402
 from rlab.runs import RunDir, atomic_write_bytes, find_run_dirs  # noqa: E402
 
 RETURN_COLUMN = "charts/episode_return"
+WALL_COLUMN = "time/train_seconds"  # what every trainer logs as its training clock (evaluation excluded)
 
 
 def variant_label(options: dict[str, Any]) -> str:
@@ -52,11 +56,11 @@ def smooth(y: np.ndarray, window: int) -> np.ndarray:
 
 
 def _curve(run: RunDir, x_axis: str, column: str) -> tuple[np.ndarray, np.ndarray]:
-    xs, ys, wall = [], [], 0.0
+    xs, ys = [], []
     for row in run.metrics:
         if column not in row:
             continue
-        xs.append(float(row["step"]) if x_axis == "steps" else float(row.get("charts/wall_seconds", np.nan)))
+        xs.append(float(row["step"]) if x_axis == "steps" else float(row.get(WALL_COLUMN, np.nan)))
         ys.append(float(row[column]))
     return np.asarray(xs), np.asarray(ys)
 
@@ -92,7 +96,8 @@ def plot_returns(run_dirs: list[str | Path], out_png: str | Path, x_axis: str = 
     fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
     for label, c in curves.items():  # in the order the runs were given
         n = int(c["n"])
-        line, = ax.plot(c["x"], c["mean"], lw=1.8, label=f"{label} (n={n} seed{'s' if n != 1 else ''})")
+        line, = ax.plot(c["x"], c["mean"], lw=1.8, label=f"{label} (n={n} seed{'s' if n != 1 else ''})",
+                        marker="o" if len(c["x"]) == 1 else None)  # one logged update: a dot, not an invisible line
         if n > 1:
             ax.fill_between(c["x"], c["mean"] - c["std"], c["mean"] + c["std"], color=line.get_color(), alpha=0.18, lw=0)
     ax.set_xlabel("environment steps" if x_axis == "steps" else "wall-clock time (s)")
@@ -140,28 +145,75 @@ def eps_label(eps: float) -> str:
     return f"{round(k)}/255" if abs(k - round(k)) < 1e-4 and eps < 0.1 else f"{eps:g}"
 
 
+def is_adaptive(row: dict[str, Any]) -> bool:
+    """The row's attacker differentiated through the defense (results.csv stores True/False as text)."""
+    return str(row.get("adaptive", "False")).lower() in ("true", "1", "yes")
+
+
+def worst_case(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (defense, eps), in the order first seen: the lowest robust accuracy over every attack and both
+    attacker kinds, and the row that gave it (ties: the first). This is a defense's figure at that eps
+    (../shared/DESIGN.md): an attacker who reads a higher number simply attacked less well."""
+    best: dict[tuple[str, float], dict[str, Any]] = {}
+    for r in rows:
+        key = (r["defense"], round(float(r["eps"]), 6))
+        acc = float(r["robust_accuracy"])
+        if key not in best or acc < best[key]["robust_accuracy"]:
+            best[key] = {"defense": key[0], "eps": key[1], "robust_accuracy": acc, "attack": r["attack"],
+                         "attacker": "adaptive" if is_adaptive(r) else "non-adaptive",
+                         "clean_accuracy": float(r["clean_accuracy"]) if r.get("clean_accuracy") not in (None, "")
+                         else None}
+    return list(best.values())
+
+
+def adaptive_above_twin(rows: list[dict[str, Any]]) -> dict[tuple[str, str, float], float]:
+    """(attack, defense, eps) -> the non-adaptive accuracy, where the adaptive attacker read higher than it:
+    a weaker adaptive attack (e.g. a BPDA gradient that misleads), never a stronger defense."""
+    plain = {(r["attack"], r["defense"], round(float(r["eps"]), 6)): float(r["robust_accuracy"])
+             for r in rows if not is_adaptive(r)}
+    return {key: plain[key] for r in rows if is_adaptive(r)
+            and (key := (r["attack"], r["defense"], round(float(r["eps"]), 6))) in plain
+            and float(r["robust_accuracy"]) > plain[key]}
+
+
 def plot_robustness(results_csv: str | Path, out_png: str | Path, title: str | None = None) -> Path:
-    """Robust accuracy (%) against eps: one panel per attack, one colour per defense,
-    solid for the non-adaptive attacker and dashed for the adaptive one."""
+    """Robust accuracy (%) against eps: first the worst case per defense over every attack and attacker
+    (the headline), then one panel per attack, one colour per defense, solid for the non-adaptive attacker
+    and dashed for the adaptive one; a red ring marks an adaptive point above its non-adaptive twin."""
     rows = read_results(results_csv)
     attacks = list(dict.fromkeys(r["attack"] for r in rows))
     defenses = list(dict.fromkeys(r["defense"] for r in rows))
     colors = {d: plt.get_cmap("tab10")(i % 10) for i, d in enumerate(defenses)}
     eps_values = sorted({float(r["eps"]) for r in rows})
-    cols = min(3, len(attacks))
-    nrows = -(-len(attacks) // cols)
+    flagged = adaptive_above_twin(rows)
+    worst = worst_case(rows)
+    panels = ["worst case"] + attacks
+    cols = min(3, len(panels))
+    nrows = -(-len(panels) // cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(4.6 * cols + 0.6, 3.8 * nrows + 0.6), dpi=120,
                              squeeze=False, sharey=True)
-    for ax, attack in zip(axes.flat, attacks):
-        for defense in defenses:
+    for ax, panel in zip(axes.flat, panels):
+        if panel == "worst case":
+            for defense in defenses:
+                pts = sorted((w["eps"], 100 * w["robust_accuracy"]) for w in worst if w["defense"] == defense)
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=4, lw=2.4, color=colors[defense],
+                        label=defense)
+            ax.set_title("worst case over all attacks and attackers", fontsize=10, fontweight="bold")
+        for defense in defenses if panel != "worst case" else []:
             for adaptive in (False, True):
                 pts = sorted((float(r["eps"]), 100 * float(r["robust_accuracy"])) for r in rows
-                             if r["attack"] == attack and r["defense"] == defense
-                             and (str(r.get("adaptive", "False")).lower() in ("true", "1", "yes")) == adaptive)
+                             if r["attack"] == panel and r["defense"] == defense and is_adaptive(r) == adaptive)
                 if pts:
                     ax.plot([p[0] for p in pts], [p[1] for p in pts], "--" if adaptive else "-", marker="o", ms=3.5,
                             lw=1.6, color=colors[defense], label=defense + (" (adaptive)" if adaptive else ""))
-        ax.set_title(attack, fontsize=10)
+            above = [(e, 100 * float(r["robust_accuracy"])) for r in rows if is_adaptive(r)
+                     and (r["attack"], r["defense"], e := round(float(r["eps"]), 6)) in flagged
+                     and r["attack"] == panel and r["defense"] == defense]
+            if above:
+                ax.scatter([p[0] for p in above], [p[1] for p in above], s=70, facecolors="none", edgecolors="red",
+                           lw=1.4, zorder=5, label=f"{defense}: adaptive above non-adaptive")
+        if panel != "worst case":
+            ax.set_title(panel, fontsize=10)
         ax.set_xticks(eps_values, [eps_label(e) for e in eps_values], fontsize=8)
         ax.set_xlabel("ε (L∞, images in [0, 1])")
         ax.set_ylim(-2, 102)
@@ -169,7 +221,7 @@ def plot_robustness(results_csv: str | Path, out_png: str | Path, title: str | N
         ax.legend(fontsize=7, loc="upper right", framealpha=0.85)
     for ax in axes[:, 0]:
         ax.set_ylabel("robust accuracy (%)")
-    for ax in list(axes.flat)[len(attacks):]:
+    for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
     fig.suptitle(title or "Robust accuracy against ε (solid: non-adaptive attacker, dashed: adaptive)", fontsize=10)
     return save_figure(fig, out_png)

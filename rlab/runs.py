@@ -5,6 +5,8 @@
         metrics.csv   one row per logged step, namespaced columns
         checkpoints/  model + optimizer + RNG state (torch.save, weights-only data)
         summary.json  the final figures
+        events.out.tfevents.*  the same scalars as metrics.csv, for `tensorboard --logdir runs/`
+                      (tensorboardX; RLAB_TENSORBOARD=0 turns them off)
 
 Every file is written atomically (temp file in the same folder, fsync, rename),
 so a run killed at any moment leaves the previous version of each file intact.
@@ -21,6 +23,7 @@ import pickle
 import platform
 import random
 import subprocess
+import sys
 import tarfile
 import tempfile
 import time
@@ -40,6 +43,9 @@ from rlab.errors import UserError, load_state_checked
 
 RUNS_ROOT = Path(os.environ.get("RLAB_RUNS", "runs"))
 TRACKED_PACKAGES = ("rlab", "torch", "gymnasium", "stable-baselines3", "foolbox", "numpy", "matplotlib")
+
+
+TENSORBOARD_ENV = "RLAB_TENSORBOARD"
 
 
 class CheckpointError(UserError):
@@ -232,6 +238,85 @@ def use_runs_root(root: str | Path) -> Iterator[Path]:
         RUNS_ROOT = previous
 
 
+def tensorboard_enabled() -> bool:
+    """Whether runs mirror metrics.csv into TensorBoard event files: RLAB_TENSORBOARD=1 (the default) or 0.
+
+    One switch that every command which logs metrics honours (and sweep cells inherit).
+    """
+    value = os.environ.get(TENSORBOARD_ENV, "1").strip()
+    if value not in ("0", "1"):
+        raise UserError(f"{TENSORBOARD_ENV}={value!r} is not allowed; use 1 (write TensorBoard event files, "
+                        "the default) or 0 (metrics.csv only)")
+    return value == "1"
+
+
+_TENSORBOARD_MISSING_SAID = False
+
+
+class TensorBoardMirror:
+    """metrics.csv mirrored as TensorBoard scalars: one tag per namespaced column, the row's step as global step.
+
+    The event files hold exactly the rows metrics.csv holds. A mirror opened on
+    a folder that already has rows (a resumed run, truncated to its checkpoint)
+    writes them all into a new event file and then deletes the older ones; the
+    new file starts with a purge at step 0 (TensorBoard's `purge_step`, a
+    SessionLog.START), so a reader that meets both files in between -- the
+    process killed before the delete -- drops the old file's scalars instead of
+    showing them twice. Rewritten rows carry the rewrite's wall time.
+
+    Events are written synchronously with tensorboardX's record writer (its
+    SummaryWriter queues them for a thread that `flush()` does not wait for),
+    so a flushed metrics.csv and a flushed event file hold the same rows.
+    """
+
+    def __init__(self, folder: Path, rows: list[dict[str, Any]]):
+        from tensorboardX.event_file_writer import EventsWriter
+        from tensorboardX.proto.event_pb2 import Event, SessionLog
+        from tensorboardX.proto.summary_pb2 import Summary
+
+        self._event, self._summary = Event, Summary
+        older = sorted(folder.glob("events.out.tfevents.*"))
+        # events.out.tfevents.<seconds>.<host><suffix>: nanoseconds keep same-second files in write order
+        self._writer = EventsWriter(str(folder / "events"), filename_suffix=f".{time.time_ns() % 1_000_000_000:09d}")
+        if older:
+            self._writer.write_event(Event(wall_time=time.time(), step=0, session_log=SessionLog(status=SessionLog.START)))
+        for row in rows:
+            self.add(row)
+        if older:
+            self.flush()
+            for f in older:
+                f.unlink(missing_ok=True)
+
+    @classmethod
+    def open(cls, folder: Path, rows: list[dict[str, Any]]) -> "TensorBoardMirror | None":
+        """A mirror, or None when RLAB_TENSORBOARD=0 or tensorboardX is missing (said once per process, on stderr)."""
+        global _TENSORBOARD_MISSING_SAID
+        if not tensorboard_enabled():
+            return None
+        try:
+            return cls(folder, rows)
+        except ImportError:
+            if not _TENSORBOARD_MISSING_SAID:
+                print("rlab: no TensorBoard event files (tensorboardX is not installed: pip install tensorboardX; "
+                      f"{TENSORBOARD_ENV}=0 hides this line); metrics.csv is written as always", file=sys.stderr)
+                _TENSORBOARD_MISSING_SAID = True
+            return None
+
+    def add(self, row: dict[str, Any]) -> None:
+        """One event per row: every numeric column as a simple_value under its column name."""
+        values = [self._summary.Value(tag=tag, simple_value=float(v)) for tag, v in row.items()
+                  if tag != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if values:
+            self._writer.write_event(self._event(wall_time=time.time(), step=int(row["step"]),
+                                                 summary=self._summary(value=values)))
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
 def find_run_dirs(paths: list[str | Path]) -> list[Path]:
     """Run folders named by `paths`: each path is a run folder or a folder holding some (searched recursively)."""
     found: list[Path] = []
@@ -257,6 +342,8 @@ class RunDir:
         self._rows: list[dict[str, Any]] = []
         self._columns: list[str] = []
         self._last_flush = 0.0
+        self._tensorboard: TensorBoardMirror | None = None
+        self._tensorboard_opened = False
         if (self.path / "metrics.csv").is_file():
             self._rows, self._columns = _read_metrics(self.path / "metrics.csv")
 
@@ -265,7 +352,9 @@ class RunDir:
     def create(cls, kind: str, name: str, seed: int | None, config: Any, device: str | torch.device = "cpu",
                root: str | Path | None = None) -> "RunDir":
         root = Path(root) if root is not None else RUNS_ROOT
-        base = root / kind / f"{name.replace('/', '-')}__{seed}__{utc_stamp()}"
+        tensorboard_enabled()  # a bad RLAB_TENSORBOARD fails before any folder exists
+        seed_part = f"__{seed}" if seed is not None else ""  # a bench over several seeds names none
+        base = root / kind / f"{name.replace('/', '-')}{seed_part}__{utc_stamp()}"
         path, k = base, 1
         while True:
             try:
@@ -296,25 +385,46 @@ class RunDir:
 
     # -- metrics
     def log(self, step: int, flush: bool = False, **metrics: float) -> None:
-        """Append one row of metrics at `step` (e.g. charts/episode_return=...)."""
+        """Append one row of metrics at `step` (e.g. charts/episode_return=...) to metrics.csv and TensorBoard."""
         row = {"step": int(step), **{k: _scalar(v) for k, v in metrics.items()}}
         for k in row:
             if k not in self._columns:
                 self._columns.append(k)
+        tensorboard = self._mirror()  # opened before the row joins: it copies the rows logged so far
         self._rows.append(row)
+        if tensorboard is not None:
+            tensorboard.add(row)
         if flush or time.monotonic() - self._last_flush > 2.0:
             self.flush()
 
+    def _mirror(self) -> TensorBoardMirror | None:
+        if not self._tensorboard_opened:
+            self._tensorboard = TensorBoardMirror.open(self.path, self._rows)
+            self._tensorboard_opened = True
+        return self._tensorboard
+
+    def _close_mirror(self) -> None:
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+        self._tensorboard, self._tensorboard_opened = None, False
+
     def flush(self) -> None:
+        if self._tensorboard is not None:
+            self._tensorboard.flush()
         if not self._rows and not (self.path / "metrics.csv").exists():
             return
         write_csv(self.path / "metrics.csv", self._rows, self._columns)
         self._last_flush = time.monotonic()
 
     def truncate_metrics(self, max_step: int) -> None:
-        """Drop rows logged after `max_step` (used on resume: the checkpoint is the truth)."""
+        """Drop rows logged after `max_step` (used on resume: the checkpoint is the truth), in the event files too."""
+        tensorboard_enabled()  # the point where a (resumed) run starts logging: a bad RLAB_TENSORBOARD fails here
+        dropped = any(int(r["step"]) > max_step for r in self._rows)
         self._rows = [r for r in self._rows if int(r["step"]) <= max_step]
         self.flush()
+        if dropped and (self._tensorboard is not None or any(self.path.glob("events.out.tfevents.*"))):
+            self._close_mirror()
+            self._mirror()  # rewrites the event files from the kept rows
 
     @property
     def metrics(self) -> list[dict[str, Any]]:
@@ -350,6 +460,7 @@ class RunDir:
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         self.flush()
+        self._close_mirror()  # the run is over; a later log() opens a new event file
         write_json(self.path / "summary.json", summary)
 
     def __repr__(self) -> str:

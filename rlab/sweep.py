@@ -19,9 +19,9 @@ command's option without dashes (`seed`, `algo`, `eps`), and each value becomes
 
     rlab sweep --file sweep.toml          (--base / --grid on the command line override the file)
 
-The sweep writes runs/sweep/<name>__None__<UTC timestamp>/ holding cells.json
-(per cell: grid key, argv, status, attempts, run folder, seconds, error tail;
-rewritten atomically after every attempt), logs/cell-NNNN.log, summary.csv
+The sweep writes runs/sweep/<name>__<UTC timestamp>/ holding cells.json
+(per cell: grid key, argv, status, attempts, run folder, seconds, error tail,
+host and, on Ray, node id; rewritten atomically after every attempt), logs/cell-NNNN.log, summary.csv
 (each finished cell's summary.json flattened, plus its grid keys), and the usual
 plots: returns.png when the cells trained agents (`rlab.plots.plot_returns`),
 results.csv + robustness.png when they wrote benchmark results.csv files
@@ -39,13 +39,26 @@ Execution backends (the scheduler, retries and bookkeeping are the same):
   Emerging AI Applications", OSDI).
 - `--ray-address ADDR`: an existing Ray cluster.
 
-Pointing a sweep at a cluster:
+Pointing a sweep at a cluster (Ray's token authentication on: anyone who
+reaches a Ray port without it can run code there):
 
-    # on the head node, and on each worker node with --address=HEAD:6379
-    pip install "rlab[ray]"            # same rlab version and Python on every node
-    ray start --head --port=6379
+    pip install "rlab[ray]"            # on every node: same rlab version and Python
+    # on the head node
+    ray get-auth-token --generate      # prints the cluster's token, kept in ~/.ray/auth_token
+    RAY_AUTH_MODE=token ray start --head --port=6379
+    # on each worker node: the head's token, then join
+    export RAY_AUTH_TOKEN=<the token>  # or copy it into ~/.ray/auth_token
+    RAY_AUTH_MODE=token ray start --address=HEAD:6379
     # on the machine that drives the sweep (a node of the cluster, or any host that reaches it)
     rlab sweep --ray-address HEAD:6379 --cpus-per-cell 1 --base "train ..." --grid "seed=0,1,2,3"
+
+The driver sends the token it finds (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or
+~/.ray/auth_token) without RAY_AUTH_MODE=token set by hand: a `ray start
+--head` turns token authentication on by itself whenever such a token exists,
+and `ray.init(address=...)` would otherwise connect without it (Ray 2.5x). A
+head without authentication accepts a token too. RAY_AUTH_MODE, when set,
+is left as it is. An address where nothing answers, a refused token or any
+other failed connection is one line, exit status 2.
 
 Each cell asks Ray for `--cpus-per-cell` CPUs (and `--gpus-per-cell` GPUs), so
 the cluster decides how many run at once. A cell that lands on the driver's own
@@ -73,7 +86,8 @@ import tarfile
 import tempfile
 import time
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -265,14 +279,20 @@ def validate_cell_argv(argv: list[str]) -> str:
 # ----------------------------------------------------------------------------- one cell
 
 
-def run_cell(argv: list[str], runs_root: str, timeout: float = 0.0, cwd: str | None = None) -> dict[str, Any]:
+# the driver's settings that a cell on another node must see (there, os.environ is the node's)
+FORWARDED_ENV = ("RLAB_TENSORBOARD",)
+
+
+def run_cell(argv: list[str], runs_root: str, timeout: float = 0.0, cwd: str | None = None,
+             env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run `python -m rlab.cli *argv` as its own process; return returncode, run folders, seconds, log, error tail.
 
     The run folder is the last line the command prints; with `--seeds K` a
     command prints one per line, so every trailing line naming an existing path
-    counts (the plot commands print the PNG they wrote).
+    counts (the plot commands print the PNG they wrote). `env` is laid over
+    this process's environment.
     """
-    env = {**os.environ, "RLAB_RUNS": runs_root, "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **(env or {}), "RLAB_RUNS": runs_root, "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"}
     start = time.perf_counter()
     try:
         proc = subprocess.run([sys.executable, "-m", "rlab.cli", *argv], capture_output=True, text=True,
@@ -318,16 +338,22 @@ def unpack_run_dirs(blob: bytes, root: str | Path) -> None:
         extract_tar(tar, root)
 
 
-def run_cell_anywhere(argv: list[str], runs_root: str, timeout: float, driver_host: str) -> dict[str, Any]:
-    """The Ray task: run the cell here; off the driver's host, ship its run folders back as a tar."""
+def run_cell_anywhere(argv: list[str], runs_root: str, timeout: float, driver_host: str,
+                      env: dict[str, str] | None = None) -> dict[str, Any]:
+    """The Ray task: run the cell here; off the driver's host, ship its run folders back as a tar.
+
+    The result names the Ray node it ran on (`node`, empty outside a Ray task).
+    """
+    ray = sys.modules.get("ray")
+    node = ray.get_runtime_context().get_node_id() if ray is not None and ray.is_initialized() else ""
     if socket.gethostname() == driver_host:
-        return run_cell(argv, runs_root, timeout)
+        return {**run_cell(argv, runs_root, timeout, env=env), "node": node}
     with tempfile.TemporaryDirectory(prefix="rlab-sweep-") as scratch:
-        result = run_cell(argv, scratch, timeout, cwd=scratch)
+        result = run_cell(argv, scratch, timeout, cwd=scratch, env=env)
         if result["run_dirs"]:
             result["archive"] = pack_run_dirs(result["run_dirs"], scratch)
             result["run_dirs"] = [str(Path(runs_root) / Path(d).relative_to(scratch)) for d in result["run_dirs"]]
-    return result
+    return {**result, "node": node}
 
 
 # ----------------------------------------------------------------------------- backends
@@ -349,12 +375,119 @@ def ray_backend(cfg: SweepConfig, workers: int, runs_root: str) -> tuple[Submit,
     except ImportError:
         raise UserError("--ray / --ray-address need Ray: pip install 'rlab[ray]' (or pip install 'ray>=2.9')") from None
     if cfg.ray_address:
-        ray.init(address=cfg.ray_address, log_to_driver=False, logging_level="ERROR")
+        join_ray_cluster(ray, cfg)
     else:
-        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        # "local": a new instance of our own, even beside a `ray start` cluster or under RAY_ADDRESS
+        ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False,
+                 logging_level="ERROR")
     task = ray.remote(num_cpus=cfg.cpus_per_cell, num_gpus=cfg.gpus_per_cell, max_retries=0)(run_cell_anywhere)
     host = socket.gethostname()
-    return (lambda argv: task.remote(argv, runs_root, cfg.cell_timeout, host).future()), ray.shutdown
+    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    return (lambda argv: task.remote(argv, runs_root, cfg.cell_timeout, host, env).future()), ray.shutdown
+
+
+def join_ray_cluster(ray: Any, cfg: SweepConfig) -> None:
+    """`ray.init(address=...)` with this machine's token; a failure is one UserError line that says what to do."""
+    address = cfg.ray_address
+    _check_reachable(address)
+    _send_token_when_at_hand()
+    try:
+        with _stderr_held_unless_ok():
+            ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+    except Exception as e:  # noqa: BLE001 - whatever Ray raises, the user gets one line
+        raise ray_join_error(e, address, ray.__version__) from None
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    fits = [n for n in nodes if n["Resources"].get("CPU", 0) >= cfg.cpus_per_cell
+            and n["Resources"].get("GPU", 0) >= cfg.gpus_per_cell]
+    cpus = sum(n["Resources"].get("CPU", 0) for n in nodes)
+    if not fits:
+        ray.shutdown()
+        largest = max((n["Resources"].get("CPU", 0) for n in nodes), default=0)
+        raise UserError(f"--cpus-per-cell {cfg.cpus_per_cell:g} / --gpus-per-cell {cfg.gpus_per_cell:g} fit no node of "
+                        f"the cluster at {address} (largest node: {largest:g} CPUs); the cells would wait forever")
+    print(f"rlab sweep: Ray cluster at {address}: {len(nodes)} node(s), {cpus:g} CPUs", file=sys.stderr)
+
+
+@contextmanager
+def _stderr_held_unless_ok() -> Iterator[None]:
+    """Hold what the block writes to file descriptor 2; pass it on only if the block succeeds.
+
+    A refused connection makes Ray's C++ core log one warning a second for 20
+    seconds straight to fd 2, past Python's logging; the error line replaces them.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    ok = False
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+            ok = True
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if ok:
+                held.seek(0)
+                sys.stderr.write(held.read().decode(errors="replace"))
+
+
+def ray_join_error(error: BaseException, address: str, ray_version: str) -> UserError:
+    """The one line that a failed `ray.init(address=...)` becomes (Ray chains the real cause under ConnectionError)."""
+    causes = [error]
+    while causes[-1].__cause__ is not None:
+        causes.append(causes[-1].__cause__)
+    if any("AuthenticationError" in type(c).__name__ or "InvalidAuthToken" in str(c) for c in causes):
+        mode = os.environ.get("RAY_AUTH_MODE")
+        if (mode or "").lower() == "token":
+            what = "refused this machine's Ray token"
+        elif mode:
+            what = f"asks for a Ray token and this machine sent none (RAY_AUTH_MODE={mode} is set)"
+        else:
+            what = "asks for a Ray token and this machine has none (not in RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)"
+        return UserError(f"--ray-address {address}: the cluster {what}; copy the head's token (`ray get-auth-token` "
+                         "on the head) into ~/.ray/auth_token here or export RAY_AUTH_TOKEN=<token>")
+    first = next((line.strip() for line in str(causes[-1]).splitlines() if line.strip()), type(causes[-1]).__name__)
+    return UserError(f"--ray-address {address}: could not join the Ray cluster ({first[:300]}); check the address and "
+                     f"that this machine runs the head's Ray and Python versions (here: Ray {ray_version}, "
+                     f"Python {sys.version.split()[0]})")
+
+
+def _check_reachable(address: str) -> None:
+    """Fail in seconds, not after Ray's 20 connection attempts, when nothing listens at HOST:PORT."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return  # 'auto' and the like: Ray finds the cluster itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as e:
+        raise UserError(f"--ray-address {address}: nothing answers there ({e.strerror or e}); start the head with "
+                        f"`ray start --head --port={port}` or fix the address") from None
+
+
+def _send_token_when_at_hand() -> None:
+    """Turn on Ray's token mode in this process when a token is at hand and RAY_AUTH_MODE is unset.
+
+    `ray start --head` enables token authentication by itself when it finds a
+    token, but `ray.init(address=HOST:PORT)` does so only for address 'auto';
+    this is the same step Ray takes there. A Ray without token authentication
+    (before 2.5x) has nothing to do.
+    """
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    try:
+        from ray._private.authentication import authentication_token_setup as auth
+    except ImportError:
+        return
+    import logging
+
+    quiet = logging.getLogger(auth.__name__)
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # Ray's "token authentication is enabled" notice
+    try:
+        auth.maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    finally:
+        quiet.setLevel(level)
 
 
 # ----------------------------------------------------------------------------- the scheduler
@@ -391,6 +524,8 @@ def execute(cells: list[dict[str, Any]], submit: Submit, retries: int, runs_root
                 cell["attempts"] = cell.get("attempts", 0) + 1
                 cell.update(seconds=round(result["seconds"], 3), returncode=result["returncode"], error=result["error"],
                             host=result.get("host", ""))
+                if result.get("node"):
+                    cell["node"] = result["node"]
                 if result["ok"]:
                     cell.update(status=FINISHED, run_dir=result["run_dirs"][-1], run_dirs=result["run_dirs"])
                 else:
@@ -535,6 +670,9 @@ def run(cfg: SweepConfig, on_attempt: Callable[[dict[str, Any]], None] | None = 
         write_json(sweep.path / "cells.json", {**header, "cells": cells})
 
     start = time.perf_counter()
+    save()
+    if todo:  # the backend before the progress bar: a failed join to a cluster is then the only line printed
+        submit, close = ray_backend(cfg, workers, runs_root) if cfg.use_ray else local_backend(workers, runs_root, cfg.cell_timeout)
     bar = _progress(name, len(todo), len(cells) - len(todo))
 
     def observe(cell: dict[str, Any]) -> None:
@@ -546,9 +684,7 @@ def run(cfg: SweepConfig, on_attempt: Callable[[dict[str, Any]], None] | None = 
         if on_attempt is not None:
             on_attempt(cell)
 
-    save()
     if todo:
-        submit, close = ray_backend(cfg, workers, runs_root) if cfg.use_ray else local_backend(workers, runs_root, cfg.cell_timeout)
         try:
             execute(todo, submit, cfg.retries, runs_root, save, observe, sweep.path / "logs")
         finally:

@@ -44,6 +44,8 @@ def test_bench_rows_report_and_monotone_curve(tiny_classifier, runs_root, capsys
     (["--defenses", "jpg"], "unknown defense 'jpg'. Did you mean 'jpeg'"),
     (["--eps", "-0.1"], "--eps values must lie in [0, 1]"),
     (["--steps", "0"], "--steps must be >= 1"),
+    (["--attacks", "auto,fgsm", "--steps", "50"], "--steps 50 applies to iterative attacks"),
+    (["--attacks", "fgsm", "--restarts", "5"], "--restarts 5 applies to attacks with a random start"),
 ])
 def test_bad_input_is_one_line_exit_2(tiny_classifier, runs_root, capsys, args, message):
     assert main(["bench", "attacks", "--classifier", str(tiny_classifier), *args]) == 2
@@ -68,3 +70,59 @@ def test_transfer_from_surrogates_writes_a_heat_map(tiny_classifier, runs_root, 
     white_box, *others = [row["fgsm"] for row in transfer.values()]
     assert all(a == white_box for a in others)
     assert (bench / "transfer.png").is_file() and "## Transfer (black-box)" in (bench / "report.md").read_text()
+
+
+def test_worst_case_is_the_minimum_of_its_rows_and_auto_is_the_default(tiny_classifier, runs_root, capsys):
+    assert main(["bench", "attacks", "--classifier", str(tiny_classifier), "--attacks", "fgsm,auto",
+                 "--auto-version", "fast", "--defenses", "none,bitdepth", "--eps", "0,0.2", "--n", "20",
+                 "--gallery", "0", "--device", "cpu"]) == 0
+    (bench,) = (runs_root / "bench").iterdir()
+    with open(bench / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    with open(bench / "worst_case.csv", newline="") as f:
+        worst = list(csv.DictReader(f))
+    assert len(worst) == 2 * 2  # defenses x eps
+    for w in worst:
+        mine = [float(r["robust_accuracy"]) for r in rows if r["defense"] == w["defense"] and r["eps"] == w["eps"]]
+        assert len(mine) == (2 if w["defense"] == "none" else 4)  # attacks x attacker kinds
+        assert float(w["robust_accuracy"]) == min(mine)
+    bare = [r for r in rows if r["defense"] == "none"]
+    auto = {float(r["eps"]): float(r["robust_accuracy"]) for r in bare if r["attack"] == "auto"}
+    fgsm = {float(r["eps"]): float(r["robust_accuracy"]) for r in bare if r["attack"] == "fgsm"}
+    assert all(auto[e] <= fgsm[e] for e in auto) and auto[0.2] < auto[0.0]
+    report = (bench / "report.md").read_text()
+    assert report.index("## Headline: the worst case") < report.index("## Every attack")
+    summary = json.loads((bench / "summary.json").read_text())
+    assert summary["worst_case/none/0.2"] == min(auto[0.2], fgsm[0.2])
+    from rlab.vision.attack_bench import BenchConfig
+
+    assert BenchConfig.__dataclass_fields__["attacks"].default_factory() == ["auto"]
+
+
+def test_adaptive_rows_above_their_twin_are_flagged_never_the_headline():
+    from rlab.plots import adaptive_above_twin, worst_case
+    from rlab.vision.attack_bench import report_table, worst_case_table
+
+    def row(attack, defense, adaptive, eps, acc):
+        return {"attack": attack, "defense": defense, "adaptive": adaptive, "eps": eps, "clean_accuracy": 0.9,
+                "robust_accuracy": acc}
+
+    rows = [row("fgsm", "jpeg", False, 0.1, 0.777), row("fgsm", "jpeg", True, 0.1, 0.867),
+            row("pgd", "jpeg", False, 0.1, 0.80), row("pgd", "jpeg", True, 0.1, 0.30),
+            row("fgsm", "none", False, 0.1, 0.5)]
+    assert adaptive_above_twin(rows) == {("fgsm", "jpeg", 0.1): 0.777}
+    worst = {w["defense"]: w for w in worst_case(rows)}
+    assert worst["jpeg"]["robust_accuracy"] == 0.30 and worst["jpeg"]["attacker"] == "adaptive"
+    rows[3]["robust_accuracy"] = 0.95  # now the weakest attacker of all is adaptive PGD; the headline ignores it
+    assert worst_case(rows)[0]["robust_accuracy"] == 0.777 and worst_case(rows)[0]["attack"] == "fgsm"
+    table = report_table(rows, [0.1])
+    assert "| fgsm | jpeg | adaptive | 90.0 | 86.7† |" in table
+    assert "| fgsm | jpeg | non-adaptive | 90.0 | 77.7 |" in table
+    assert "| pgd | jpeg | adaptive | 90.0 | 95.0† |" in table and "2 adaptive figure(s) above" in table
+    assert "| jpeg | 90.0 | **77.7** (fgsm) |" in worst_case_table(rows, [0.1])
+
+
+def test_auto_version_without_auto_is_refused(tiny_classifier, runs_root, capsys):
+    assert main(["bench", "attacks", "--classifier", str(tiny_classifier), "--attacks", "pgd",
+                 "--auto-version", "fast"]) == 2
+    assert "--auto-version fast applies to the auto attack only" in capsys.readouterr().err

@@ -33,6 +33,18 @@ def test_returns_grouped_by_variant_with_mean_and_spread(runs_root):
     assert np.allclose(curves["A"]["std"], 1.0)
 
 
+def test_a_run_with_one_logged_update_is_drawn_as_a_dot(runs_root, tmp_path, monkeypatch):
+    import rlab.plots
+
+    one = RunDir.create("rl", "CartPole-v1__vpg", 0, {"variant": "one update", "env": "CartPole-v1", "algo": "vpg"})
+    one.log(4096, flush=True, **{"charts/episode_return": 21.0})
+    figures = []
+    monkeypatch.setattr(rlab.plots, "save_figure", lambda fig, out: figures.append(fig) or out)
+    plot_returns([_fake_run("many updates", 0, 1.0), one.path], tmp_path / "r.png")
+    markers = {line.get_label().split(" (")[0]: line.get_marker() for line in figures[0].axes[0].lines}
+    assert markers == {"many updates": "None", "one update": "o"}
+
+
 def test_plot_commands_write_pngs(runs_root, tmp_path, capsys):
     _fake_run("A", 0, 1.0)
     _fake_run("A", 1, 1.0)

@@ -82,7 +82,7 @@ CLI_CASES = [
     ("train --env LunarLander-v2", "did you mean 'lunarlander-v3'"),
     ("train --env cartpole", "unknown environment 'cartpole'"),
     ("train --env Ant-v5 --steps 64", "cannot be made here"),
-    ("train --algo dqn", "choose from vpg, ac, a2c, ppo"),
+    ("train --algo nope", "is not allowed; choose from vpg, ac, a2c, ppo"),
     ("train --steps 0", "--steps must be positive, got 0"),
     ("train --steps -5", "--steps must be positive"),
     ("train --steps many", PARSE),
@@ -151,6 +151,10 @@ CLI_CASES = [
     ("bench attacks --classifier {cls} --device cuda", "not available on this machine"),
     ("bench attacks --classifier /nonexistent/run", "not a run folder"),
     ("bench attacks --classifier {rl}", "not a classifier run folder"),
+    ("bench certify {cls} --device cuda", "not available on this machine"),
+    ("bench certify {rl} --sigma 0.25", "not a classifier run folder"),
+    ("bench certify {cls}", "was trained without --noise-sd"),
+    ("bench certify {cls} --sigma 0.25 --alpha 0", "--alpha must be a probability in (0, 1)"),
     ("bench rl-attack /nonexistent/run --eps 0.1", "not a run folder"),
     ("bench rl-attack {rl} --eps -0.1", "--eps must be a list of numbers >= 0"),
     ("bench rl-attack {rl} --eps 5", "<= 1 (fractions of the observation scale)"),
@@ -325,7 +329,9 @@ CORRUPTIONS = {
 COMMANDS_ON_RUNS = [("rl", "eval {run} --episodes 1 --device cpu"),
                     ("rl", "train --resume {run} --steps 256 --no-progress --device cpu"),
                     ("classifier", "classifier eval {run} --device cpu --threads 1 --per-class 1"),
-                    ("classifier", "classifier train --resume {run} --epochs 2 --device cpu --threads 1")]
+                    ("classifier", "classifier train --resume {run} --epochs 2 --device cpu --threads 1"),
+                    ("classifier", "bench certify {run} --sigma 0.25 --n 10 --n0 5 --images 2 --attack-images 0 "
+                                   "--device cpu --threads 1")]
 
 
 @pytest.mark.parametrize("kind, command", COMMANDS_ON_RUNS, ids=[c[1].split(" {")[0] for c in COMMANDS_ON_RUNS])

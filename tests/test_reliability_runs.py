@@ -36,6 +36,8 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from test_tensorboard import assert_same_scalars
 
 import rlab.vision.classifier
 from rlab.cli import main
@@ -73,7 +75,7 @@ def without_wall_clock(table: list[dict] | dict) -> list[dict] | dict:
 
 
 def check_every_file_parses(run: Path) -> list[int]:
-    """Parse every file of a run folder (JSON, CSV, weights-only checkpoints, PNG); return metrics.csv's steps.
+    """Parse every file of a run folder (JSON, CSV, weights-only checkpoints, PNG, event files); return metrics.csv's steps.
 
     Hidden `.NAME.*.tmp` files are atomic writes in progress when the process
     died; readers never open them. They are counted, not parsed.
@@ -97,6 +99,9 @@ def check_every_file_parses(run: Path) -> list[int]:
         elif f.suffix == ".png":
             with Image.open(f) as im:
                 im.verify()
+        elif f.name.startswith("events.out.tfevents."):
+            # TensorBoard's own reader; a record cut short by the kill ends the file, as TensorBoard reads it
+            EventAccumulator(str(f), size_guidance={"scalars": 0}).Reload()
         else:
             pytest.fail(f"unexpected file in the run folder: {f}")
         TALLY["files_checked"] += 1
@@ -152,10 +157,10 @@ def kill_and_resume(argv: list[str], kind: str, runs: Path, tmp_path: Path, seed
             seen = mtime(ckpt)
             wait_for(lambda: mtime(ckpt) != seen, proc)
             time.sleep(rng.uniform(0.0, 0.4))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            TALLY["kills"] += 1
-        proc.wait()
+        assert proc.poll() is None, f"kill {k + 1} would land after the run ended: the run must be longer"
+        proc.send_signal(signal.SIGKILL)
+        TALLY["kills"] += 1
+        assert proc.wait() == -signal.SIGKILL  # the kill, not a clean exit, ended this life
         proc.stdout.close()
         check_every_file_parses(run)
         step = int(load_checkpoint(ckpt)["env_steps" if kind == "rl" else "step"]) if ckpt.exists() else 0
@@ -164,6 +169,7 @@ def kill_and_resume(argv: list[str], kind: str, runs: Path, tmp_path: Path, seed
         resume = ["train", "--resume", str(run)] if kind == "rl" else ["classifier", "train", "--resume", str(run)]
         proc = spawn([*resume, "--threads", "1", "--device", "cpu"], runs, log)
     TALLY["resumed_from"].append((kind, resumed_from))
+    assert sum(s > 0 for s in resumed_from) >= KILLS - 1, f"kills after a checkpoint must resume mid-run: {resumed_from}"
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, log.read_text()[-2000:]
     assert Path(out.decode().strip().splitlines()[-1]) == run
@@ -177,6 +183,8 @@ def test_rl_training_survives_sigkill_and_resumes(tmp_path, runs_root, capsys):
     expected = list(range(128, RL_STEPS + 1, 128))
     TALLY["steps_lost"] += len(set(expected) - set(steps))
     assert steps == expected  # every step exactly once, in order
+    assert_same_scalars(run)  # and so in TensorBoard, after three kills and resumes
+    assert all(0 < s < RL_STEPS for s in resumed_from[1:]), resumed_from  # killed after a checkpoint, before the end
     assert json.loads((run / "summary.json").read_text())["env_steps"] == RL_STEPS
 
     assert main(argv) == 0
@@ -193,6 +201,7 @@ def test_classifier_training_survives_sigkill_and_resumes(tmp_path, runs_root, c
     run, _ = kill_and_resume(argv, "classifier", tmp_path / "sub", tmp_path, seed=9)
     steps = check_every_file_parses(run)
     assert [int(r["epoch"]) for r in rows(run)] == list(range(1, CLS_EPOCHS + 1))
+    assert_same_scalars(run)
     TALLY["steps_lost"] += CLS_EPOCHS - len(steps)
 
     assert main(argv) == 0

@@ -268,3 +268,72 @@ def test_n_step_window_hand_computed():
     assert g.tolist() == [3.0, 2.0, 1.0] and discount.tolist() == [0.125, 0.0, 0.5] and last.tolist() == [2, 1, 0]
     with pytest.raises(ValueError, match="one shape"):
         R.n_step_window(rewards, terminated[:, :2], ended, 0.5)
+
+
+# ----------------------------------------------------------------------------- edges the brute force does not reach
+# (found by mutation testing: bench/mutate.py)
+
+SHAPED = {  # function -> its (T, N) tensor arguments, in order, and how to call it
+    "discounted_returns": (("rewards", "terminated", "truncated", "next_values"),
+                           lambda a: R.discounted_returns(*a, 0.9)),
+    "td_target": (("rewards", "terminated", "next_values"), lambda a: R.td_target(*a, 0.9)),
+    "n_step_returns": (("rewards", "terminated", "truncated", "next_values"),
+                       lambda a: R.n_step_returns(*a, 0.9, 2)),
+    "gae_advantages": (("rewards", "values", "terminated", "truncated", "next_values"),
+                       lambda a: R.gae_advantages(*a, 0.9, 0.95)),
+}
+
+
+@pytest.mark.parametrize("function", sorted(SHAPED))
+def test_every_tensor_argument_is_shape_checked(function):
+    names, call = SHAPED[function]
+    for bad in range(len(names)):
+        args = [torch.zeros(3, 2, dtype=torch.bool if n in ("terminated", "truncated") else torch.float32)
+                for n in names]
+        args[bad] = args[bad][:2]
+        with pytest.raises(ValueError, match=f"one shape.*{names[bad]}"):
+            call(args)
+
+
+def test_gae_of_a_one_step_rollout_and_its_lambda_check():
+    r, v, nv = torch.tensor([[1.0]]), torch.tensor([[0.5]]), torch.tensor([[2.0]])
+    no = torch.tensor([[False]])
+    adv, ret = R.gae_advantages(r, v, no, no, nv, 0.5, 0.9)
+    assert adv.item() == 1.0 + 0.5 * 2.0 - 0.5 and ret.item() == 1.0 + 0.5 * 2.0
+    with pytest.raises(ValueError, match="^lambda must be in"):
+        R.gae_advantages(r, v, no, no, nv, 0.5, 1.5)
+    with pytest.raises(ValueError, match=r"^gamma must be in \[0, 1\], got -0.5$"):
+        R.gae_advantages(r, v, no, no, nv, -0.5, 0.9)
+
+
+def test_baselines_without_a_mask_and_on_tiny_batches():
+    g = torch.tensor([[1.0, 3.0], [5.0, 7.0]], dtype=torch.float64)
+    assert R.subtract_baseline(g, "mean").tolist() == [[-3.0, -1.0], [1.0, 3.0]]  # the mean of all four: 4
+    std = (5.0 ** 0.5)  # population std of 1, 3, 5, 7
+    assert torch.allclose(R.subtract_baseline(g, "standardize"), (g - 4.0) / (std + 1e-8))
+    one = torch.tensor([[True, False], [False, False]])
+    assert R.subtract_baseline(g, "mean", mask=one)[0, 0].item() == 0.0  # one sample is its own mean
+    assert R.subtract_baseline(g, "standardize", mask=one)[0, 0].item() == 0.0  # (x - x) / (0 + eps)
+    two = torch.tensor([[True, True], [False, False]])
+    assert R.subtract_baseline(g, "standardize", mask=two)[0].tolist() == pytest.approx([-1.0, 1.0])
+    nothing = torch.zeros(2, 2, dtype=torch.bool)
+    assert torch.equal(R.subtract_baseline(g, "standardize", mask=nothing), g)  # no statistics: left as is
+    # eps keeps a near-constant batch finite: std 1e-8 and eps 1e-8 halve the standardised values
+    flat = torch.tensor([[1.0, 1.0 + 2e-8]], dtype=torch.float64)
+    assert R.subtract_baseline(flat, "standardize").tolist()[0] == pytest.approx([-0.5, 0.5], rel=1e-6)
+
+
+def test_normalize_is_the_masked_standardisation_with_its_eps():
+    x = torch.tensor([[1.0, 2.0], [4.0, 100.0]], dtype=torch.float64)
+    mask = torch.tensor([[True, True], [True, False]])
+    z = R.normalize(x, mask, eps=0.5)
+    sel = torch.tensor([1.0, 2.0, 4.0], dtype=torch.float64)
+    assert torch.allclose(z, (x - sel.mean()) / (sel.std(unbiased=False) + 0.5))
+    assert torch.allclose(R.normalize(x[:1]), (x[:1] - 1.5) / (0.5 + 1e-8))
+
+
+def test_baseline_messages_name_what_is_allowed():
+    with pytest.raises(ValueError, match="^unknown baseline 'median'; allowed: none, mean, standardize, value$"):
+        R.subtract_baseline(torch.zeros(2, 2), "median")
+    with pytest.raises(ValueError, match=r"^baseline 'value' needs the critic's values V\(s_t\)$"):
+        R.subtract_baseline(torch.zeros(2, 2), "value")

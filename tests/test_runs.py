@@ -45,13 +45,19 @@ def test_sigkill_during_writes_leaves_a_readable_file(tmp_path):
         deadline = time.time() + 30
         while not path.exists() and time.time() < deadline:
             time.sleep(0.05)
+        seen = []
         for _ in range(5):
             time.sleep(0.13)
-            assert json.loads(path.read_text())["pad"] == "x" * 2_000_000
+            data = json.loads(path.read_text())
+            assert data["pad"] == "x" * 2_000_000
+            seen.append(data["i"])
+        assert proc.poll() is None, "the writer must still be running when it is killed"
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    assert json.loads(path.read_text())["i"] >= 0
+    assert proc.returncode == -signal.SIGKILL
+    assert seen == sorted(seen) and seen[-1] > seen[0], "the file was rewritten while being read"
+    assert json.loads(path.read_text())["i"] >= seen[-1]  # killed mid-write: the last whole version is there
 
 
 class _Evil:

@@ -178,8 +178,11 @@ BACKENDS = ["processes", pytest.param("ray", marks=pytest.mark.skipif(
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_sweep_retries_a_cell_whose_input_appears_late_then_resumes_without_rerunning(backend, runs_root, tmp_path):
+def test_sweep_retries_a_cell_whose_input_appears_late_then_resumes_without_rerunning(backend, runs_root, tmp_path,
+                                                                                       monkeypatch):
     later = tmp_path / "later"  # the cells plot this folder, which does not exist when the sweep starts
+    # --ray starts an instance of its own, even where RAY_ADDRESS (or a `ray start`) names another cluster
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
     seen = []
 
     def produce_input_after_first_failure(cell):

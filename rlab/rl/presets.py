@@ -27,7 +27,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "ac": dict(n_steps=16),
         # zoo dqn.yml: 5e4 steps, lr 2.3e-3, batch 64, buffer 1e5, learning_starts 1000, target every 10 steps,
         # train_freq 256, gradient_steps 128, exploration 0.16 -> 0.04, net 256x256
-        "dqn": dict(steps=50_000, lr=2.3e-3, batch_size=64, buffer_size=100_000, learning_starts=1000,
+        "dqn": dict(steps=50_000, lr=2.3e-3, batch_size=64, buffer_size=100_000,
                     target_update_interval=10, train_freq=256, gradient_steps=128, exploration_fraction=0.16,
                     exploration_final_eps=0.04),
     },

@@ -5,12 +5,20 @@ against a non-adaptive attacker (attacks the bare model; the defense is applied
 at test time) and, for a real defense, against an adaptive one that
 differentiates through it (BPDA / surrogate / EOT, Athalye et al. 2018). With
 `--surrogates` it also measures black-box transfer (craft on a surrogate or
-their ensemble, evaluate on the victim). Writes into one run folder:
+their ensemble, evaluate on the victim).
+
+The headline is the worst case: per defense and eps, the lowest robust accuracy
+over every attack and both attacker kinds (the default attack is `auto`, the
+AutoAttack-style ensemble of attacks.autoattack). An adaptive row that reads
+higher than its non-adaptive twin is marked as such (a weaker adaptive attack,
+not a stronger defense) and never becomes the defense's figure; signs of
+gradient masking (attacks.masking_warnings) are listed. Writes into one run folder:
 
     results.csv      attack, defense, adaptive, eps, clean_accuracy, robust_accuracy,
                      success_rate, grad_steps, queries, seconds
-    report.md        the table
-    robustness.png   accuracy against eps, one line per attack/defense
+    worst_case.csv   defense, eps, clean_accuracy, robust_accuracy, attack, attacker (the headline)
+    report.md        the worst-case table, the warnings, every row
+    robustness.png   the worst case per defense, then accuracy against eps per attack
     transfer.png     victim accuracy per (source model, attack), with --surrogates
     gallery.png      clean / adversarial images with predictions, perturbation magnified
 """
@@ -27,9 +35,10 @@ import torch
 from tqdm import tqdm
 
 from rlab.config import check, opt
-from rlab.errors import unknown_name
+from rlab.errors import UserError, unknown_name
 from rlab.runs import RunDir, atomic_write_text, write_csv
 from rlab.runtime import resolve_device, seed_everything, set_threads
+from rlab.vision.fitted_defenses import prepared_defense
 
 RESULT_COLUMNS = ["attack", "defense", "adaptive", "eps", "clean_accuracy", "robust_accuracy", "success_rate",
                   "grad_steps", "queries", "seconds"]
@@ -38,7 +47,9 @@ RESULT_COLUMNS = ["attack", "defense", "adaptive", "eps", "clean_accuracy", "rob
 @dataclass
 class BenchConfig:
     classifier: str = opt(None, "run folder of the victim classifier (rlab classifier train)")
-    attacks: list[str] = opt(["fgsm", "pgd"], "attacks, by name (see attacks.ATTACKS)")
+    attacks: list[str] = opt(["auto"], "attacks, by name (see attacks.ATTACKS; auto: APGD-CE, APGD-T, Square)")
+    auto_version: str = opt("standard", "budget of the auto ensemble (see attacks.autoattack.BUDGETS)",
+                            choices=["standard", "fast"])
     defenses: list[str] = opt(["none", "blur", "median", "jpeg", "bitdepth", "resize-pad"],
                               "defenses in front of the victim (see defenses.DEFENSES; none: the bare model)")
     eps: list[float] | None = opt(None, "L-inf radii, e.g. 0,2/255,8/255 (default: 0..0.3 for MNIST, 0..16/255 for RGB)")
@@ -74,30 +85,54 @@ class BenchConfig:
         for a in self.attacks:
             if canonical_name(a) not in attacks.ATTACKS:
                 raise unknown_name("attack", a, attacks.ATTACKS)
-        for d in self.defenses:
-            if d not in defenses.DEFENSES:
-                raise unknown_name("defense", d, defenses.DEFENSES)
+        uses_auto = any(attacks.ATTACKS[canonical_name(a)] is attacks.AutoAttack for a in self.attacks)
+        check(uses_auto or self.auto_version == "standard",
+              f"--auto-version {self.auto_version} applies to the auto attack only; add auto to --attacks")
+        taken = set().union(*(budget_options(a) for a in self.attacks))
+        check(self.steps == 10 or "steps" in taken,
+              f"--steps {self.steps} applies to iterative attacks (pgd, bim, mifgsm, apgd, ...), and none of "
+              f"--attacks {','.join(self.attacks)} takes it (auto has its own budget: --auto-version)")
+        check(self.restarts == 1 or "restarts" in taken,
+              f"--restarts {self.restarts} applies to attacks with a random start (pgd, l2pgd, apgd, ...), and none "
+              f"of --attacks {','.join(self.attacks)} takes it")
+        for d in self.defenses:  # a name, or a spec with parameters such as jpeg:quality=50
+            if defenses.parse_spec(d)[0] not in defenses.DEFENSES:
+                raise unknown_name("defense", defenses.parse_spec(d)[0], defenses.DEFENSES)
+            try:
+                defenses.make_defense(d)
+            except (TypeError, ValueError) as e:
+                raise UserError(f"--defenses {d}: {e}") from None
 
 
 def default_eps(channels: int) -> list[float]:
     return [0.0, 0.05, 0.1, 0.2, 0.3] if channels == 1 else [0.0, 2 / 255, 4 / 255, 8 / 255, 16 / 255]
 
 
-def make_attack(name: str, steps: int, seed: int, restarts: int = 1):
-    """An attack by name with the benchmark's budget (single-step attacks ignore `steps`)."""
+def budget_options(name: str) -> set[str]:
+    """Which of the benchmark's budget options (steps, restarts, seed, version) the attack `name` takes:
+    single-step FGSM takes no steps, restarts need a random start, the auto ensemble has its own budget."""
     import attacks
     from attacks.registry import canonical_name
 
     cls = attacks.ATTACKS[canonical_name(name)]
-    kwargs: dict[str, Any] = {}
     fields = getattr(cls, "__dataclass_fields__", {})
+    if "version" in fields:  # AutoAttack: its budget is --auto-version
+        return {"seed", "version"}
+    taken = {"seed"} & set(fields)
     if "steps" in fields and canonical_name(name) != "fgsm":
-        kwargs["steps"] = steps
-    if "seed" in fields:
-        kwargs["seed"] = seed
-    if restarts > 1 and "restarts" in fields and getattr(cls(), "random_start", False):
-        kwargs["restarts"] = restarts
-    return cls(**kwargs)
+        taken.add("steps")
+    if "restarts" in fields and getattr(cls(), "random_start", True):
+        taken.add("restarts")
+    return taken
+
+
+def budgeted_attack(name: str, steps: int, seed: int, restarts: int = 1, auto_version: str = "standard"):
+    """An attack by name with the benchmark's budget (see budget_options)."""
+    import attacks
+    from attacks.registry import canonical_name
+
+    given = {"steps": steps, "seed": seed, "restarts": restarts, "version": auto_version}
+    return attacks.ATTACKS[canonical_name(name)](**{k: given[k] for k in budget_options(name)})
 
 
 def load_victim(cfg: BenchConfig, device: torch.device):
@@ -115,15 +150,18 @@ def load_victim(cfg: BenchConfig, device: torch.device):
     return model, options, data.classes, x, y
 
 
-def evaluate_grid(model, x, y, attack_names, defense_names, eps, cfg: BenchConfig) -> list[dict[str, Any]]:
-    """One results row per attack x defense x (non-)adaptive x eps."""
+def evaluate_grid(model, x, y, attack_names, defense_names, eps, cfg: BenchConfig,
+                  warnings: list[str] | None = None) -> list[dict[str, Any]]:
+    """One results row per attack x defense x (non-)adaptive x eps; signs of gradient masking are appended
+    to `warnings` ("attack / defense / attacker: ...")."""
     import attacks
     import defenses
 
     rows = []
+    warnings = warnings if warnings is not None else []
     cells = [(a, d) for d in defense_names for a in attack_names]
     for attack_name, defense_name in tqdm(cells, desc="attack x defense", unit="cell"):
-        attack = make_attack(attack_name, cfg.steps, cfg.seed, cfg.restarts)
+        attack = budgeted_attack(attack_name, cfg.steps, cfg.seed, cfg.restarts, cfg.auto_version)
         start = time.perf_counter()
         if defense_name == "none":
             ra = attacks.robust_accuracy(model, attack, x, y, eps, batch_size=cfg.batch_size)
@@ -131,8 +169,9 @@ def evaluate_grid(model, x, y, attack_names, defense_names, eps, cfg: BenchConfi
             for e, acc in zip(ra.eps, ra.accuracy):
                 rows.append(_row(attack_name, "none", False, e, ra.clean_accuracy, acc, seconds / len(eps),
                                  ra.grad_steps, ra.queries))
+            warnings += [f"{attack_name} / none / non-adaptive: {w}" for w in ra.warnings]
             continue
-        defense = defenses.make_defense(defense_name)
+        defense = prepared_defense(defense_name, cfg.classifier, x.device, cfg.data_dir)
         if hasattr(defense, "reseed"):
             defense.reseed(cfg.seed)
         res = defenses.evaluate_defense(model, defense, attack, x, y, eps, eot_samples=cfg.eot_samples,
@@ -143,6 +182,9 @@ def evaluate_grid(model, x, y, attack_names, defense_names, eps, cfg: BenchConfi
             if cfg.adaptive:
                 rows.append(_row(attack_name, defense_name, True, e, res["clean"], res["adaptive"][i],
                                  seconds / (2 * len(eps))))
+        for mode in ["non_adaptive"] + (["adaptive"] if cfg.adaptive else []):
+            warnings += [f"{attack_name} / {defense_name} / {mode.replace('_', '-')}: {w}"
+                         for w in attacks.masking_warnings(res["eps"], res[mode], len(x))]
     return rows
 
 
@@ -172,7 +214,7 @@ def transfer_matrix(victim, x, y, surrogate_dirs: list[str], attack_names: list[
     acc = np.zeros((len(sources), len(attack_names)))
     for i, (_, source) in enumerate(tqdm(sources, desc="transfer sources")):
         for j, a in enumerate(attack_names):
-            attack = make_attack(a, cfg.steps, cfg.seed, cfg.restarts)
+            attack = budgeted_attack(a, cfg.steps, cfg.seed, cfg.restarts, cfg.auto_version)
             correct = 0
             for b in range(0, len(x), cfg.batch_size):
                 xb, yb = x[b:b + cfg.batch_size], y[b:b + cfg.batch_size]
@@ -189,9 +231,11 @@ def write_results(run: RunDir, rows: list[dict[str, Any]]) -> Path:
 
 
 def report_table(rows: list[dict[str, Any]], eps: list[float]) -> str:
-    """Markdown: one line per attack/defense/mode, robust accuracy (%) per eps."""
-    from rlab.plots import eps_label
+    """Markdown: one line per attack/defense/mode, robust accuracy (%) per eps; a † marks an adaptive
+    figure above its non-adaptive twin."""
+    from rlab.plots import adaptive_above_twin, eps_label
 
+    flagged = adaptive_above_twin(rows)
     head = "| attack | defense | attacker | clean | " + " | ".join(f"ε={eps_label(e)}" for e in eps) + " |"
     lines = [head, "|" + "---|" * (4 + len(eps))]
     keys = []
@@ -202,10 +246,46 @@ def report_table(rows: list[dict[str, Any]], eps: list[float]) -> str:
     for k in keys:
         cells = {r["eps"]: r for r in rows if (r["attack"], r["defense"], r["adaptive"]) == k}
         first = next(iter(cells.values()))
-        accs = [f"{100 * cells[round(e, 6)]['robust_accuracy']:.1f}" if round(e, 6) in cells else "" for e in eps]
+        accs = []
+        for e in eps:
+            r = cells.get(round(e, 6))
+            mark = "†" if r is not None and k[2] and (k[0], k[1], round(e, 6)) in flagged else ""
+            accs.append(f"{100 * r['robust_accuracy']:.1f}{mark}" if r is not None else "")
         mode = "adaptive" if k[2] else "non-adaptive"
         lines.append(f"| {k[0]} | {k[1]} | {mode} | {100 * first['clean_accuracy']:.1f} | " + " | ".join(accs) + " |")
+    if any(k[2] for k in keys) and flagged:
+        lines += ["", f"† {len(flagged)} adaptive figure(s) above the non-adaptive one at the same attack and ε: "
+                      "the adaptive attack was the weaker one there (e.g. a misleading BPDA gradient), not the "
+                      "defense stronger; the worst case uses the lower figure."]
     return "\n".join(lines)
+
+
+def worst_case_table(rows: list[dict[str, Any]], eps: list[float]) -> str:
+    """Markdown: per defense, the worst case (%) per eps over every attack and attacker, and who reached it."""
+    from rlab.plots import eps_label, worst_case
+
+    worst = {(w["defense"], w["eps"]): w for w in worst_case(rows)}
+    defenses = list(dict.fromkeys(r["defense"] for r in rows))
+    lines = ["| defense | clean | " + " | ".join(f"ε={eps_label(e)}" for e in eps) + " |",
+             "|" + "---|" * (2 + len(eps))]
+    for d in defenses:
+        cells = []
+        for e in eps:
+            w = worst.get((d, round(e, 6)))
+            cells.append(f"**{100 * w['robust_accuracy']:.1f}** ({w['attack']}"
+                         f"{', adaptive' if w['attacker'] == 'adaptive' else ''})" if w is not None and e > 0
+                         else f"{100 * w['robust_accuracy']:.1f}" if w is not None else "")
+        clean = next(r["clean_accuracy"] for r in rows if r["defense"] == d)
+        lines.append(f"| {d} | {100 * clean:.1f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_worst_case(run: RunDir, rows: list[dict[str, Any]]) -> Path:
+    from rlab.plots import worst_case
+
+    write_csv(run.path / "worst_case.csv", worst_case(rows),
+              ["defense", "eps", "clean_accuracy", "robust_accuracy", "attack", "attacker"])
+    return run.path / "worst_case.csv"
 
 
 def plot_transfer(sources: list[str], attack_names: list[str], acc: np.ndarray, eps: float, out: Path) -> Path:
@@ -236,7 +316,8 @@ def plot_gallery(model, x, y, classes: list[str], attack_name: str, eps: float, 
     k = min(cfg.gallery, len(x))
     picks = _one_per_class(y, k)
     xb, yb = x[picks], y[picks]
-    x_adv = make_attack(attack_name, cfg.steps, cfg.seed)(model, xb, yb, eps=eps).x_adv.detach()
+    x_adv = budgeted_attack(attack_name, cfg.steps, cfg.seed, auto_version=cfg.auto_version)(model, xb, yb,
+                                                                                              eps=eps).x_adv.detach()
     with torch.no_grad():
         p_clean, p_adv = model(xb).argmax(1), model(x_adv).argmax(1)
     delta = (x_adv - xb) / (2 * eps) + 0.5 if eps > 0 else torch.full_like(xb, 0.5)
@@ -279,21 +360,35 @@ def run(cfg: BenchConfig) -> Path:
     eps = sorted(set(cfg.eps if cfg.eps is not None else default_eps(x.shape[1])))
     run_dir = RunDir.create("bench", f"attacks__{options['dataset'].replace(':', '-')}__{options['model']}", cfg.seed, cfg, device)
     start = time.perf_counter()
-    rows = evaluate_grid(model, x, y, cfg.attacks, cfg.defenses, eps, cfg)
+    warnings: list[str] = []
+    rows = evaluate_grid(model, x, y, cfg.attacks, cfg.defenses, eps, cfg, warnings)
     write_results(run_dir, rows)
+    write_worst_case(run_dir, rows)
     from rlab.plots import plot_robustness
 
     plot_robustness(run_dir.path / "results.csv", run_dir.path / "robustness.png",
                     title=f"{options['model']} on {options['dataset']} (n={len(x)}): robust accuracy vs ε "
                           "(solid: non-adaptive, dashed: adaptive)")
+    from attacks.registry import canonical_name
+    from rlab.plots import adaptive_above_twin, worst_case
+
+    budget = (f"auto at its {cfg.auto_version} budget; " if "auto" in map(canonical_name, cfg.attacks) else "")
     report = [f"# Attack/defense benchmark: {options['model']} on {options['dataset']}", "",
-              f"Victim: `{cfg.classifier}`; {len(x)} test images; attacks with {cfg.steps} steps"
-              f"{f' and {cfg.restarts} restarts' if cfg.restarts > 1 else ''}; "
+              f"Victim: `{cfg.classifier}`; {len(x)} test images; {budget}other iterative attacks with {cfg.steps} "
+              f"steps{f' and {cfg.restarts} restarts' if cfg.restarts > 1 else ''}; "
               f"EOT samples {cfg.eot_samples}. Robust accuracy (%) per ε (L∞, images in [0, 1]).", "",
-              report_table(rows, eps), "", "![robustness](robustness.png)", ""]
-    summary: dict[str, Any] = {"n_images": len(x), "eps": eps, "rows": len(rows)}
+              "## Headline: the worst case over every attack and attacker", "",
+              worst_case_table(rows, eps), ""]
+    if warnings:
+        report += ["Signs of gradient masking (trust the worst case, and try a stronger or adaptive attack):", ""]
+        report += [f"- {w}" for w in warnings] + [""]
+    report += ["## Every attack", "", report_table(rows, eps), "", "![robustness](robustness.png)", ""]
+    summary: dict[str, Any] = {"n_images": len(x), "eps": eps, "rows": len(rows), "warnings": warnings}
     for r in rows:
         summary[f"robust_accuracy/{r['attack']}/{r['defense']}/{'adaptive' if r['adaptive'] else 'non-adaptive'}/{r['eps']}"] = r["robust_accuracy"]
+    for w in worst_case(rows):
+        summary[f"worst_case/{w['defense']}/{w['eps']}"] = w["robust_accuracy"]
+    summary["adaptive_above_non_adaptive"] = [f"{a}/{d}/{e}" for a, d, e in adaptive_above_twin(rows)]
     nonzero = [e for e in eps if e > 0]
     if cfg.surrogates and nonzero:
         t_eps = nonzero[len(nonzero) // 2]

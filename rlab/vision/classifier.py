@@ -3,6 +3,9 @@
     rlab classifier train --dataset mnist5k --model mnist_cnn --epochs 15
     rlab classifier train --dataset cifar10-jpg --model fastnet --epochs 10
     rlab classifier train --dataset mnist5k --adv pgd --eps 0.3
+    rlab classifier train --dataset mnist5k --noise-sd 0.25
+    rlab classifier train --dataset mnist5k --poison badnets --poison-rate 0.05 --target 0 --trigger checker:4:br
+    rlab classifier train ... --poison badnets ... --remove-suspects POISONED_RUN [--detector spectral]
     rlab classifier eval RUN_DIR [--dataset imagefolder:PATH] [--per-class 20]
 
 Training is minibatch SGD with Nesterov momentum under a one-cycle learning-rate
@@ -10,7 +13,20 @@ schedule (Smith & Topin, 2019, "Super-Convergence"), label smoothing (Szegedy
 et al., 2016) and, for RGB images, random-crop + horizontal-flip augmentation;
 on CUDA it runs in bfloat16 autocast with channels-last tensors. With --adv the
 minibatch step is `defenses.AdversarialTraining` (Madry et al., 2018, PGD;
-Wong et al., 2020, "fast"; Shafahi et al., 2019, "free").
+Wong et al., 2020, "fast"; Shafahi et al., 2019, "free"). With --noise-sd every
+minibatch gets Gaussian noise, `defenses.gaussian_noise` (Cohen et al., 2019: the
+base classifier of randomized smoothing, certified by `rlab bench certify`).
+
+With --poison badnets the training set (never the test set) goes through
+`attacks.BadNets` (Gu et al., 2017) first: exactly round(rate * N) images of
+other classes get the trigger and the target label. Every epoch then logs the
+clean test accuracy and the attack success rate (triggered test images of
+other classes classified as the target). With --remove-suspects RUN the
+poisoned run RUN's model reads this (identically poisoned) training set, a
+detector of `defenses.poison_detection` (Tran et al., 2018; Chen et al., 2018)
+flags suspects from its penultimate activations, and training runs without
+them; suspects.json and the summary hold what was removed and, when the poison
+is known, the detector's precision and recall.
 
 Run folders: runs/classifier/<dataset>__<model>__<seed>__<time>/ with
 metrics.csv (one row per epoch), learning_curve.png, checkpoints/last.pt
@@ -31,15 +47,19 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from attacks.poisoning import BadNets, Trigger, attack_success_rate
+from defenses.poison_detection import DETECTORS
 from rlab.config import check, opt
 from rlab.vision.data import DATASET_NAMES, ImageData, course_subset, load_dataset
 from rlab.errors import TrainingDiverged, UserError, diverged, first_nonfinite, load_state_checked
 from rlab.vision.models import MODEL_NAMES, build_model, default_lr
-from rlab.runs import RunDir, rng_state
+from rlab.runs import RunDir, rng_state, write_json
 from rlab.runtime import resolve_device, seed_everything, set_threads
 
 ADV_METHODS = ("none", "pgd", "fast", "free")
+POISONS = ("none", "badnets")
 AUGMENTATIONS = ("auto", "none", "crop", "crop-flip")
+DEFAULT_EPOCHS = 10
 
 
 @dataclass
@@ -47,7 +67,8 @@ class TrainConfig:
     dataset: str = opt("mnist5k", help=f"dataset: {', '.join(DATASET_NAMES)}")
     model: str = opt("auto", help="model name (auto: mnist_cnn for 1 channel, fastnet for RGB)",
                      choices=["auto", *MODEL_NAMES])
-    epochs: int = opt(10, help="passes over the training set")
+    epochs: int | None = opt(None, help=f"passes over the training set (default {DEFAULT_EPOCHS}; with --resume: "
+                                        f"extend the run to this many)")
     batch_size: int = opt(256, help="minibatch size")
     lr: float | None = opt(None, help="peak learning rate of the one-cycle schedule (default: the model's)")
     momentum: float = opt(0.9, help="Nesterov momentum")
@@ -66,13 +87,30 @@ class TrainConfig:
     adv_replays: int | None = opt(None, help="minibatch replays of free adversarial training (default: the method's)")
     adv_ramp: float = opt(0.0, help="fraction of training over which the adversarial eps ramps up from 0 "
                                     "(0: full eps from the start; 0.5 keeps MNIST at eps 0.3 from collapsing)")
+    noise_sd: float = opt(0.0, help="train under Gaussian noise N(0, S^2) for randomized smoothing, e.g. 0.25 "
+                                    "(0: none; excludes --adv)")
     optimizer: str = opt("sgd", help="optimizer (SGD with Nesterov momentum, or Adam)", choices=["sgd", "adam"])
     warmup: float = opt(0.25, help="fraction of the one-cycle schedule spent warming up to the peak lr")
     pretrained: bool = opt(False, help="start from pytorchcv's released weights (needs a network)")
-    resume: str | None = opt(None, help="continue the run in this folder from its last checkpoint")
+    poison: str = opt("none", help="poison the training set (BadNets, Gu et al. 2017) before training",
+                      choices=list(POISONS))
+    poison_rate: float | None = opt(None, help="with --poison: share of the training set poisoned "
+                                               f"(default {BadNets.rate})")
+    target: int | None = opt(None, help=f"with --poison: the backdoor's target class index (default {BadNets.target})")
+    trigger: str | None = opt(None, help="with --poison: trigger PATTERN[:SIZE[:CORNER]], pattern square|checker, "
+                                         f"corner br|bl|tr|tl (default {Trigger().spec})")
+    remove_suspects: str | None = opt(None, help="a poisoned classifier run folder: its model flags suspect "
+                                                 "training samples (same training set), which this run leaves out")
+    detector: str | None = opt(None, help=f"with --remove-suspects: poison detector (default {DETECTORS[0]})",
+                               choices=list(DETECTORS))
+    resume: str | None = opt(None, help="continue the run in this folder from its last checkpoint "
+                                        "(with --epochs N: extend it to N epochs)")
+    progress: bool = opt(True, help="show a progress bar")
 
     def __post_init__(self) -> None:
-        check(self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}")
+        if self.epochs is None and not self.resume:
+            self.epochs = DEFAULT_EPOCHS
+        check(self.epochs is None or self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}")
         check(self.batch_size >= 2, f"--batch-size must be >= 2, got {self.batch_size}")
         check(self.lr is None or self.lr > 0, f"--lr must be > 0, got {self.lr}")
         check(0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}")
@@ -82,11 +120,34 @@ class TrainConfig:
         check(self.threads >= 0, f"--threads must be >= 0, got {self.threads}")
         check(0 <= self.adv_ramp <= 1, f"--adv-ramp must be in [0, 1], got {self.adv_ramp}")
         check(0 < self.warmup < 1, f"--warmup must be in (0, 1), got {self.warmup}")
-        _check_dataset_name(self.dataset)
+        check_dataset_name(self.dataset)
+        if self.poison == "none":
+            given = [f"--{n.replace('_', '-')}" for n in ("poison_rate", "target", "trigger")
+                     if getattr(self, n) is not None]
+            check(not given, f"{', '.join(given)} configure{'s' if len(given) == 1 else ''} a poisoning attack: "
+                             "give it with --poison badnets, or leave it out")
+        else:
+            check(self.poison_rate is None or 0 < self.poison_rate < 1,
+                  f"--poison-rate is the poisoned share of the training set, in (0, 1); got {self.poison_rate}")
+            check(self.target is None or self.target >= 0, f"--target must be a class index >= 0, got {self.target}")
+            if self.trigger is not None:
+                try:
+                    Trigger.parse(self.trigger)
+                except ValueError as e:
+                    raise UserError(f"--trigger: {e}") from None
+        check(self.detector is None or self.remove_suspects is not None,
+              "--detector chooses how --remove-suspects finds the poison: give it together with --remove-suspects RUN_DIR")
         if self.adv == "none":
             check(self.eps == 0, "--eps is the radius of adversarial training: give it together with --adv pgd|fast|free")
+            tuned = [f"--{name.replace('_', '-')}" for name in ("adv_alpha", "adv_steps", "adv_replays", "adv_ramp")
+                     if getattr(self, name)]
+            check(not tuned, f"{', '.join(tuned)} tune adversarial training: give them together with --adv pgd|fast|free")
         else:
             check(0 < self.eps <= 1, f"--adv {self.adv} needs --eps in (0, 1] (images are in [0, 1]), got {self.eps}")
+        check(0 <= self.noise_sd < math.inf, f"--noise-sd must be >= 0 (0: no noise), got {self.noise_sd}")
+        check(not (self.noise_sd and self.adv != "none"),
+              f"--noise-sd (Gaussian noise training) and --adv {self.adv} (adversarial training) exclude each other; "
+              "give one of them")
 
 
 @dataclass
@@ -106,10 +167,10 @@ class EvalConfig:
         check(self.per_class >= 0, f"--per-class must be >= 0, got {self.per_class}")
         check(self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}")
         if self.dataset is not None:
-            _check_dataset_name(self.dataset)
+            check_dataset_name(self.dataset)
 
 
-def _check_dataset_name(name: str) -> None:
+def check_dataset_name(name: str) -> None:
     if name not in DATASET_NAMES[:-1] and not name.startswith("imagefolder:"):
         from rlab.errors import unknown_name
 
@@ -164,12 +225,17 @@ def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, data: ImageData, device: torch.device, batch_size: int = 500,
-                   tta: bool = False) -> torch.Tensor:
-    """Logits (N, classes) of an eval-mode model; with tta, the mean over x and its mirror image."""
+                   tta: bool = False, noise: torch.Generator | None = None, noise_sd: float = 0.0) -> torch.Tensor:
+    """Logits (N, classes) of an eval-mode model; with tta, the mean over x and its mirror image;
+    with noise_sd, of x + N(0, noise_sd^2) drawn from the generator `noise` (on `device`)."""
     model.eval()
     out = []
     for start in range(0, len(data), batch_size):
         x = _to_device(data.float(slice(start, start + batch_size)), device)
+        if noise_sd:
+            from defenses import gaussian_noise
+
+            x = gaussian_noise(x, noise_sd, noise)
         with _autocast(device):
             logits = model(x).float()
             if tta:
@@ -209,6 +275,8 @@ def _plot_learning_curve(rows: list[dict], path: Path, title: str) -> None:
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
     ax_acc.plot(epochs, [r["train/accuracy"] for r in rows], "o-", label="train")
     ax_acc.plot(epochs, [r["test/accuracy"] for r in rows], "s-", label="test")
+    if rows and "test/noisy_accuracy" in rows[-1]:
+        ax_acc.plot(epochs, [r.get("test/noisy_accuracy") for r in rows], "^--", label="test, under training noise")
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title=title)
     ax_loss.plot(epochs, [r["train/loss"] for r in rows], "o-", label="train (augmented, smoothed labels)")
     ax_loss.plot(epochs, [r["test/loss"] for r in rows], "s-", label="test")
@@ -228,15 +296,29 @@ def _adversarial_trainer(cfg: TrainConfig):
 # ----------------------------------------------------------------------------- train
 
 
+# what --resume may change: the length of the run (to extend it) and how it runs, never what it learns
+RESUME_OPTIONS = ("epochs", "device", "threads", "progress")
+
+
 def _resumed_config(cfg: TrainConfig) -> tuple[TrainConfig, RunDir]:
+    """The saved configuration of the run in cfg.resume, with the options --resume may change taken from cfg."""
+    changed = [f.name for f in dataclasses.fields(TrainConfig)
+               if f.name not in (*RESUME_OPTIONS, "resume") and getattr(cfg, f.name) != f.default]
+    check(not changed, f"--resume continues a run with its saved options; --{changed[0].replace('_', '-') if changed else ''} "
+                       f"would be ignored (allowed with --resume: --epochs to extend the run, --device, --threads, "
+                       f"--progress)")
     run = RunDir.open(cfg.resume)
     saved = dict(run.config["options"])
     if run.config.get("kind") != "classifier" or "dataset" not in saved or "epochs" not in saved:
         raise UserError(f"{cfg.resume} is not a classifier run folder of `rlab classifier train`")
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     saved = {k: v for k, v in saved.items() if k in known}
-    saved["resume"] = cfg.resume
-    if cfg.device != "auto":
+    if cfg.epochs is not None:  # --epochs N given: extend the run to N epochs
+        check(cfg.epochs >= saved["epochs"], f"--epochs {cfg.epochs} would shorten the run; it was set to "
+                                             f"{saved['epochs']} epochs (give more to extend it)")
+        saved["epochs"] = cfg.epochs
+    saved.update(resume=cfg.resume, progress=cfg.progress)
+    if cfg.device != "auto":  # else the run's own device and threads (threads change the numbers)
         saved["device"] = cfg.device
     if cfg.threads:
         saved["threads"] = cfg.threads
@@ -257,6 +339,19 @@ def train(cfg: TrainConfig) -> Path:
         raise UserError(f"{cfg.dataset}: train and test images differ in shape")
     if cfg.train_subset:
         train_data = train_data.subset(torch.randperm(len(train_data))[: cfg.train_subset])
+    badnets = poisoning_attack(cfg)
+    poisoned, num_planted = None, 0
+    if badnets is not None:
+        train_data, poisoned = poison_training_set(train_data, badnets)
+        num_planted = int(poisoned.sum())
+    detection = None
+    if cfg.remove_suspects:
+        detection = find_suspects(cfg, train_data, poisoned, device)
+        kept = torch.nonzero(~detection["suspects"]).flatten()
+        train_data = train_data.subset(kept)
+        poisoned = poisoned[kept] if poisoned is not None else None
+    if badnets is not None:
+        test_x, test_y = test_data.float().to(device), test_data.labels.to(device)
     model_name = cfg.model if cfg.model != "auto" else ("mnist_cnn" if train_data.channels == 1 else "fastnet")
     meta = {"model": model_name, "num_classes": len(train_data.classes), "in_channels": train_data.channels,
             "image_size": train_data.image_size, "classes": list(train_data.classes), "dataset": cfg.dataset}
@@ -279,10 +374,16 @@ def train(cfg: TrainConfig) -> Path:
     if adv_trainer is not None:
         from defenses.adversarial_training import ramped_eps
     augment = augmentation_for(cfg.augment, train_data.channels)
+    if cfg.noise_sd:
+        from defenses import gaussian_noise
 
     start_epoch, step, train_seconds = 0, 0, 0.0
+    if run is not None and run.config["options"].get("epochs") != cfg.epochs:  # extended: later resumes know it
+        write_json(run.path / "config.json", {**run.config, "options": {**run.config["options"], "epochs": cfg.epochs}})
     if run is None:
         run = RunDir.create("classifier", f"{cfg.dataset.replace(':', '-')}__{model_name}", cfg.seed, cfg, device=device)
+        if detection is not None:
+            write_json(run.path / "suspects.json", {k: v for k, v in detection.items() if k != "suspects"})
     elif (run.path / "checkpoints" / "last.pt").exists():
         start_epoch, step, train_seconds = run.restore({"model": model, "optimizer": optimizer, "scheduler": scheduler},
                                                        ("epoch", "step", "train_seconds"), "rlab classifier train",
@@ -300,9 +401,11 @@ def train(cfg: TrainConfig) -> Path:
         total_loss = total_correct = seen = 0.0
         order = torch.randperm(len(train_data)).to(device)
         batches = [b for b in order.split(cfg.batch_size) if len(b) >= 2]
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None)
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None if cfg.progress else True)
         for idx in bar:
             x = _to_device(augment_batch(images[idx].float().div_(255), augment), device)
+            if cfg.noise_sd:
+                x = gaussian_noise(x, cfg.noise_sd)
             y = labels[idx]
             if adv_trainer is not None:
                 with _autocast(device):
@@ -330,8 +433,17 @@ def train(cfg: TrainConfig) -> Path:
         if bad is not None:
             raise _diverged(step, epoch, f"weight {bad}", run, lr)
         test_acc, test_loss = accuracy_and_loss(predict_logits(model, test_data, device), test_data.labels)
+        extra = {}
+        if cfg.noise_sd:  # the same noise every epoch, from its own generator (the training RNG stays untouched)
+            generator = torch.Generator(device=device).manual_seed(cfg.seed)
+            noisy_logits = predict_logits(model, test_data, device, noise=generator, noise_sd=cfg.noise_sd)
+            extra["test/noisy_accuracy"] = accuracy_and_loss(noisy_logits, test_data.labels)[0]
+        if badnets is not None:
+            with _autocast(device):
+                extra["backdoor/attack_success_rate"] = attack_success_rate(model, test_x, test_y, badnets.trigger,
+                                                                            badnets.target)
         run.log(step, **{"epoch": epoch + 1, "train/loss": total_loss / seen, "train/accuracy": total_correct / seen,
-                         "test/accuracy": test_acc, "test/loss": test_loss, "charts/lr": lr_used,
+                         "test/accuracy": test_acc, "test/loss": test_loss, **extra, "charts/lr": lr_used,
                          "time/train_seconds": train_seconds}, flush=True)
         run.save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                              "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "step": step,
@@ -340,10 +452,91 @@ def train(cfg: TrainConfig) -> Path:
     last = run.metrics[-1] if run.metrics else {}
     run.write_summary({"test/accuracy": last.get("test/accuracy"), "test/loss": last.get("test/loss"),
                        "train/accuracy": last.get("train/accuracy"), "epochs": cfg.epochs,
+                       **({"test/noisy_accuracy": last.get("test/noisy_accuracy"), "noise_sd": cfg.noise_sd}
+                          if cfg.noise_sd else {}),
                        "train_seconds": train_seconds, "wall_seconds": time.perf_counter() - wall_start,
                        "model": model_name, "dataset": cfg.dataset, "num_train": len(train_data),
-                       "num_test": len(test_data), "num_params": sum(p.numel() for p in model.parameters())})
+                       "num_test": len(test_data), "num_params": sum(p.numel() for p in model.parameters()),
+                       **_poison_summary(badnets, num_planted, poisoned, detection, last)})
     return run.path
+
+
+# ----------------------------------------------------------------------------- poisoning and its detection
+
+
+def poisoning_attack(cfg: TrainConfig) -> BadNets | None:
+    """The configured BadNets transform (None without --poison); unset options take BadNets' defaults."""
+    if cfg.poison == "none":
+        return None
+    trigger = Trigger.parse(cfg.trigger) if cfg.trigger is not None else Trigger()
+    return BadNets(target=BadNets.target if cfg.target is None else cfg.target,
+                   rate=BadNets.rate if cfg.poison_rate is None else cfg.poison_rate, trigger=trigger, seed=cfg.seed)
+
+
+def poison_training_set(data: ImageData, badnets: BadNets) -> tuple[ImageData, torch.Tensor]:
+    """The poisoned copy of the training set and the (N,) bool mask of its poisoned images."""
+    if badnets.target >= len(data.classes):
+        raise UserError(f"--target {badnets.target} is not a class of {data.name}: give an index in 0..{len(data.classes) - 1}")
+    try:
+        out = badnets(data.images, data.labels)
+    except ValueError as e:
+        raise UserError(f"--poison badnets: {e}") from None
+    return ImageData(out.images, out.labels, list(data.classes), data.name), out.poisoned
+
+
+def _training_set_key(cfg: TrainConfig) -> tuple:
+    """What fixes the (poisoned) training set: two runs with equal keys trained on the same images."""
+    return cfg.dataset, cfg.train_subset, cfg.seed, poisoning_attack(cfg)
+
+
+def find_suspects(cfg: TrainConfig, data: ImageData, poisoned: torch.Tensor | None, device: torch.device) -> dict:
+    """Flag suspect training samples with the penultimate activations of --remove-suspects' model.
+
+    Returns suspects (N,) bool, and for suspects.json / the summary: detector,
+    source run, suspect indices, per-label statistics and, when the poison is
+    known, precision and recall.
+    """
+    with torch.random.fork_rng(devices=[]):  # loading the source model draws initial weights: keep this run's RNG
+        return _find_suspects(cfg, data, poisoned, device)
+
+
+def _find_suspects(cfg: TrainConfig, data: ImageData, poisoned: torch.Tensor | None, device: torch.device) -> dict:
+    from defenses.poison_detection import detect_poison, penultimate_features
+
+    source = RunDir.open(cfg.remove_suspects)
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    try:
+        source_cfg = TrainConfig(**{k: v for k, v in source.config["options"].items() if k in known and k != "resume"})
+    except (TypeError, UserError) as e:
+        raise UserError(f"--remove-suspects {cfg.remove_suspects} is not a run folder of `rlab classifier train` ({e})") from None
+    if _training_set_key(source_cfg) != _training_set_key(cfg):
+        raise UserError(f"--remove-suspects {cfg.remove_suspects} was trained on another training set: give this run "
+                        "the same --dataset, --train-subset, --seed and --poison options")
+    model, _ = load_classifier(cfg.remove_suspects, device)
+    features = torch.cat([penultimate_features(model, data.float(slice(i, i + 5000)).to(device))
+                          for i in range(0, len(data), 5000)])
+    detector = cfg.detector or DETECTORS[0]
+    found = detect_poison(features, data.labels, detector)
+    result = {"suspects": found.suspects, "detector": detector, "source_run": str(cfg.remove_suspects),
+              "num_suspects": int(found.suspects.sum()), "suspect_index": torch.nonzero(found.suspects).flatten().tolist(),
+              "per_class": found.per_class}
+    if poisoned is not None:
+        result["precision"], result["recall"] = found.precision_recall(poisoned)
+    return result
+
+
+def _poison_summary(badnets: BadNets | None, num_planted: int, poisoned: torch.Tensor | None,
+                    detection: dict | None, last: dict) -> dict:
+    out: dict = {}
+    if badnets is not None:
+        out.update({"backdoor/attack_success_rate": last.get("backdoor/attack_success_rate"),
+                    "backdoor/poison_rate": badnets.rate, "backdoor/target": badnets.target,
+                    "backdoor/trigger": badnets.trigger.spec, "backdoor/num_poisoned": num_planted,
+                    "backdoor/num_poisoned_trained_on": int(poisoned.sum())})
+    if detection is not None:
+        out.update({f"detection/{k}": detection[k] for k in ("detector", "source_run", "num_suspects", "precision", "recall")
+                    if k in detection})
+    return out
 
 
 def _diverged(step: int, epoch: int, what: str, run: RunDir, lr: float) -> TrainingDiverged:

@@ -126,6 +126,14 @@ def course_subset(data: ImageData, per_class: int = 20, seed: int = 0) -> ImageD
     return data.subset(torch.cat(picks))
 
 
+def fixed_draw(size: int, k: int, seed: int = 0) -> torch.Tensor:
+    """Sorted indices of a seeded random draw of k of `size` items (all of them when k is 0 or >= size);
+    the draw `rlab bench attacks --n K` makes, so the same seed names the same test images."""
+    if k <= 0 or k >= size:
+        return torch.arange(size)
+    return torch.randperm(size, generator=torch.Generator().manual_seed(seed))[:k].sort().values
+
+
 # ----------------------------------------------------------------------------- mnist5k
 
 
@@ -295,7 +303,7 @@ def _shared_data_dirs(data_dir: str | None) -> list[Path]:
     if data_dir is not None:
         return [Path(data_dir).expanduser()]
     dirs = [Path(os.environ["RLAB_DATA"]).expanduser()] if os.environ.get("RLAB_DATA") else []
-    return dirs + [Path(__file__).resolve().parents[2] / "shared" / "data"]
+    return dirs + [Path(__file__).resolve().parents[3] / "shared" / "data"]  # rlab/vision/data.py -> ../shared/data
 
 
 def load_cifar10_jpg(split: str, data_dir: str | None = None) -> ImageData:

@@ -1,0 +1,217 @@
+"""Adversarial patch: one universal, targeted sticker that survives being moved, turned and photographed.
+
+Brown, Mané, Roy, Abadi & Gilmer 2017, "Adversarial Patch". The patch p is
+trained by expectation over transformations (EOT; Athalye et al. 2018,
+"Synthesizing Robust Adversarial Examples"):
+
+    p* = argmax_p  E_{x ~ X, l ~ L, t ~ T} [ log Pr(y_target | A(p, x, l, t)) ]
+
+A(p, x, l, t) pastes the patch, transformed by t, at location l through its mask m:
+
+    A(p, x, l, t) = (1 - m_t) * x + m_t * t(p)
+
+Here t draws a rotation in ±`rotation` degrees, a scale of the side in
+[`min_scale`, 1], a brightness shift in ±`brightness`, a contrast factor in
+1 ± `contrast` (the print's colours) and a Gaussian blur of sigma in [0, `blur`]
+pixels (the camera); l is uniform over the positions that keep the upright
+patch inside the image. Rotation, scale and blur act on the patch and its mask
+together (kornia's warp and blur), so the image changes only where m_t > 0 and
+stays in [0, 1].
+
+Budget (the threat model's size): the patch's area as a share of the image;
+area 0.1 is the largest square within it, side floor(sqrt(0.1 H W)) pixels (10x10
+on a 32x32 image: 9.8%). Scale jitter only shrinks it, so no pasted patch exceeds
+its budget. Threat model: white box while
+training; at test time the patch is fixed and universal (one for every image
+and location), pasted on images it never saw at a random location and rotation
+at full size, without the photometric jitter.
+Shapes: x (N, C, H, W) in [0, 1]; the patch (C, s, s).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from kornia.filters import gaussian_blur2d
+from kornia.geometry.transform import get_rotation_matrix2d, warp_affine
+from torch import Tensor
+
+from attacks.core import (LOSSES, AttackResult, Eps, check_batch, check_labels, check_logits, eps_values, eval_mode,
+                          make_generator, objective, stack_results)
+
+
+def patch_side(area: float, height: int, width: int) -> int:
+    """Side in pixels of the largest square patch within `area` of an H x W image: floor(sqrt(area H W))."""
+    if not 0 < area <= 1:
+        raise ValueError(f"patch area must be a share of the image in (0, 1], got {area:g}")
+    side = math.floor(math.sqrt(area * height * width) + 1e-9)
+    if side < 1:
+        raise ValueError(f"a patch of area {area:g} is smaller than one pixel of a {height}x{width} image")
+    if side > min(height, width):
+        raise ValueError(f"a square patch of area {area:g} (side {side}) does not fit a {height}x{width} image")
+    return side
+
+
+def paste_patch(x: Tensor, patch: Tensor, rows: Tensor, cols: Tensor, angle: Tensor | None = None,
+                scale: Tensor | None = None, brightness: Tensor | None = None, contrast: Tensor | None = None,
+                blur: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """A(p, x, l, t): paste `patch` (C, s, s) on every image of x, return (x_adv, mask (N, 1, H, W)).
+
+    rows, cols (N,) are the upright patch's top-left corners; the optional per-image
+    transforms (N,) are: angle (degrees, about the patch centre), scale (of the side),
+    brightness (added), contrast (factor about 0.5), blur (Gaussian sigma, pixels).
+    x_adv = (1 - m) * x + m * t(p), so x_adv == x wherever the mask is 0.
+    """
+    n, _, height, width = x.shape
+    side = patch.shape[-1]
+    p = patch.expand(n, *patch.shape)
+    if contrast is not None:
+        p = (p - 0.5) * contrast.view(-1, 1, 1, 1) + 0.5
+    if brightness is not None:
+        p = p + brightness.view(-1, 1, 1, 1)
+    p = p.clamp(0, 1)
+    ink = torch.cat([p, torch.ones_like(p[:, :1])], 1)  # the patch premultiplied by its mask, and the mask
+    ink = torch.stack([F.pad(ink[i], (int(cols[i]), width - side - int(cols[i]), int(rows[i]), height - side - int(rows[i])))
+                       for i in range(n)])
+    if angle is not None or scale is not None:
+        centre = torch.stack([cols, rows], 1).to(x.dtype) + (side - 1) / 2
+        angle = angle if angle is not None else x.new_zeros(n)
+        scale = scale if scale is not None else x.new_ones(n)
+        matrix = get_rotation_matrix2d(centre, angle.to(x.dtype), scale.to(x.dtype)[:, None].expand(n, 2))
+        ink = warp_affine(ink, matrix, (height, width), mode="bilinear", padding_mode="zeros", align_corners=True)
+    if blur is not None:
+        sigma = blur.to(x.dtype).clamp_min(1e-3)[:, None].expand(n, 2)
+        size = 2 * math.ceil(3 * float(sigma.max())) + 1
+        ink = gaussian_blur2d(ink, (size, size), sigma, border_type="constant")
+    canvas, mask = ink[:, :-1], ink[:, -1:]
+    return ((1 - mask) * x + canvas).clamp(0, 1), mask
+
+
+def random_locations(n: int, side: int, height: int, width: int, generator: torch.Generator | None,
+                     device: torch.device) -> tuple[Tensor, Tensor]:
+    """Top-left corners (rows, cols), uniform over the positions that keep an upright s x s patch inside."""
+    rows = torch.randint(0, height - side + 1, (n,), generator=generator, device=device)
+    cols = torch.randint(0, width - side + 1, (n,), generator=generator, device=device)
+    return rows, cols
+
+
+def _uniform(n: int, low: float, high: float, generator: torch.Generator | None, like: Tensor) -> Tensor:
+    return low + (high - low) * torch.rand(n, generator=generator, device=like.device, dtype=like.dtype)
+
+
+@dataclass
+class AdversarialPatch:
+    """Train one targeted patch per area on `x_fit` (EOT), paste it on x; `info["patch"]` is the patch.
+
+    `attack(model, x, y, area=0.1, target=3, x_fit=x_train)` returns an AttackResult:
+    x_adv (N, C, H, W), success (N,) = prediction is the target, grad_steps (steps x
+    batch_size), queries (N), info: patch (C, s, s), area (the budget), area_share (mean
+    share of the image the pasted masks cover), mask (N, 1, H, W). `area` may be a
+    list, like eps: then one row per area. Without `x_fit` the patch is trained on x itself.
+    """
+
+    steps: int = 500
+    batch_size: int = 64
+    lr: float = 0.05
+    rotation: float = 22.5
+    min_scale: float = 0.8
+    brightness: float = 0.1
+    contrast: float = 0.1
+    blur: float = 0.5
+    loss: str = "ce"
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if not 0 <= self.rotation <= 180:
+            raise ValueError(f"rotation must be in [0, 180] degrees, got {self.rotation!r}")
+        if not 0 < self.min_scale <= 1:
+            raise ValueError(f"min_scale must be in (0, 1] (scale jitter only shrinks the patch), got {self.min_scale!r}")
+        for name in ("brightness", "contrast"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
+        if not 0 <= self.blur <= 5:
+            raise ValueError(f"blur must be a Gaussian sigma in [0, 5] pixels, got {self.blur!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+
+    def transforms(self, n: int, like: Tensor, generator: torch.Generator | None) -> dict[str, Tensor]:
+        """One draw t ~ T per image: angle, scale, brightness, contrast, blur (each (n,))."""
+        return {"angle": _uniform(n, -self.rotation, self.rotation, generator, like),
+                "scale": _uniform(n, self.min_scale, 1.0, generator, like),
+                "brightness": _uniform(n, -self.brightness, self.brightness, generator, like),
+                "contrast": _uniform(n, 1 - self.contrast, 1 + self.contrast, generator, like),
+                "blur": _uniform(n, 0.0, self.blur, generator, like) if self.blur > 0 else None}
+
+    def fit(self, model: nn.Module, x: Tensor, target: int, area: float,
+            generator: torch.Generator | None = None) -> tuple[Tensor, int]:
+        """The patch (C, s, s) for `area`, trained for `steps` Adam steps on minibatches of x; and grad_steps."""
+        _, channels, height, width = x.shape
+        side = patch_side(area, height, width)
+        patch = torch.rand((channels, side, side), generator=generator, device=x.device, dtype=x.dtype).requires_grad_(True)
+        optimizer = torch.optim.Adam([patch], lr=self.lr)
+        labels = torch.full((x.shape[0],), target, device=x.device, dtype=torch.long)
+        order = torch.randperm(x.shape[0], generator=generator, device=x.device)
+        begin = 0
+        for _ in range(self.steps):
+            if begin >= x.shape[0]:
+                order, begin = torch.randperm(x.shape[0], generator=generator, device=x.device), 0
+            idx = order[begin:begin + self.batch_size]
+            begin += self.batch_size
+            rows, cols = random_locations(idx.numel(), side, height, width, generator, x.device)
+            x_adv, _ = paste_patch(x[idx], patch, rows, cols, **self.transforms(idx.numel(), x, generator))
+            logits = model(x_adv)
+            check_logits(logits, idx.numel())
+            check_labels(labels[:1], logits.shape[1], "target")
+            gain = objective(logits, labels[idx], self.loss, targeted=True).mean()  # E[log Pr(target | A(p, x, l, t))]
+            patch.grad, = torch.autograd.grad(-gain, patch)
+            optimizer.step()
+            with torch.no_grad():
+                patch.clamp_(0, 1)
+        return patch.detach(), self.steps * min(self.batch_size, x.shape[0])
+
+    def place(self, x: Tensor, patch: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """The test-time placement: random location, random rotation in ±rotation, full size; (x_adv, mask)."""
+        rows, cols = random_locations(x.shape[0], patch.shape[-1], x.shape[2], x.shape[3], generator, x.device)
+        angle = _uniform(x.shape[0], -self.rotation, self.rotation, generator, x) if self.rotation else None
+        return paste_patch(x, patch, rows, cols, angle=angle)
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, area: Eps, target: int,
+                 x_fit: Tensor | None = None) -> AttackResult:
+        check_batch(x, y)
+        if x.ndim != 4:
+            raise ValueError(f"x must be a batch of images (N, C, H, W), got shape {tuple(x.shape)}")
+        if isinstance(target, Tensor) and target.ndim == 0:
+            target = int(target)
+        if isinstance(target, bool) or not isinstance(target, numbers.Integral) or target < 0:
+            raise TypeError(f"target must be one class index (an int >= 0): the patch is universal, got {target!r}")
+        if (y == target).any():
+            raise ValueError(f"{int((y == target).sum())} image(s) already belong to the target class {target}; "
+                             "evaluate a targeted patch on images of the other classes")
+        if x_fit is None:
+            x_fit = x
+        check_batch(x_fit, torch.zeros(x_fit.shape[0], dtype=torch.long, device=x_fit.device))
+        if x_fit.shape[1:] != x.shape[1:]:
+            raise ValueError(f"x_fit images have shape {tuple(x_fit.shape[1:])} but x has {tuple(x.shape[1:])}")
+        values, single = eps_values(area, 1.0, "area")
+        generator = make_generator(self.seed, x.device)
+        results = []
+        with eval_mode(model):
+            for a in values:
+                patch, grad_steps = self.fit(model, x_fit, int(target), a, generator)
+                x_adv, mask = self.place(x, patch, generator)
+                with torch.no_grad():
+                    success = model(x_adv).argmax(1) == target
+                results.append(AttackResult(x_adv.detach(), success, grad_steps=grad_steps, queries=x.shape[0], info={
+                    "patch": patch, "area": a, "area_share": float(mask.mean()), "mask": mask.detach()}))
+        return stack_results(results, single)

@@ -1,0 +1,171 @@
+"""Adversarial reprogramming: a learned frame makes a trained classifier do another task.
+
+Elsayed, Goodfellow & Sohl-Dickstein 2018, "Adversarial Reprogramming of Neural
+Networks". The adversary does not change the victim f; it learns one program W
+(the victim's input shape) and fixes a label map h_g from the source task's
+labels to the victim's. A source input x~ (an MNIST digit) is embedded at the
+centre of a host image, zero elsewhere, and the program is added on the frame
+around it (mask M: 0 on the embedded input, 1 on the frame):
+
+    X_adv = embed(x~) + M * sigmoid(W)        (the paper's tanh(W * M) on [-1, 1] images, on [0, 1] here)
+    P(y~ | x~) = P_f(h_g(y~) | X_adv)
+    W* = argmin_W  E[-log P_f(h_g(y~) | X_adv)] + lambda ||W||^2
+
+Budget (the program size): the frame's pixels, M.sum() of H * W; a 28x28 digit in
+a 32x32 image leaves a 2-pixel frame (240 pixels, 23% of the image). Threat model:
+white box (gradients through f), f's weights untouched; the victim is run in eval
+mode, so not even its batch-norm statistics move.
+Shapes: source x (N, C_s, h, w) in [0, 1]; host images (N, C, H, W); W (C, H, W).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from attacks.core import check_batch, check_labels, check_logits, eval_mode, make_generator
+
+
+class AdversarialProgram(nn.Module):
+    """x~ -> X_adv = embed(x~) + M * sigmoid(W): the source input at the centre, the learned frame around it.
+
+    host_shape: (C, H, W) of the victim's inputs; source_size: side of the embedded
+    input (a source image of another size is resized to it); label_map[k]: the
+    victim's class that stands for source class k (h_g).
+    """
+
+    def __init__(self, host_shape: Sequence[int], source_size: int, label_map: Sequence[int]):
+        super().__init__()
+        channels, height, width = (int(v) for v in host_shape)
+        if not 1 <= source_size <= min(height, width):
+            raise ValueError(f"source_size must be in [1, {min(height, width)}] to fit the {height}x{width} host image, "
+                             f"got {source_size}")
+        if len(label_map) < 2 or len(set(label_map)) != len(label_map) or min(label_map) < 0:
+            raise ValueError(f"label_map must list >= 2 distinct victim classes (one per source class), got {list(label_map)}")
+        self.source_size = source_size
+        self.top, self.left = (height - source_size) // 2, (width - source_size) // 2
+        self.weight = nn.Parameter(torch.zeros(channels, height, width))  # W; sigmoid(0) = mid-grey frame
+        mask = torch.ones(1, height, width)
+        mask[:, self.top:self.top + source_size, self.left:self.left + source_size] = 0
+        self.register_buffer("mask", mask)
+        self.register_buffer("label_map", torch.tensor(list(label_map), dtype=torch.long))
+
+    @property
+    def program_size(self) -> int:
+        """Pixels of the frame the program may set (per channel)."""
+        return int(self.mask.sum())
+
+    def embed(self, x: Tensor) -> Tensor:
+        """The source images resized to source_size, grey to the host's channels, zero-padded to the host size."""
+        channels, height, width = self.weight.shape
+        if x.shape[-2:] != (self.source_size, self.source_size):
+            x = F.interpolate(x, size=(self.source_size, self.source_size), mode="bilinear", align_corners=False,
+                              antialias=True).clamp(0, 1)
+        if x.shape[1] != channels:
+            if x.shape[1] != 1:
+                raise ValueError(f"source images have {x.shape[1]} channels; the host takes {channels} (only 1 -> C is allowed)")
+            x = x.expand(-1, channels, -1, -1)
+        s = self.source_size
+        return F.pad(x, (self.left, width - s - self.left, self.top, height - s - self.top))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.embed(x) + self.mask * torch.sigmoid(self.weight)
+
+
+class Reprogrammed(nn.Module):
+    """The victim doing the source task: x~ -> f(program(x~))[:, label_map], logits over the source classes."""
+
+    def __init__(self, model: nn.Module, program: AdversarialProgram):
+        super().__init__()
+        self.model, self.program = model, program
+
+    def forward(self, x: Tensor) -> Tensor:
+        logits = self.model(self.program(x))
+        check_logits(logits, x.shape[0])
+        check_labels(self.program.label_map, logits.shape[1], "label_map")
+        return logits[:, self.program.label_map]
+
+
+@dataclass
+class ReprogrammingResult:
+    """program: the learned AdversarialProgram; accuracy: source-task accuracy on the training inputs after each
+    epoch; grad_steps: forward+backward passes of single images."""
+
+    program: AdversarialProgram
+    accuracy: list[float] = field(default_factory=list)
+    grad_steps: int = 0
+
+
+@dataclass
+class AdversarialReprogramming:
+    """Learn a program that makes `model` classify (x, y) of another task: `result = attack(model, x, y, host_shape)`.
+
+    Adam on W with learning rate `lr`, `epochs` passes over (x, y) in minibatches,
+    L2 penalty `weight_decay` (the paper's lambda). label_map defaults to the
+    identity (source class k -> victim class k).
+    """
+
+    epochs: int = 10
+    batch_size: int = 100
+    lr: float = 0.05
+    weight_decay: float = 0.0
+    source_size: int | None = None
+    label_map: Sequence[int] | None = None
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, host_shape: Sequence[int]) -> ReprogrammingResult:
+        check_batch(x, y)
+        if x.ndim != 4 or x.shape[-1] != x.shape[-2]:
+            raise ValueError(f"source images must be square, (N, C, h, h), got shape {tuple(x.shape)}")
+        classes = int(y.max()) + 1
+        label_map = list(self.label_map) if self.label_map is not None else list(range(classes))
+        if len(label_map) < classes:
+            raise ValueError(f"label_map maps {len(label_map)} source classes but the labels go up to {classes - 1}")
+        program = AdversarialProgram(host_shape, self.source_size or x.shape[-1], label_map).to(x.device, x.dtype)
+        reprogrammed = Reprogrammed(model, program)
+        optimizer = torch.optim.Adam([program.weight], lr=self.lr)
+        generator = make_generator(self.seed, x.device)
+        result = ReprogrammingResult(program)
+        with eval_mode(model):
+            for _ in range(self.epochs):
+                order = torch.randperm(x.shape[0], generator=generator, device=x.device)
+                correct = 0
+                for begin in range(0, x.shape[0], self.batch_size):
+                    idx = order[begin:begin + self.batch_size]
+                    logits = reprogrammed(x[idx])
+                    loss = F.cross_entropy(logits, y[idx]) + self.weight_decay * program.weight.square().sum()
+                    program.weight.grad, = torch.autograd.grad(loss, program.weight)  # never the victim's weights
+                    optimizer.step()
+                    correct += int((logits.argmax(1) == y[idx]).sum())
+                    result.grad_steps += idx.numel()
+                result.accuracy.append(correct / x.shape[0])
+        program.weight.grad = None
+        return result
+
+
+@torch.no_grad()
+def reprogrammed_accuracy(model: nn.Module, program: AdversarialProgram, x: Tensor, y: Tensor,
+                          batch_size: int = 500) -> float:
+    """Share of source inputs x whose label y the reprogrammed victim gets right."""
+    check_batch(x, y)
+    reprogrammed = Reprogrammed(model, program)
+    correct = 0
+    with eval_mode(model):
+        for begin in range(0, x.shape[0], batch_size):
+            correct += int((reprogrammed(x[begin:begin + batch_size]).argmax(1) == y[begin:begin + batch_size]).sum())
+    return correct / max(1, x.shape[0])

@@ -1,0 +1,252 @@
+"""The lab's `auto` ensemble against torchattacks' AutoAttack and the lab's PGD-50 x 5, side by side in one run.
+
+    flock /tmp/rlab-heavy.lock .venv/bin/python bench/autoattack_vs_peers.py --classifier runs/classifier/<run> --fast
+    .venv/bin/python bench/autoattack_vs_peers.py --merge RUN_DIR...   # one table from chunks run with --offset/--n
+    .venv/bin/python bench/autoattack_vs_peers.py --smoke    # seconds: a tiny model, 20 digits, fast budgets
+
+Victim: a classifier run folder (`rlab classifier train`), evaluated on `--n` test
+images of its dataset (a seeded draw; `--offset` walks the same permutation, so chunks
+run one command at a time cover disjoint images) at L-inf `--eps`. The issue's model is the
+README's PGD-adversarially-trained MNIST-5k `mnist_small` (its exact command is in
+README.md), on the 1,000 test digits at eps 0.3. Rows, each a robust accuracy over
+the same images and its wall time (one torch thread by default):
+
+    lab auto (standard)   attacks.AutoAttack: APGD-CE 100, APGD-T 9 x 100, Square 5,000 queries, survivors only
+    lab auto (fast)       with --fast: APGD-CE 25, APGD-T 3 x 25, Square 500
+    lab auto (S, T, Q)    with --budget S,T,Q: APGD-CE S steps, APGD-T T x S, Square Q
+    lab PGD-50 x 5        attacks.PGD(steps=50, restarts=5) via attacks.robust_accuracy
+    torchattacks AA       torchattacks.AutoAttack(version="standard"): APGD-CE, APGD-T (9 targets),
+                          FAB-T, Square 5,000; its APGDs run 10 steps (torchattacks' default)
+
+Targets of issue 17: lab auto no more than 0.2 points above torchattacks' AutoAttack,
+in at most half its wall time. torchattacks is a benchmark-only dependency (`make bench`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import time
+from pathlib import Path
+
+import torch
+
+import attacks
+from _smoke import parse_args, peer_available
+from rlab.runs import RunDir, atomic_write_text
+from rlab.runtime import seed_everything, set_threads
+
+
+def lab_row(name: str, model, attack, x, y, eps: float, batch_size: int) -> dict:
+    cpu = time.process_time()
+    result = attacks.robust_accuracy(model, attack, x, y, [eps], batch_size=batch_size)
+    row = {"attack": name, "robust_accuracy": result.accuracy[0], "seconds": result.seconds,
+           "cpu_seconds": time.process_time() - cpu,
+           "grad_steps": result.grad_steps, "queries": result.queries, "warnings": " / ".join(result.warnings)}
+    if result.fooled_by:
+        row["fooled_by"] = ", ".join(f"{k} {v[0]}" for k, v in result.fooled_by.items())
+    return row
+
+
+def torchattacks_row(model, x, y, eps: float, batch_size: int, seed: int, classes: int, smoke: bool) -> dict:
+    """torchattacks' AutoAttack (standard), in batches; with `smoke`, its APGD, APGD-T and Square at tiny budgets."""
+    import torchattacks
+
+    def peer(xb, yb):
+        if not smoke:
+            return torchattacks.AutoAttack(model, norm="Linf", eps=eps, version="standard", n_classes=classes,
+                                           seed=seed)
+        return torchattacks.MultiAttack([torchattacks.APGD(model, eps=eps, steps=5, seed=seed),
+                                         torchattacks.APGDT(model, eps=eps, steps=5, n_classes=classes, seed=seed),
+                                         torchattacks.Square(model, eps=eps, n_queries=100, seed=seed)])
+
+    start, cpu = time.perf_counter(), time.process_time()
+    robust = 0
+    for b in range(0, len(x), batch_size):
+        xb, yb = x[b:b + batch_size], y[b:b + batch_size]
+        x_adv = peer(xb, yb)(xb, yb)
+        with torch.no_grad():
+            robust += int((model(x_adv).argmax(1) == yb).sum())
+    name = "torchattacks APGD, APGD-T, Square (smoke budget)" if smoke else "torchattacks AutoAttack (standard)"
+    return {"attack": name, "robust_accuracy": robust / len(x), "seconds": time.perf_counter() - start,
+            "cpu_seconds": time.process_time() - cpu, "grad_steps": "", "queries": "", "warnings": ""}
+
+
+def smoke_victim(seed: int, n: int):
+    """A small CNN trained for a few seconds on 1,000 MNIST-5k digits, and n test digits."""
+    import torch.nn.functional as F
+
+    from rlab.vision.data import load_dataset
+    from rlab.vision.models import build_model
+
+    train, test = load_dataset("mnist5k", "train"), load_dataset("mnist5k", "test")
+    torch.manual_seed(seed)
+    pick = torch.randperm(len(train.labels))[:1000]
+    x, y = train.float(pick), train.labels[pick]
+    model = build_model("mnist_small", 10, 1, 28)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(3):
+        for i in range(0, 1000, 50):
+            loss = F.cross_entropy(model(x[i:i + 50]), y[i:i + 50])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    pick = torch.randperm(len(test.labels))[:n]
+    return model.eval(), test.float(pick), test.labels[pick], "smoke: mnist_small, 3 epochs on 1,000 digits"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--classifier", help="run folder of the victim (rlab classifier train)")
+    parser.add_argument("--n", type=int, default=1000, help="number of test images (a seeded draw), from --offset on")
+    parser.add_argument("--offset", type=int, default=0, help="position in the seeded draw (to run it in chunks)")
+    parser.add_argument("--eps", type=float, default=None, help="L-inf radius (default 0.3 for MNIST, 8/255 for RGB)")
+    parser.add_argument("--fast", action="store_true", help="also run the lab's `auto` at the fast budget")
+    parser.add_argument("--budget", action="append", default=[], metavar="STEPS,TARGETS,QUERIES",
+                        help="also run the lab's `auto` at this budget (APGD steps, APGD-T targets, Square queries); "
+                             "repeatable")
+    parser.add_argument("--skip", default="", help="comma-separated rows to leave out: pgd, torchattacks")
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--merge", nargs="+", metavar="RUN_DIR", help="only merge the tables of earlier chunks")
+    args = parse_args(parser, dict(n=20), argv)  # --smoke: a victim trained here, fast budgets, a tiny peer
+    if args.merge:
+        return merge(args.merge, args.seed)
+    if not args.smoke and not args.classifier:
+        parser.error("give --classifier RUN_DIR (or --smoke)")
+    try:
+        budgets = [tuple(int(v) for v in b.split(",")) for b in args.budget]
+    except ValueError:
+        parser.error(f"--budget takes three integers STEPS,TARGETS,QUERIES; got {args.budget}")
+    if any(len(b) != 3 or min(b) < 1 for b in budgets):
+        parser.error(f"--budget takes three integers >= 1, STEPS,TARGETS,QUERIES; got {args.budget}")
+    skip = {s for s in args.skip.split(",") if s}
+    if skip - {"pgd", "torchattacks"}:
+        parser.error(f"--skip takes pgd, torchattacks; got {args.skip}")
+    set_threads(args.threads, "cnn")
+    seed_everything(args.seed)
+    if args.smoke:
+        model, x, y, victim = smoke_victim(args.seed, args.n)
+        eps = args.eps if args.eps is not None else 0.1
+    else:
+        from rlab.vision.classifier import load_classifier
+        from rlab.vision.data import load_dataset
+
+        model, options = load_classifier(args.classifier, "cpu")
+        data = load_dataset(options["dataset"], "test", options.get("data_dir"))
+        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(args.seed))  # the split is
+        pick = order[args.offset:args.offset + args.n]  # sorted by class: a seeded draw, chunks of one permutation
+        x, y = data.float(pick), data.labels[pick]
+        eps = args.eps if args.eps is not None else (0.3 if x.shape[1] == 1 else 8 / 255)
+        victim = f"{options['model']} on {options['dataset']} (`{args.classifier}`)"
+    classes = int(model(x[:1]).shape[1])
+
+    rows = []
+    if not args.smoke:
+        rows.append(lab_row("lab auto (standard)", model, attacks.AutoAttack(seed=args.seed), x, y, eps,
+                            args.batch_size))
+    if args.fast or args.smoke:
+        rows.append(lab_row("lab auto (fast)", model, attacks.AutoAttack(version="fast", seed=args.seed), x, y, eps,
+                            args.batch_size))
+    for steps, targets, queries in budgets:
+        rows.append(lab_row(f"lab auto ({steps} steps, {targets} targets, {queries} queries)", model,
+                            attacks.AutoAttack(steps=steps, targets=targets, queries=queries, seed=args.seed),
+                            x, y, eps, args.batch_size))
+    if "pgd" not in skip:
+        steps, restarts = (5, 2) if args.smoke else (50, 5)
+        rows.append(lab_row(f"lab PGD-{steps} x {restarts}", model,
+                            attacks.PGD(steps=steps, restarts=restarts, rel_stepsize=2.5 / steps, seed=args.seed),
+                            x, y, eps, args.batch_size))
+    if "torchattacks" not in skip and peer_available("torchattacks", "make bench"):
+        rows.append(torchattacks_row(model, x, y, eps, args.batch_size, args.seed, classes, args.smoke))
+    with torch.no_grad():
+        clean = (model(x).argmax(1) == y).float().mean().item()
+
+    header = (f"{len(x)} test images (seeded draw {args.seed}, from position {args.offset}), L-inf eps {eps:g}, "
+              f"clean accuracy {100 * clean:.1f}%, {args.threads} torch thread(s), batch {args.batch_size}.")
+    write_report(RunDir.create("bench", "autoattack_vs_peers", args.seed, vars(args)), rows, victim, header,
+                 {"clean_accuracy": clean, "eps": eps, "n": len(x)})
+
+
+def write_report(run: RunDir, rows: list[dict], victim: str, header: str, summary: dict) -> None:
+    """results.csv, report.md (the table, with points and time ratios against torchattacks) and summary.json."""
+    peer = next((r for r in rows if r["attack"].startswith("torchattacks")), None)
+    lines = [f"# lab auto vs torchattacks AutoAttack vs PGD: {victim}", "", header, "",
+             "| attack | robust accuracy | wall s | CPU s | vs torchattacks AA: points | time ratio (wall / CPU) | "
+             "grad steps | queries |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        points = f"{100 * (float(r['robust_accuracy']) - float(peer['robust_accuracy'])):+.1f}" if peer else ""
+        ratio = (f"{float(r['seconds']) / float(peer['seconds']):.2f}x / "
+                 f"{float(r['cpu_seconds']) / float(peer['cpu_seconds']):.2f}x" if peer else "")
+        lines.append(f"| {r['attack']} | {100 * float(r['robust_accuracy']):.1f}% | {float(r['seconds']):.1f} | "
+                     f"{float(r['cpu_seconds']):.1f} | {points} | {ratio} | {r['grad_steps']} | {r['queries']} |")
+    for r in rows:
+        if r.get("fooled_by"):
+            lines.append(f"\n{r['attack']}: fooled first by {r['fooled_by']}.")
+        if r.get("warnings"):
+            lines.append(f"\n{r['attack']} warns: {r['warnings']}")
+    if peer:
+        for auto in (r for r in rows if r["attack"].startswith("lab auto")):
+            met = (float(auto["robust_accuracy"]) <= float(peer["robust_accuracy"]) + 0.002,
+                   float(auto["seconds"]) <= float(peer["seconds"]) / 2,
+                   float(auto["cpu_seconds"]) <= float(peer["cpu_seconds"]) / 2)
+            lines.append(f"\nTargets of issue 17 for {auto['attack']}: accuracy <= torchattacks + 0.2 points: "
+                         f"{'met' if met[0] else 'missed'}; time <= half of torchattacks': wall "
+                         f"{'met' if met[1] else 'missed'}, CPU {'met' if met[2] else 'missed'}.")
+    lines.append("\nOn a shared machine the wall time depends on the other jobs; the CPU time of the one torch "
+                 "thread does not.")
+    report = "\n".join(lines) + "\n"
+    columns = ["attack", "robust_accuracy", "seconds", "cpu_seconds", "grad_steps", "queries", "fooled_by", "warnings"]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({c: r.get(c, "") for c in columns} for r in rows)
+    atomic_write_text(run.path / "results.csv", buf.getvalue())
+    atomic_write_text(run.path / "report.md", report)
+    run.write_summary({**summary, **{f"{r['attack']}/{k}": float(r[k]) for r in rows
+                                     for k in ("robust_accuracy", "seconds", "cpu_seconds")}})
+    print(report, end="")
+    print(run.path)
+
+
+def merge(run_dirs: list[str], seed: int) -> None:
+    """One table from chunks of images run one command at a time (--offset): accuracies weighted by images,
+    seconds, gradient steps and queries summed."""
+    totals: dict[str, dict] = {}
+    n = clean = 0
+    for run_dir in run_dirs:
+        path = Path(run_dir)
+        if not (path / "results.csv").is_file():
+            raise SystemExit(f"{run_dir} holds no results.csv of bench/autoattack_vs_peers.py")
+        summary = json.loads((path / "summary.json").read_text())
+        n += summary["n"]
+        clean += summary["clean_accuracy"] * summary["n"]
+        eps = summary["eps"]
+        options = json.loads((path / "config.json").read_text())["options"]
+        for r in csv.DictReader((path / "results.csv").read_text().splitlines()):
+            t = totals.setdefault(r["attack"], {"attack": r["attack"], "robust": 0.0, "seconds": 0.0,
+                                                "cpu_seconds": 0.0, "grad_steps": 0, "queries": 0, "warnings": []})
+            t["robust"] += float(r["robust_accuracy"]) * summary["n"]
+            t["seconds"] += float(r["seconds"])
+            t["cpu_seconds"] += float(r["cpu_seconds"])
+            t["grad_steps"] += int(r["grad_steps"] or 0)
+            t["queries"] += int(r["queries"] or 0)
+            t["warnings"] += [r["warnings"]] if r.get("warnings") else []
+            for part in filter(None, r.get("fooled_by", "").split(", ")):
+                name, count = part.rsplit(" ", 1)
+                t.setdefault("parts", {}).setdefault(name, 0)
+                t["parts"][name] += int(count)
+    rows = [{**t, "robust_accuracy": t["robust"] / n, "warnings": " / ".join(t["warnings"]),
+             "grad_steps": t["grad_steps"] or "", "queries": t["queries"] or "",
+             "fooled_by": ", ".join(f"{k} {v}" for k, v in t.get("parts", {}).items())} for t in totals.values()]
+    header = (f"{n} test images in {len(run_dirs)} chunks, L-inf eps {eps:g}, clean accuracy {100 * clean / n:.1f}%, "
+              f"{options['threads']} torch thread(s); merged from {', '.join(Path(r).name for r in run_dirs)}.")
+    write_report(RunDir.create("bench", "autoattack_vs_peers", seed, {"merge": run_dirs}), rows,
+                 f"`{options['classifier']}`", header, {"clean_accuracy": clean / n, "eps": eps, "n": n})
+
+
+if __name__ == "__main__":
+    main()

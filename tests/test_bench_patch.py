@@ -1,0 +1,97 @@
+"""`rlab bench patch`, `rlab bench reprogram` and bench/patch_vs_art.py end to end on a tiny trained classifier."""
+
+import csv
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rlab.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_classifier(tmp_path_factory):
+    import rlab.runs
+
+    root = tmp_path_factory.mktemp("runs")
+    with rlab.runs.use_runs_root(root):
+        assert main(["classifier", "train", "--dataset", "mnist5k", "--epochs", "1", "--train-subset", "500",
+                     "--device", "cpu", "--threads", "1"]) == 0
+    (run,) = (root / "classifier").iterdir()
+    return run
+
+
+def read_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_bench_patch_writes_success_against_area(tiny_classifier, runs_root, capsys):
+    assert main(["bench", "patch", "--classifier", str(tiny_classifier), "--target", "3", "--sizes", "0.05,0.1",
+                 "--steps", "3", "--batch-size", "16", "--n-fit", "48", "--n", "30", "--gallery", "3",
+                 "--device", "cpu", "--threads", "1"]) == 0
+    (bench,) = (runs_root / "bench").iterdir()
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(bench)
+    rows = read_rows(bench / "results.csv")
+    assert [float(r["area"]) for r in rows] == [0.05, 0.1] and [int(r["patch_side"]) for r in rows] == [6, 8]
+    for r in rows:
+        assert 0 < float(r["area_share"]) <= float(r["area"]) and r["target"] == "3"
+        assert int(r["n_images"]) == 30 and int(r["grad_steps"]) == 3 * 16
+        assert 0 <= float(r["targeted_success"]) <= 1
+    for name in ("success.png", "gallery.png", "report.md", "summary.json", "checkpoints/patches.pt"):
+        assert (bench / name).is_file()
+    assert "| 10% | 8 |" in (bench / "report.md").read_text()
+    assert json.loads((bench / "summary.json").read_text())["target"] == "3"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--sizes", "0.9"], "--sizes values must be patch areas in (0, 0.5]"),
+    (["--target", "cat"], "--target 'cat' is not a class of this model"),
+    (["--rotation", "270"], "--rotation must be in [0, 180]"),
+    (["--steps", "0"], "--steps must be an integer >= 1"),
+])
+def test_bench_patch_bad_input_is_one_line_exit_2(tiny_classifier, runs_root, capsys, args, message):
+    assert main(["bench", "patch", "--classifier", str(tiny_classifier), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (runs_root / "bench").exists(), "a refused command must not leave a run folder"
+
+
+def test_bench_reprogram_reports_the_trained_victim_and_the_control(tiny_classifier, runs_root, capsys):
+    assert main(["bench", "reprogram", "--classifier", str(tiny_classifier), "--source-size", "16", "--n-train", "200",
+                 "--epochs", "1", "--gallery", "2", "--device", "cpu", "--threads", "1"]) == 0
+    (bench,) = (runs_root / "bench").iterdir()
+    rows = read_rows(bench / "results.csv")
+    assert [r["victim"] for r in rows] == ["trained", "untrained"]
+    for r in rows:
+        assert int(r["program_pixels"]) == 28 * 28 - 16 * 16 and int(r["grad_steps"]) == 200
+        assert 0 <= float(r["test_accuracy"]) <= 1
+    for name in ("accuracy.png", "gallery.png", "report.md", "checkpoints/programs.pt"):
+        assert (bench / name).is_file()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--label-map", "0,0,1,2,3,4,5,6,7,8"], "--label-map must list distinct victim classes"),
+    (["--label-map", "0,1,2"], "--label-map needs one victim class per source class (10)"),
+    (["--source-size", "40"], "--source-size 40 does not fit"),
+    (["--epochs", "0"], "--epochs must be an integer >= 1"),
+])
+def test_bench_reprogram_bad_input_is_one_line_exit_2(tiny_classifier, runs_root, capsys, args, message):
+    assert main(["bench", "reprogram", "--classifier", str(tiny_classifier), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (runs_root / "bench").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("art") is None or importlib.util.find_spec("torchvision") is None,
+                    reason="ART's AdversarialPatchPyTorch needs the bench extra (make bench) and torchvision")
+def test_patch_vs_art_smoke_runs_both_attacks():
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "patch_vs_art.py"), "--smoke"], capture_output=True,
+                         text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "ART AdversarialPatchPyTorch" in out.stdout and "ours / ART" in out.stdout

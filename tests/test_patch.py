@@ -1,0 +1,158 @@
+"""Adversarial patch and adversarial reprogramming: properties, learning on tiny models, validation."""
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from attacks.patch import AdversarialPatch, paste_patch, patch_side, random_locations
+from attacks.reprogramming import AdversarialProgram, AdversarialReprogramming, reprogrammed_accuracy
+from test_attacks_models import mnist_14, trained_mlp
+
+
+def detector(seed: int = 0, channels: int = 3, classes: int = 10) -> nn.Module:
+    """A random conv filter bank with a global max-pool: logit k is filter k's strongest response anywhere.
+
+    Translation invariant, as the CNNs patches are made for; a patch must find a
+    pattern that fires filter k more than every other filter.
+    """
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(channels, classes, 3), nn.AdaptiveMaxPool2d(1), nn.Flatten()).eval()
+
+
+def low_contrast_images(n: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return 0.25 + 0.5 * torch.rand(n, 3, 16, 16, generator=g)
+
+
+def test_patch_changes_the_image_only_inside_its_mask_and_stays_in_bounds():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(8, 3, 16, 16, generator=g)
+    patch = (torch.rand(3, 5, 5, generator=g) > 0.5).float()  # extreme values: 0 and 1 only
+    rows, cols = random_locations(8, 5, 16, 16, g, x.device)
+    upright, mask = paste_patch(x, patch, rows, cols)
+    assert set(mask.unique().tolist()) == {0.0, 1.0} and (mask.sum((1, 2, 3)) == 25).all()
+    for i in range(8):
+        r, c = int(rows[i]), int(cols[i])
+        assert torch.equal(upright[i, :, r:r + 5, c:c + 5], patch)
+    assert torch.equal(upright * (1 - mask), x * (1 - mask))
+    transforms = AdversarialPatch(rotation=45, min_scale=0.5, brightness=0.3, contrast=0.3, blur=1.0).transforms(8, x, g)
+    x_adv, mask = paste_patch(x, patch, rows, cols, **transforms)
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    assert ((x_adv != x) <= (mask > 0)).all(), "a pixel outside the mask changed"
+    assert (mask.sum((1, 2, 3)) <= 25 * 1.01).all(), "a transformed patch exceeds its budget"
+    assert (mask > 0).float().sum((1, 2, 3)).min() > 0
+
+
+def test_patch_result_has_one_row_per_area_and_reports_its_budget():
+    model = detector()
+    x = low_contrast_images(20)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    target = 7
+    assert not (y == target).any()
+    result = AdversarialPatch(steps=2, batch_size=8, seed=0)(model, x, y, area=[0.05, 0.1], target=target)
+    assert result.x_adv.shape == (2, *x.shape) and result.success.shape == (2, 20)
+    assert result.grad_steps == 2 * 2 * 8 and result.queries == 2 * 20
+    for k, (info, side) in enumerate(zip(result.info["per_eps"], (3, 5))):
+        assert info["patch"].shape == (3, side, side) and side == patch_side(info["area"], 16, 16)
+        assert info["area_share"] <= info["area"]  # the largest square within the budget; rotation keeps its area
+        assert ((result.x_adv[k] != x) <= (info["mask"] > 0)).all()
+        with torch.no_grad():
+            assert torch.equal(result.success[k], model(result.x_adv[k]).argmax(1) == target)
+
+
+def test_patch_reaches_its_target_on_held_out_images_with_a_tiny_budget():
+    model = detector()
+    x = low_contrast_images(400)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    target = 7  # a class the model never answers on clean images
+    assert not (y == target).any()
+    x_fit, x_test, y_test = x[:200], x[200:], y[200:]
+    learned = AdversarialPatch(steps=20, batch_size=32, lr=0.1, seed=0)(model, x_test, y_test, area=0.07, target=target,
+                                                                          x_fit=x_fit)
+    noise = AdversarialPatch(steps=1, lr=1e-12, seed=0)(model, x_test, y_test, area=0.07, target=target, x_fit=x_fit)
+    assert noise.success.float().mean() < 0.2  # chance, or less
+    assert learned.info["patch"].shape == (3, 4, 4)
+    assert learned.success.float().mean() > 0.5, "a 4x4 patch (6% of the image) should steer most held-out images"
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"area": 0.0}, ValueError, "patch area must be a share of the image in"),
+    ({"area": 0.001}, ValueError, "smaller than one pixel"),
+    ({"area": 1.5}, ValueError, r"area must be in \[0, 1\]"),
+    ({"target": 3}, ValueError, "already belong to the target class 3"),
+    ({"target": 12}, ValueError, r"target must be in \[0, 9\]"),
+    ({"target": "cat"}, TypeError, "one class index"),
+    ({"x_fit": torch.rand(4, 3, 8, 8)}, ValueError, "x_fit images have shape"),
+])
+def test_patch_refuses_bad_calls(kwargs, error, match):
+    x, y = torch.rand(4, 3, 16, 16), torch.tensor([0, 1, 2, 3])
+    call = {"area": 0.05, "target": 7, **kwargs}
+    with pytest.raises(error, match=match):
+        AdversarialPatch(steps=1)(detector(), x, y, **call)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"steps": 0}, "steps must be an integer >= 1"), ({"rotation": 200}, r"rotation must be in \[0, 180\]"),
+    ({"min_scale": 1.5}, "min_scale must be in"), ({"blur": -1}, "blur must be"), ({"loss": "l2"}, "loss must be one of"),
+])
+def test_patch_refuses_bad_options(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        AdversarialPatch(**kwargs)
+
+
+# ----------------------------------------------------------------------------- reprogramming
+
+
+def test_reprogramming_leaves_the_victims_weights_and_statistics_unchanged():
+    torch.manual_seed(0)
+    victim = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+                           nn.Flatten(), nn.Linear(16, 10))
+    victim.train()  # left in training mode by its owner: batch-norm would update its statistics if run so
+    before = {k: v.clone() for k, v in victim.state_dict().items()}
+    x, y = torch.rand(30, 1, 6, 6), torch.randint(0, 4, (30,))
+    result = AdversarialReprogramming(epochs=2, batch_size=10, seed=0)(victim, x, y, host_shape=(3, 12, 12))
+    after = victim.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(p.grad is None for p in victim.parameters())
+    assert victim.training and victim[1].training
+    assert result.grad_steps == 2 * 30 and not torch.equal(result.program.weight, torch.zeros(3, 12, 12))
+
+
+def test_program_embeds_the_source_at_the_centre_and_adds_only_on_the_frame():
+    program = AdversarialProgram((3, 12, 12), 6, list(range(4)))
+    with torch.no_grad():
+        program.weight.normal_()
+    x = torch.rand(2, 1, 6, 6)
+    host = program(x)
+    assert host.shape == (2, 3, 12, 12) and host.min() >= 0 and host.max() <= 1
+    assert torch.equal(host[:, :, 3:9, 3:9], x.expand(-1, 3, -1, -1))
+    assert torch.allclose(host[:, :, :3], torch.sigmoid(program.weight[:, :3]).expand(2, -1, -1, -1))
+    assert program.program_size == 144 - 36
+
+
+def test_program_learns_a_new_task_on_a_tiny_victim():
+    victim = trained_mlp()  # 14x14 MNIST digits
+    x, y = mnist_14()
+    small = F.interpolate(x, size=(10, 10), mode="bilinear", align_corners=False, antialias=True)
+    x_train, y_train, x_test, y_test = small[:1000], y[:1000], small[4000:4500], y[4000:4500]
+    result = AdversarialReprogramming(epochs=3, batch_size=50, lr=0.1, seed=0)(victim, x_train, y_train, (1, 14, 14))
+    grey = AdversarialProgram((1, 14, 14), 10, list(range(10)))
+    learned, untouched = reprogrammed_accuracy(victim, result.program, x_test, y_test), reprogrammed_accuracy(
+        victim, grey, x_test, y_test)
+    assert untouched < 0.25  # a 10x10 digit in a grey frame: near chance for the 14x14 victim
+    assert learned > 0.35 and learned > untouched + 0.15
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda a: AdversarialProgram((1, 8, 8), 10, [0, 1]), r"source_size must be in \[1, 8\]"),
+    (lambda a: AdversarialProgram((1, 8, 8), 4, [0, 0]), "distinct victim classes"),
+    (lambda a: AdversarialReprogramming(epochs=0), "epochs must be an integer >= 1"),
+    (lambda a: AdversarialReprogramming(label_map=[0, 1])(detector(), torch.rand(3, 3, 4, 4), torch.tensor([0, 1, 2]),
+                                                         (3, 8, 8)), "label_map maps 2 source classes"),
+])
+def test_reprogramming_refuses_bad_options(call, match):
+    with pytest.raises(ValueError, match=match):
+        call(None)
