@@ -18,7 +18,7 @@ second, gradient steps per second (DQN), and the ratios to SB3's same algorithm 
 runs/bench/rl_vs_sb3__<env>__...
 
     flock /tmp/rlab-heavy.lock .venv/bin/python bench/rl_vs_sb3.py --env CartPole-v1 --seeds 3
-    .venv/bin/python bench/rl_vs_sb3.py --smoke     # all four agents, 1 seed, 512 env steps each
+    .venv/bin/python bench/rl_vs_sb3.py --smoke     # all six agents, 1 seed, 512 env steps each
 """
 
 from __future__ import annotations
@@ -186,7 +186,8 @@ def main() -> None:
     p.add_argument("--sb3-flush-denormal", action="store_true",
                    help="run SB3 with subnormal floats flushed to zero too, as the lab's RL commands do (SB3's DQN: "
                         "~15%% less CPU; default: SB3 as shipped)")
-    args = parse_args(p, dict(seeds=1, budget=512, eval_every=256, eval_episodes=2, at_steps=512))
+    args = parse_args(p, dict(seeds=1, budget=512, eval_every=256, eval_episodes=2, at_steps=512,
+                              agents="ppo,a2c,dqn,sb3-ppo,sb3-a2c,sb3-dqn"))
     torch.set_num_threads(1)
     env_id, threshold = args.env, THRESHOLDS[args.env]
     budget = args.budget or BUDGETS[env_id]
