@@ -75,7 +75,8 @@ def plot(curves: dict[str, np.ndarray], out, runs: int, smooth: int):
     ax.set_ylim(-100, -10)
     ax.set_xlabel("episodes")
     ax.set_ylabel("sum of rewards during episode")
-    ax.set_title(f"{ENV}: alpha 0.5, epsilon 0.1, mean of {runs} runs (moving average of {smooth})")
+    ax.set_title(f"{ENV} (Sutton & Barto, Example 6.6): alpha 0.5, epsilon 0.1\n"
+                 f"mean of {runs} runs, moving average of {smooth} episodes", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend()
     return save_figure(fig, out)

@@ -89,14 +89,14 @@ def check_threads(s: Smoke) -> None:
 def check_rl_vs_sb3(s: Smoke) -> None:
     run = s.run_dir("rl_vs_sb3__CartPole-v1")
     rows = rows_of(run / "results.csv")
-    assert [r["agent"] for r in rows] == ["ppo", "a2c", "sb3-ppo", "sb3-a2c"]  # the lab and its peer, same run
+    assert [r["agent"] for r in rows] == ["ppo", "a2c", "dqn", "sb3-ppo", "sb3-a2c", "sb3-dqn"]  # lab and peer, one run
     for r in rows:
         assert r["seed"] == "0" and r["reused"] == "0"
         assert 0 < int(float(r["env_steps"])) <= 512 + 256  # the budget, overshot by at most one rollout
         assert 1.0 <= float(r["final_eval"]) <= 500.0  # evaluated at least once (every 256 steps)
         assert 1.0 <= float(r["return_at_512"]) <= 500.0
     report = (run / "report.md").read_text()
-    assert "| sb3-a2c | 0 |" in report and "steps / SB3 same algo" in report
+    assert "| sb3-a2c | 0 |" in report and "| sb3-dqn | 0 |" in report and "steps / SB3 same algo" in report
     assert (run / "summary.json").is_file()
 
 
