@@ -218,7 +218,7 @@ def plot_robustness(results_csv: str | Path, out_png: str | Path, title: str | N
         ax.set_xlabel("ε (L∞, images in [0, 1])")
         ax.set_ylim(-2, 102)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper right", framealpha=0.85)
+        ax.legend(fontsize=7, loc="best", framealpha=0.85)
     for ax in axes[:, 0]:
         ax.set_ylabel("robust accuracy (%)")
     for ax in list(axes.flat)[len(panels):]:
