@@ -10,6 +10,8 @@ White box: FGSM, BIM (I-FGSM), PGD, L2PGD, MIFGSM, DIFGSM, DIMIFGSM (attacks.gra
 Ensembles and transfer: Ensemble, transfer_attack, train_substitute.
 Query-based black box: SquareAttack, SimBA, DecisionAttack (foolbox's HopSkipJump /
 Boundary), OnePixel; universal perturbation: UniversalPerturbation.
+Beyond the eps-ball: AdversarialPatch (a universal, targeted patch; budget: its area),
+AdversarialReprogramming (a learned frame makes the model do another task).
 Curves: robust_accuracy. By name: ATTACKS, make_attack.
 """
 
@@ -17,16 +19,19 @@ from attacks.core import L2, LINF, NORMS, AttackResult, distance, margin, object
 from attacks.decision import DecisionAttack
 from attacks.ensemble import Ensemble
 from attacks.gradient import BIM, DIFGSM, DIMIFGSM, FGSM, L2PGD, MIFGSM, PGD, GradientAttack, input_diversity
+from attacks.patch import AdversarialPatch, paste_patch
 from attacks.queries import OnePixel, SimBA, SquareAttack
 from attacks.registry import ATTACKS, make_attack
+from attacks.reprogramming import AdversarialProgram, AdversarialReprogramming, Reprogrammed, reprogrammed_accuracy
 from attacks.robust import RobustAccuracy, robust_accuracy
 from attacks.transfer import SubstituteResult, TransferResult, train_substitute, transfer_attack
 from attacks.universal import UniversalPerturbation, apply_perturbation
 
 __all__ = [
     "ATTACKS", "BIM", "DIFGSM", "DIMIFGSM", "FGSM", "L2", "L2PGD", "LINF", "MIFGSM", "NORMS", "PGD",
-    "AttackResult", "DecisionAttack", "Ensemble", "GradientAttack", "OnePixel", "RobustAccuracy", "SimBA",
-    "SquareAttack", "SubstituteResult", "TransferResult", "UniversalPerturbation", "apply_perturbation",
-    "distance", "input_diversity", "make_attack", "margin", "objective", "robust_accuracy", "train_substitute",
+    "AdversarialPatch", "AdversarialProgram", "AdversarialReprogramming", "AttackResult", "DecisionAttack", "Ensemble",
+    "GradientAttack", "OnePixel", "Reprogrammed", "RobustAccuracy", "SimBA", "SquareAttack", "SubstituteResult",
+    "TransferResult", "UniversalPerturbation", "apply_perturbation", "distance", "input_diversity", "make_attack",
+    "margin", "objective", "paste_patch", "reprogrammed_accuracy", "robust_accuracy", "train_substitute",
     "transfer_attack",
 ]
