@@ -31,6 +31,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[dev,bench]"
 	$(PY) -m pip install --quiet --no-deps "torchattacks>=3.5"
+	# ART's AdversarialPatchPyTorch imports torchvision: the release paired with this torch (2.N -> 0.N+15)
+	$(PY) -m pip install --quiet --no-deps "torchvision==0.$$($(PY) -c 'import torch; print(int(torch.__version__.split(".")[1]) + 15)').*"
 
 # Mutation testing (mutmut) of the returns math, the updates, the gradient attacks and the
 # defenses; not part of `make test` (tens of minutes). MUTATE_ARGS='--groups returns'

@@ -12,6 +12,8 @@ The default evaluation: AutoAttack (APGD-CE, APGD-T, Square on the survivors; at
 Ensembles and transfer: Ensemble, transfer_attack, train_substitute.
 Query-based black box: SquareAttack, SimBA, DecisionAttack (foolbox's HopSkipJump /
 Boundary), OnePixel; universal perturbation: UniversalPerturbation.
+Beyond the eps-ball: AdversarialPatch (a universal, targeted patch; budget: its area),
+AdversarialReprogramming (a learned frame makes the model do another task).
 Curves: robust_accuracy. By name: ATTACKS, make_attack.
 Data poisoning (a training-set transform, not a test-time attack): BadNets, Trigger,
 attack_success_rate (attacks.poisoning).
@@ -24,17 +26,20 @@ from attacks.decision import DecisionAttack
 from attacks.ensemble import Ensemble
 from attacks.gradient import BIM, DIFGSM, DIMIFGSM, FGSM, L2PGD, MIFGSM, PGD, GradientAttack, input_diversity
 from attacks.poisoning import BadNets, PoisonedSet, Trigger, attack_success_rate
+from attacks.patch import AdversarialPatch, paste_patch
 from attacks.queries import OnePixel, SimBA, SquareAttack
 from attacks.registry import ATTACKS, make_attack
+from attacks.reprogramming import AdversarialProgram, AdversarialReprogramming, Reprogrammed, reprogrammed_accuracy
 from attacks.robust import RobustAccuracy, robust_accuracy
 from attacks.transfer import SubstituteResult, TransferResult, train_substitute, transfer_attack
 from attacks.universal import UniversalPerturbation, apply_perturbation
 
 __all__ = [
-    "APGD", "APGDDLR", "APGDT", "ATTACKS", "AttackResult", "AutoAttack", "BIM", "BadNets", "DIFGSM", "DIMIFGSM",
-    "DecisionAttack", "Ensemble", "FGSM", "GradientAttack", "L2", "L2PGD", "LINF", "MIFGSM", "NORMS", "OnePixel", "PGD",
-    "PoisonedSet", "RobustAccuracy", "SimBA", "SquareAttack", "SubstituteResult", "TransferResult", "Trigger",
+    "APGD", "APGDDLR", "APGDT", "ATTACKS", "AdversarialPatch", "AdversarialProgram", "AdversarialReprogramming",
+    "AttackResult", "AutoAttack", "BIM", "BadNets", "DIFGSM", "DIMIFGSM", "DecisionAttack", "Ensemble", "FGSM",
+    "GradientAttack", "L2", "L2PGD", "LINF", "MIFGSM", "NORMS", "OnePixel", "PGD", "PoisonedSet", "Reprogrammed",
+    "RobustAccuracy", "SimBA", "SquareAttack", "SubstituteResult", "TransferResult", "Trigger",
     "UniversalPerturbation", "apply_perturbation", "attack_success_rate", "distance", "dlr", "input_diversity",
-    "make_attack", "margin", "masking_warnings", "objective", "robust_accuracy", "targeted_dlr", "train_substitute",
-    "transfer_attack",
+    "make_attack", "margin", "masking_warnings", "objective", "paste_patch", "reprogrammed_accuracy",
+    "robust_accuracy", "targeted_dlr", "train_substitute", "transfer_attack",
 ]

@@ -11,17 +11,19 @@ A(p, x, l, t) pastes the patch, transformed by t, at location l through its mask
     A(p, x, l, t) = (1 - m_t) * x + m_t * t(p)
 
 Here t draws a rotation in ±`rotation` degrees, a scale of the side in
-[`min_scale`, 1], a brightness shift in ±`brightness`, a contrast factor in
-1 ± `contrast` (the print's colours) and a Gaussian blur of sigma in [0, `blur`]
-pixels (the camera); l is uniform over the positions that keep the upright
-patch inside the image. Rotation, scale and blur act on the patch and its mask
-together (kornia's warp and blur), so the image changes only where m_t > 0 and
-stays in [0, 1].
+[`min_scale`, 1], a sub-pixel shift in ±0.5 px, a rendering (nearest-neighbour,
+a crisp print, with probability `nearest`; else bilinear), a brightness shift in
+±`brightness`, a contrast factor in 1 ± `contrast` (the print's colours) and a
+Gaussian blur of sigma in [0, `blur`] pixels (the camera); l is uniform over the
+positions that keep the upright patch inside the image. The geometric
+transformations and the blur act on the patch and its mask together (kornia's
+warp and blur), so the image changes only where m_t > 0 and stays in [0, 1].
 
 Budget (the threat model's size): the patch's area as a share of the image;
 area 0.1 is the largest square within it, side floor(sqrt(0.1 H W)) pixels (10x10
 on a 32x32 image: 9.8%). Scale jitter only shrinks it, so no pasted patch exceeds
-its budget. Threat model: white box while
+its budget (but for the edge pixel a nearest-neighbour rendering of a turned patch
+may gain while training; the test-time paste is bilinear). Threat model: white box while
 training; at test time the patch is fixed and universal (one for every image
 and location), pasted on images it never saw at a random location and rotation
 at full size, without the photometric jitter.
@@ -37,8 +39,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from kornia.filters import gaussian_blur2d
-from kornia.geometry.transform import get_rotation_matrix2d, warp_affine
 from torch import Tensor
 
 from attacks.core import (LOSSES, AttackResult, Eps, check_batch, check_labels, check_logits, eps_values, eval_mode,
@@ -58,15 +58,21 @@ def patch_side(area: float, height: int, width: int) -> int:
 
 
 def paste_patch(x: Tensor, patch: Tensor, rows: Tensor, cols: Tensor, angle: Tensor | None = None,
-                scale: Tensor | None = None, brightness: Tensor | None = None, contrast: Tensor | None = None,
+                scale: Tensor | None = None, shift: Tensor | None = None, nearest: Tensor | None = None,
+                brightness: Tensor | None = None, contrast: Tensor | None = None,
                 blur: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """A(p, x, l, t): paste `patch` (C, s, s) on every image of x, return (x_adv, mask (N, 1, H, W)).
 
     rows, cols (N,) are the upright patch's top-left corners; the optional per-image
-    transforms (N,) are: angle (degrees, about the patch centre), scale (of the side),
-    brightness (added), contrast (factor about 0.5), blur (Gaussian sigma, pixels).
+    transforms are: angle (N,) (degrees, about the patch centre), scale (N,) (of the
+    side), shift (N, 2) (sub-pixel x, y offset), nearest (N,) bool (render by
+    nearest-neighbour sampling, a crisp print, instead of bilinear), brightness (N,)
+    (added), contrast (N,) (factor about 0.5), blur (N,) (Gaussian sigma, pixels).
     x_adv = (1 - m) * x + m * t(p), so x_adv == x wherever the mask is 0.
     """
+    from kornia.filters import gaussian_blur2d
+    from kornia.geometry.transform import get_rotation_matrix2d, warp_affine
+
     n, _, height, width = x.shape
     side = patch.shape[-1]
     p = patch.expand(n, *patch.shape)
@@ -78,12 +84,18 @@ def paste_patch(x: Tensor, patch: Tensor, rows: Tensor, cols: Tensor, angle: Ten
     ink = torch.cat([p, torch.ones_like(p[:, :1])], 1)  # the patch premultiplied by its mask, and the mask
     ink = torch.stack([F.pad(ink[i], (int(cols[i]), width - side - int(cols[i]), int(rows[i]), height - side - int(rows[i])))
                        for i in range(n)])
-    if angle is not None or scale is not None:
+    if angle is not None or scale is not None or shift is not None:
         centre = torch.stack([cols, rows], 1).to(x.dtype) + (side - 1) / 2
         angle = angle if angle is not None else x.new_zeros(n)
         scale = scale if scale is not None else x.new_ones(n)
         matrix = get_rotation_matrix2d(centre, angle.to(x.dtype), scale.to(x.dtype)[:, None].expand(n, 2))
-        ink = warp_affine(ink, matrix, (height, width), mode="bilinear", padding_mode="zeros", align_corners=True)
+        if shift is not None:
+            matrix = torch.cat([matrix[..., :2], matrix[..., 2:] + shift.to(x.dtype)[..., None]], -1)
+        warped = warp_affine(ink, matrix, (height, width), mode="bilinear", padding_mode="zeros", align_corners=True)
+        if nearest is not None and bool(nearest.any()):
+            crisp = warp_affine(ink, matrix, (height, width), mode="nearest", padding_mode="zeros", align_corners=True)
+            warped = torch.where(nearest.view(-1, 1, 1, 1), crisp, warped)
+        ink = warped
     if blur is not None:
         sigma = blur.to(x.dtype).clamp_min(1e-3)[:, None].expand(n, 2)
         size = 2 * math.ceil(3 * float(sigma.max())) + 1
@@ -123,6 +135,7 @@ class AdversarialPatch:
     brightness: float = 0.1
     contrast: float = 0.1
     blur: float = 0.5
+    nearest: float = 0.5
     loss: str = "ce"
     seed: int | None = None
 
@@ -140,15 +153,19 @@ class AdversarialPatch:
         for name in ("brightness", "contrast"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
+        if not 0 <= self.nearest <= 1:
+            raise ValueError(f"nearest must be a probability in [0, 1], got {self.nearest!r}")
         if not 0 <= self.blur <= 5:
             raise ValueError(f"blur must be a Gaussian sigma in [0, 5] pixels, got {self.blur!r}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
 
     def transforms(self, n: int, like: Tensor, generator: torch.Generator | None) -> dict[str, Tensor]:
-        """One draw t ~ T per image: angle, scale, brightness, contrast, blur (each (n,))."""
+        """One draw t ~ T per image: angle, scale, shift, nearest, brightness, contrast, blur."""
         return {"angle": _uniform(n, -self.rotation, self.rotation, generator, like),
                 "scale": _uniform(n, self.min_scale, 1.0, generator, like),
+                "shift": _uniform(2 * n, -0.5, 0.5, generator, like).view(n, 2),
+                "nearest": torch.rand(n, generator=generator, device=like.device) < self.nearest,
                 "brightness": _uniform(n, -self.brightness, self.brightness, generator, like),
                 "contrast": _uniform(n, 1 - self.contrast, 1 + self.contrast, generator, like),
                 "blur": _uniform(n, 0.0, self.blur, generator, like) if self.blur > 0 else None}
@@ -162,12 +179,13 @@ class AdversarialPatch:
         optimizer = torch.optim.Adam([patch], lr=self.lr)
         labels = torch.full((x.shape[0],), target, device=x.device, dtype=torch.long)
         order = torch.randperm(x.shape[0], generator=generator, device=x.device)
-        begin = 0
+        begin, grad_steps = 0, 0
         for _ in range(self.steps):
             if begin >= x.shape[0]:
                 order, begin = torch.randperm(x.shape[0], generator=generator, device=x.device), 0
             idx = order[begin:begin + self.batch_size]
             begin += self.batch_size
+            grad_steps += idx.numel()
             rows, cols = random_locations(idx.numel(), side, height, width, generator, x.device)
             x_adv, _ = paste_patch(x[idx], patch, rows, cols, **self.transforms(idx.numel(), x, generator))
             logits = model(x_adv)
@@ -178,7 +196,7 @@ class AdversarialPatch:
             optimizer.step()
             with torch.no_grad():
                 patch.clamp_(0, 1)
-        return patch.detach(), self.steps * min(self.batch_size, x.shape[0])
+        return patch.detach(), grad_steps
 
     def place(self, x: Tensor, patch: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """The test-time placement: random location, random rotation in ±rotation, full size; (x_adv, mask)."""

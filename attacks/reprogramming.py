@@ -111,8 +111,8 @@ class AdversarialReprogramming:
     """
 
     epochs: int = 10
-    batch_size: int = 100
-    lr: float = 0.05
+    batch_size: int = 32
+    lr: float = 0.1
     weight_decay: float = 0.0
     source_size: int | None = None
     label_map: Sequence[int] | None = None

@@ -2,21 +2,23 @@
 
     make bench    # ART; its patch attack also imports torchvision: pip install --no-deps torchvision==<your torch's>
     flock /tmp/rlab-heavy.lock .venv/bin/python bench/patch_vs_art.py --classifier runs/classifier/<cifar10-jpg run> \
-        --target 0 --area 0.1 --steps 500
+        --target dog --area 0.1 --steps 512 --n-fit 2048
     .venv/bin/python bench/patch_vs_art.py --smoke          # a tiny random model, seconds (tests/test_bench_patch.py)
 
 Both train one square patch of `--area` of the image towards `--target` for the same
 number of Adam steps (ART: max_iter passes over the `--n-fit` training images, each
 pass `n_fit / batch_size` steps), with the same batch size, learning rate and
 training images, and the same geometric EOT: rotation in ±`--rotation` degrees and
-a side scaled by [`--min-scale`, 1]. ART has no photometric or blur transformation,
-so ours runs twice: with ART's transformations only, and with its own defaults
-(brightness, contrast, blur added). Every patch is then pasted by one placement
-(a random location and rotation at full size, the same draws for each) on the same
-`--n` held-out test images of the other classes; ART's 32x32 patch is rendered at
-the patch's side by nearest-neighbour sampling, as its own affine warp does. ART's
-own `apply_patch` is reported beside it. Wall times are the patch training alone,
-one torch thread. Prints a table and the ratios; writes results.csv in a run folder.
+a side scaled by [`--min-scale`, 1]. ART renders by nearest-neighbour sampling and has
+no photometric or blur transformation, so ours runs twice: with ART's
+transformations (nearest-neighbour rendering, no brightness, contrast or blur), and
+with its own defaults (half the draws bilinear; brightness, contrast, blur). Every patch is then pasted at full size on the
+same `--n` held-out test images of the other classes by two rules, each with the
+same random draws for every patch: ours (a random location and rotation, bilinear)
+and ART's `apply_patch` (the same, nearest neighbour; our patches enter it upsampled by nearest neighbour, and ART renders
+its own 32x32 patch at the patch's side by nearest-neighbour sampling). Wall times
+(and CPU times, steadier on a shared machine) are the patch training alone, one torch thread. Prints a table and the ratios;
+writes results.csv and the patches in a run folder.
 
 ART's patch needs torchvision's Python transforms only; where the installed
 torchvision wheel was built for a different torch (its compiled operators fail to
@@ -137,57 +139,74 @@ def main() -> None:
           f"{args.steps} Adam steps of {args.batch_size} (lr {args.lr:g}), rotation ±{args.rotation:g}°, "
           f"scale [{args.min_scale:g}, 1], 1 thread")
 
-    rows = []
-    placement = AdversarialPatch(rotation=args.rotation, seed=args.seed + 2)
-
-    def evaluate(name: str, patch: torch.Tensor, seconds: float) -> None:
-        generator = torch.Generator().manual_seed(args.seed + 2)
-        x_adv = torch.cat([placement.place(x[b:b + 500], patch, generator)[0] for b in range(0, len(x), 500)])
-        rows.append({"attack": name, "area": round(side * side / (height * width), 5), "steps": args.steps,
-                     "fit_seconds": round(seconds, 2), "targeted_success": round(success_rate(model, x_adv, target), 4)})
-        print(f"{name:44s} fit {seconds:8.2f} s   targeted success {rows[-1]['targeted_success']:.3f}")
-
+    placement = AdversarialPatch(rotation=args.rotation)
+    scale = side / min(height, width)
+    patches, seconds, cpu_seconds = {}, {}, {}
     matched = dict(steps=args.steps, batch_size=args.batch_size, lr=args.lr, rotation=args.rotation,
                    min_scale=args.min_scale, seed=args.seed)
-    for name, attack in [("ours, ART's transformations", AdversarialPatch(brightness=0, contrast=0, blur=0, **matched)),
-                         ("ours, full EOT (+ brightness, contrast, blur)", AdversarialPatch(**matched))]:
-        start = time.perf_counter()
-        patch, _ = attack.fit(model, x_fit, target, args.area, torch.Generator().manual_seed(args.seed))
-        evaluate(name, patch, time.perf_counter() - start)
+    placement.place(x[:2], torch.rand(channels, side, side))  # warm-up: kornia's lazy imports stay out of the timing
+    ours_as_art = AdversarialPatch(brightness=0, contrast=0, blur=0, nearest=1.0, **matched)
+    for name, attack in [("ours, ART's transformations", ours_as_art),
+                         ("ours, full EOT (+ bilinear, brightness, contrast, blur)", AdversarialPatch(**matched))]:
+        start, cpu = time.perf_counter(), time.process_time()
+        patches[name], _ = attack.fit(model, x_fit, target, args.area, torch.Generator().manual_seed(args.seed))
+        seconds[name], cpu_seconds[name] = time.perf_counter() - start, time.process_time() - cpu
+        print(f"{name:55s} fit {seconds[name]:8.2f} s wall, {cpu_seconds[name]:8.2f} s CPU")
 
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     estimator = PyTorchClassifier(model=model, loss=nn.CrossEntropyLoss(), input_shape=(channels, height, width),
                                   nb_classes=len(classes), clip_values=(0.0, 1.0), device_type="cpu")
-    scale = side / min(height, width)
     art_attack = AdversarialPatchPyTorch(estimator, rotation_max=args.rotation, scale_min=args.min_scale * scale,
                                          scale_max=scale, learning_rate=args.lr, max_iter=args.steps // per_pass,
                                          batch_size=args.batch_size, patch_shape=(channels, height, width),
                                          patch_type="square", optimizer="Adam", targeted=True, verbose=False)
     labels = np.eye(len(classes), dtype=np.float32)[np.full(len(x_fit), target)]
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     art_patch, _ = art_attack.generate(x_fit.numpy(), labels)
-    art_seconds = time.perf_counter() - start
-    rendered = F.interpolate(torch.from_numpy(art_patch).float()[None], size=(side, side), mode="nearest")[0]
-    evaluate("ART AdversarialPatchPyTorch", rendered, art_seconds)
-    own = torch.from_numpy(art_attack.apply_patch(x.numpy(), scale=scale)).float()
-    own_success = success_rate(model, own, target)
-    print(f"{'  (ART patch, pasted by ART apply_patch)':44s} {'':15s}   targeted success {own_success:.3f}")
+    name = "ART AdversarialPatchPyTorch"
+    seconds[name], cpu_seconds[name] = time.perf_counter() - start, time.process_time() - cpu
+    print(f"{name:55s} fit {seconds[name]:8.2f} s wall, {cpu_seconds[name]:8.2f} s CPU")
+    # ART renders its (C, H, W) patch at `scale` by nearest-neighbour sampling: for our paste, one such rendering
+    patches[name] = F.interpolate(torch.from_numpy(art_patch).float()[None], size=(side, side), mode="nearest")[0]
 
-    ours, art_row = rows[0], rows[-1]
-    print(f"\nours / ART (same transformations): wall time {ours['fit_seconds'] / max(art_row['fit_seconds'], 1e-9):.2f}x, "
-          f"success {ours['targeted_success']:.3f} vs {art_row['targeted_success']:.3f} "
-          f"({ours['targeted_success'] - art_row['targeted_success']:+.3f}); full EOT: "
-          f"{rows[1]['fit_seconds'] / max(art_row['fit_seconds'], 1e-9):.2f}x the time, success {rows[1]['targeted_success']:.3f}")
+    def ours_placement(patch: torch.Tensor) -> float:
+        generator = torch.Generator().manual_seed(args.seed + 2)
+        x_adv = torch.cat([placement.place(x[b:b + 500], patch, generator)[0] for b in range(0, len(x), 500)])
+        return success_rate(model, x_adv, target)
+
+    def art_placement(patch: torch.Tensor) -> float:
+        np.random.seed(args.seed + 2)
+        torch.manual_seed(args.seed + 2)
+        full = art_patch if patch is patches[name] else F.interpolate(patch[None], size=(height, width),
+                                                                       mode="nearest")[0].numpy()
+        return success_rate(model, torch.from_numpy(art_attack.apply_patch(x.numpy(), scale=scale, patch_external=full))
+                            .float(), target)
+
+    print(f"\ntargeted success on {len(x)} held-out images, random location and rotation ±{args.rotation:g}°, full size:")
+    print(f"{'patch':55s} {'wall (s)':>8s} {'CPU (s)':>8s} {'our paste (bilinear)':>21s} "
+          f"{'ART apply_patch (nearest)':>26s}")
+    rows = []
+    for label, patch in patches.items():
+        rows.append({"attack": label, "area": round(side * side / (height * width), 5), "steps": args.steps,
+                     "fit_seconds": round(seconds[label], 2), "fit_cpu_seconds": round(cpu_seconds[label], 2),
+                     "success_our_paste": round(ours_placement(patch), 4),
+                     "success_art_apply_patch": round(art_placement(patch), 4)})
+        print(f"{label:55s} {seconds[label]:8.2f} {cpu_seconds[label]:8.2f} {rows[-1]['success_our_paste']:21.3f} "
+              f"{rows[-1]['success_art_apply_patch']:26.3f}")
+    art_row = rows[-1]
+    for row in rows[:-1]:
+        print(f"{row['attack']} / ART: wall time {row['fit_seconds'] / max(art_row['fit_seconds'], 1e-9):.2f}x, "
+              f"CPU time {row['fit_cpu_seconds'] / max(art_row['fit_cpu_seconds'], 1e-9):.2f}x, success "
+              f"{row['success_our_paste'] - art_row['success_our_paste']:+.3f} (our paste), "
+              f"{row['success_art_apply_patch'] - art_row['success_art_apply_patch']:+.3f} (ART's paste)")
     if not args.smoke:
-        from rlab.runs import RunDir, write_csv
+        from rlab.runs import RunDir, save_checkpoint, write_csv
 
         run = RunDir.create("bench", "patch_vs_art", args.seed, vars(args))
-        write_csv(run.path / "results.csv", rows + [{"attack": "ART (its own apply_patch)", "area": art_row["area"],
-                                                     "steps": args.steps, "fit_seconds": art_row["fit_seconds"],
-                                                     "targeted_success": round(own_success, 4)}])
+        write_csv(run.path / "results.csv", rows)
+        save_checkpoint(run.path / "checkpoints" / "patches.pt", dict(zip(("ours", "ours_full_eot", "art"), patches.values())))
         print(run.path)
-
 
 if __name__ == "__main__":
     main()

@@ -20,7 +20,7 @@ def tiny_classifier(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("runs")
     with rlab.runs.use_runs_root(root):
-        assert main(["classifier", "train", "--dataset", "mnist5k", "--epochs", "1", "--train-subset", "500",
+        assert main(["classifier", "train", "--dataset", "mnist5k", "--model", "mnist_small", "--epochs", "1", "--train-subset", "500",
                      "--device", "cpu", "--threads", "1"]) == 0
     (run,) = (root / "classifier").iterdir()
     return run

@@ -134,12 +134,18 @@ def mtime(path: Path) -> int:
         return 0
 
 
+def checkpoint_step(ckpt: Path, kind: str) -> int:
+    """The step counter of the run's last checkpoint (0: none yet): env steps (rl), optimizer steps (classifier)."""
+    return int(load_checkpoint(ckpt)["env_steps" if kind == "rl" else "step"]) if ckpt.exists() else 0
+
+
 def kill_and_resume(argv: list[str], kind: str, runs: Path, tmp_path: Path, seed: int) -> tuple[Path, list[int]]:
     """Run `argv`, SIGKILL it KILLS times at seeded random moments, resume until it finishes.
 
     The first kill lands at a random time after the run folder appears (possibly
-    before the first checkpoint); the others a random time after the next new
-    checkpoint, so every life makes progress. Returns the run folder and the
+    before the first checkpoint); the others just after the checkpoint one to
+    three intervals (rl; classifier: one) past the last resume, so every life
+    makes progress and the last kill still lands before the end. Returns the run folder and the
     checkpoint step each resume started from (0: before the first checkpoint).
     """
     rng = random.Random(seed)
@@ -152,18 +158,20 @@ def kill_and_resume(argv: list[str], kind: str, runs: Path, tmp_path: Path, seed
     resumed_from = []
     for k in range(KILLS):
         if k == 0:
-            time.sleep(rng.uniform(0.0, 1.5))
+            time.sleep(rng.uniform(0.0, 0.6))
         else:
-            seen = mtime(ckpt)
-            wait_for(lambda: mtime(ckpt) != seen, proc)
-            time.sleep(rng.uniform(0.0, 0.4))
+            # one to three checkpoints past the last resume, read from the checkpoint itself (a fast machine
+            # writes several between two polls, so counting file changes would overshoot to the run's end)
+            after = resumed_from[-1] + (rng.randint(1, 3) * 128 - 1 if kind == "rl" else 0)
+            wait_for(lambda: checkpoint_step(ckpt, kind) > after, proc)
+            time.sleep(rng.uniform(0.0, 0.02))
         assert proc.poll() is None, f"kill {k + 1} would land after the run ended: the run must be longer"
         proc.send_signal(signal.SIGKILL)
         TALLY["kills"] += 1
         assert proc.wait() == -signal.SIGKILL  # the kill, not a clean exit, ended this life
         proc.stdout.close()
         check_every_file_parses(run)
-        step = int(load_checkpoint(ckpt)["env_steps" if kind == "rl" else "step"]) if ckpt.exists() else 0
+        step = checkpoint_step(ckpt, kind)
         assert not resumed_from or step >= resumed_from[-1], "a checkpoint went backwards"
         resumed_from.append(step)
         resume = ["train", "--resume", str(run)] if kind == "rl" else ["classifier", "train", "--resume", str(run)]
@@ -192,7 +200,7 @@ def test_rl_training_survives_sigkill_and_resumes(tmp_path, runs_root, capsys):
     # a resume from step 0 (killed before the first checkpoint) is a fresh start with the same seed
     first = next((s for s in resumed_from if s > 0), RL_STEPS)
     same = [r for r in rows(run) if int(r["step"]) <= first]
-    assert len(same) >= 2 and without_wall_clock(same) == without_wall_clock(rows(reference)[: len(same)])
+    assert len(same) >= 1 and without_wall_clock(same) == without_wall_clock(rows(reference)[: len(same)])
     assert any(r["charts/sps"] != s["charts/sps"] for r, s in zip(rows(run), rows(reference)))  # the excluded column is live
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from attacks.patch import AdversarialPatch
 from rlab.config import check, opt
 from rlab.errors import UserError
 from rlab.runs import RunDir, atomic_write_text, save_checkpoint, write_csv
@@ -39,14 +40,15 @@ class PatchBenchConfig:
     classifier: str = opt(None, "run folder of the victim classifier (rlab classifier train)")
     target: str = opt("0", "the class the patch pushes every image to: an index or a class name (e.g. 0 or airplane)")
     sizes: list[float] = opt([0.02, 0.05, 0.1], "patch areas as shares of the image (the budget), e.g. 0.02,0.05,0.1")
-    steps: int = opt(500, "Adam steps of patch training (one minibatch of --batch-size images each)")
-    batch_size: int = opt(64, "images per patch-training step")
-    lr: float = opt(0.05, "Adam learning rate on the patch (pixels in [0, 1])")
-    rotation: float = opt(22.5, "EOT and test-time rotation: uniform in ± this many degrees")
-    min_scale: float = opt(0.8, "EOT scale of the side: uniform in [min-scale, 1] (never above the budget)")
-    brightness: float = opt(0.1, "EOT brightness shift of the patch: uniform in ± this")
-    contrast: float = opt(0.1, "EOT contrast factor of the patch: uniform in 1 ± this")
-    blur: float = opt(0.5, "EOT Gaussian blur: sigma uniform in [0, this] pixels")
+    steps: int = opt(AdversarialPatch.steps, "Adam steps of patch training (one minibatch of --batch-size images each)")
+    batch_size: int = opt(AdversarialPatch.batch_size, "images per patch-training step")
+    lr: float = opt(AdversarialPatch.lr, "Adam learning rate on the patch (pixels in [0, 1])")
+    rotation: float = opt(AdversarialPatch.rotation, "EOT and test-time rotation: uniform in ± this many degrees")
+    min_scale: float = opt(AdversarialPatch.min_scale, "EOT scale of the side: uniform in [min-scale, 1] (never above the budget)")
+    brightness: float = opt(AdversarialPatch.brightness, "EOT brightness shift of the patch: uniform in ± this")
+    contrast: float = opt(AdversarialPatch.contrast, "EOT contrast factor of the patch: uniform in 1 ± this")
+    blur: float = opt(AdversarialPatch.blur, "EOT Gaussian blur: sigma uniform in [0, this] pixels")
+    nearest: float = opt(AdversarialPatch.nearest, "EOT share of nearest-neighbour (crisp) renderings; else bilinear")
     n_fit: int = opt(2000, "training-split images the patch is trained on (a fixed random draw)")
     n: int = opt(1000, "held-out test images, none of the target class (a fixed random draw)")
     gallery: int = opt(6, "patched images per size in the gallery (0: none)")
@@ -64,14 +66,12 @@ class PatchBenchConfig:
         check(self.gallery >= 0, f"--gallery must be >= 0, got {self.gallery}")
         self.attack()
 
-    def attack(self):
+    def attack(self) -> AdversarialPatch:
         """The AdversarialPatch these options describe (a bad value is a UserError naming the option)."""
-        from attacks.patch import AdversarialPatch
-
         try:
             return AdversarialPatch(steps=self.steps, batch_size=self.batch_size, lr=self.lr, rotation=self.rotation,
                                     min_scale=self.min_scale, brightness=self.brightness, contrast=self.contrast,
-                                    blur=self.blur, seed=self.seed)
+                                    blur=self.blur, nearest=self.nearest, seed=self.seed)
         except ValueError as e:
             raise UserError(f"--{str(e).replace('_', '-')}") from None
 
@@ -223,9 +223,10 @@ def run(cfg: PatchBenchConfig) -> Any:
               f"Victim: `{cfg.classifier}`. One universal patch per area (Brown et al. 2017), target "
               f"**{classes[target]}**, trained for {cfg.steps} Adam steps of {cfg.batch_size} images (lr {cfg.lr:g}) "
               f"on {len(x_fit)} training images with EOT: rotation ±{cfg.rotation:g}°, scale [{cfg.min_scale:g}, 1], "
+              f"sub-pixel shift ±0.5 px, nearest-neighbour rendering in {100 * cfg.nearest:g}% of draws (else bilinear), "
               f"brightness ±{cfg.brightness:g}, contrast 1±{cfg.contrast:g}, blur σ ≤ {cfg.blur:g} px. "
               f"Evaluated on {len(x)} held-out test images of the other classes, pasted at a random location "
-              f"and rotation at full size. Budget: the patch area (share of the image).", "",
+              f"and rotation at full size (bilinear). Budget: the patch area (share of the image).", "",
               "| patch area (budget) | side (px) | measured share | targeted success | noise patch | no patch | "
               "grad steps | fit (s) |", "|---|---|---|---|---|---|---|---|"]
     report += [f"| {100 * r['area']:g}% | {r['patch_side']} | {100 * r['area_share']:.1f}% | "

@@ -20,6 +20,7 @@ Writes into one run folder:
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from attacks.reprogramming import AdversarialProgram, AdversarialReprogramming, Reprogrammed, reprogrammed_accuracy
 from rlab.config import check, opt
 from rlab.errors import UserError
 from rlab.runs import RunDir, atomic_write_text, save_checkpoint, write_csv
@@ -40,13 +42,14 @@ RESULT_COLUMNS = ["victim", "source", "source_size", "program_pixels", "program_
 class ReprogramConfig:
     classifier: str = opt(None, "run folder of the victim classifier (rlab classifier train)")
     source: str = opt("mnist5k", "the source task's dataset (its train split trains the program, its test split scores it)")
-    source_size: int = opt(0, "side in pixels of the embedded source image (0: its own size, e.g. 28 for MNIST)")
+    source_size: int = opt(12, "side in pixels of the embedded source image (0: its own size, 28 for MNIST, which "
+                               "leaves a 2-pixel frame)")
     label_map: list[int] | None = opt(None, "victim class for each source class, e.g. 3,1,0,... (default: class k -> k)")
-    n_train: int = opt(0, "train the program on N source training images only, a seeded random draw (0: all)")
-    epochs: int = opt(10, "passes over the source's training split")
-    batch_size: int = opt(100, "source images per Adam step")
-    lr: float = opt(0.05, "Adam learning rate on the program W")
-    weight_decay: float = opt(0.0, "L2 penalty lambda on W (Elsayed et al.'s regulariser)")
+    n_train: int = opt(0, "train the program on N source training images only, a fixed random draw (0: all)")
+    epochs: int = opt(AdversarialReprogramming.epochs, "passes over the source's training split")
+    batch_size: int = opt(AdversarialReprogramming.batch_size, "source images per Adam step")
+    lr: float = opt(AdversarialReprogramming.lr, "Adam learning rate on the program W")
+    weight_decay: float = opt(AdversarialReprogramming.weight_decay, "L2 penalty lambda on W (Elsayed et al.'s regulariser)")
     control: bool = opt(True, "also train the program against an untrained network of the victim's shape")
     gallery: int = opt(8, "reprogrammed digits in the gallery (0: none)")
     data_dir: str | None = opt(None, "folder holding the dataset files")
@@ -64,10 +67,8 @@ class ReprogramConfig:
                   f"--label-map must list distinct victim classes >= 0, got {','.join(map(str, self.label_map))}")
         self.attack()
 
-    def attack(self):
+    def attack(self) -> AdversarialReprogramming:
         """The AdversarialReprogramming these options describe (a bad value is a UserError naming the option)."""
-        from attacks.reprogramming import AdversarialReprogramming
-
         try:
             return AdversarialReprogramming(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
                                             weight_decay=self.weight_decay, source_size=self.source_size or None,
@@ -110,7 +111,6 @@ def plot_gallery(models: dict[str, Any], results: dict[str, Any], x: torch.Tenso
     """One row per victim: held-out digits through its program, titled with the reprogrammed answer."""
     import matplotlib.pyplot as plt
 
-    from attacks.reprogramming import Reprogrammed
     from rlab.plots import save_figure
 
     k = min(k, len(x))
@@ -133,9 +133,9 @@ def plot_gallery(models: dict[str, Any], results: dict[str, Any], x: torch.Tenso
 
 
 def run(cfg: ReprogramConfig) -> Any:
-    from attacks.reprogramming import AdversarialProgram, reprogrammed_accuracy
     from rlab.vision.classifier import load_classifier
     from rlab.vision.data import load_dataset
+    from rlab.vision.patch_bench import draw
 
     set_threads(cfg.threads, "cnn")
     seed_everything(cfg.seed)
@@ -157,10 +157,8 @@ def run(cfg: ReprogramConfig) -> Any:
                                                 f"{options['image_size']}x{options['image_size']} input")
     check(train.channels in (1, options["in_channels"]), f"{cfg.source} has {train.channels}-channel images; the victim "
                                                         f"takes {options['in_channels']}")
-    if cfg.n_train:  # a seeded draw: the first N of a class-sorted split would hold one class
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))
-        train = train.subset(order[: min(cfg.n_train, len(train))])
-    x_train, y_train = train.float().to(device), train.labels.to(device)
+    x_train, y_train = draw(train, cfg.n_train or len(train), cfg.seed)
+    x_train, y_train = x_train.to(device), y_train.to(device)
     x_test, y_test = test.float().to(device), test.labels.to(device)
     run_dir = RunDir.create("bench", f"reprogram__{cfg.source.replace(':', '-')}__{options['model']}", cfg.seed, cfg, device)
     start = time.perf_counter()
@@ -168,7 +166,7 @@ def run(cfg: ReprogramConfig) -> Any:
     if cfg.control:
         models["untrained"] = untrained_twin(options, cfg.seed, device)
     grey = AdversarialProgram(host_shape, source_size, label_map).to(device)
-    attack = cfg.attack()
+    attack = dataclasses.replace(cfg.attack(), label_map=label_map, source_size=source_size)
     rows, results = [], {}
     for name, model in tqdm(models.items(), desc="victims", unit="victim"):
         before = {k: v.clone() for k, v in model.state_dict().items()}
