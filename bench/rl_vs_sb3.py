@@ -1,15 +1,16 @@
-"""This lab's PPO, A2C and DQN against Stable-Baselines3's, same env, budget, machine and evaluator.
+"""This lab's PPO, A2C, DQN, DDPG, TD3 and SAC against Stable-Baselines3's, same env, budget, machine and evaluator.
 
 Each agent trains until the mean of `--eval-episodes` deterministic episodes
 (evaluated every `--eval-every` env steps, the same `rlab.rl.evaluation.run_episodes` for
 both sides, its time excluded from the clock) reaches the threshold, or the
 budget runs out. SB3 uses rl-baselines3-zoo's hyperparameters (hyperparams/
-ppo.yml, a2c.yml, dqn.yml); this lab uses its presets (rlab/rl/presets.py), which copy them
-except PPO on LunarLander-v3 (retuned: 16x256 rollouts, minibatch 256, 10 epochs, lr 1e-3).
-DQN runs the zoo's budget (CartPole-v1 50k, LunarLander-v3 100k env steps; its
-exploration schedule is a fraction of it) unless --budget is given, and the lab's
-DQN logs (and so is evaluated) every --eval-every steps, before the update due at
-that step, as SB3's callback sees it. The lab's RL commands flush subnormal floats
+ppo.yml, a2c.yml, dqn.yml, ddpg.yml, td3.yml, sac.yml); this lab uses its presets (rlab/rl/presets.py),
+which copy them except PPO on LunarLander-v3 (retuned: 16x256 rollouts, minibatch 256, 10 epochs, lr 1e-3).
+The off-policy agents run the zoo's budget (ZOO_BUDGETS: DQN CartPole-v1 50k, LunarLander-v3 100k; DDPG,
+TD3, SAC Pendulum-v1 20k; DQN's exploration schedule is a fraction of it) unless --budget is given, and
+the lab's off-policy agents log (and so are evaluated) every --eval-every steps, before the update due at
+that step, as SB3's callback sees it. --env takes a comma-separated list (one run folder per env); the
+agents that cannot act in an env (DQN on continuous actions, DDPG/TD3/SAC on discrete) are refused. The lab's RL commands flush subnormal floats
 to zero (rlab.runtime.set_threads); SB3 runs as shipped unless --sb3-flush-denormal.
 
 Prints per agent and seed: env steps and train seconds to the threshold, eval
@@ -18,7 +19,9 @@ second, gradient steps per second (DQN), and the ratios to SB3's same algorithm 
 runs/bench/rl_vs_sb3__<env>__...
 
     flock /tmp/rlab-heavy.lock .venv/bin/python bench/rl_vs_sb3.py --env CartPole-v1 --seeds 3
-    .venv/bin/python bench/rl_vs_sb3.py --smoke     # all six agents, 1 seed, 512 env steps each
+    flock /tmp/rlab-heavy.lock .venv/bin/python bench/rl_vs_sb3.py --env Pendulum-v1 --seeds 3 --eval-every 1000 \
+        --agents ddpg,td3,sac,sb3-ddpg,sb3-td3,sb3-sac
+    .venv/bin/python bench/rl_vs_sb3.py --smoke     # CartPole: 6 agents, Pendulum: 6 agents, 1 seed, 512 steps
 """
 
 from __future__ import annotations
@@ -37,10 +40,21 @@ from rlab.runs import RunDir, atomic_write_text, write_csv
 from rlab.rl.evaluation import agent_actor, run_episodes
 from rlab.rl.trainer import TrainConfig, train
 
-THRESHOLDS = {"CartPole-v1": 475.0, "LunarLander-v3": 200.0}
-BUDGETS = {"CartPole-v1": 100_000, "LunarLander-v3": 1_000_000}
-DQN_BUDGETS = {"CartPole-v1": 50_000, "LunarLander-v3": 100_000}  # the zoo's n_timesteps
-AT_STEPS = {"CartPole-v1": 10_240, "LunarLander-v3": 300_000}
+THRESHOLDS = {"CartPole-v1": 475.0, "LunarLander-v3": 200.0, "Pendulum-v1": -200.0, "LunarLanderContinuous-v3": 200.0}
+BUDGETS = {"CartPole-v1": 100_000, "LunarLander-v3": 1_000_000, "Pendulum-v1": 200_000,
+           "LunarLanderContinuous-v3": 500_000}
+ZOO_BUDGETS = {("dqn", "CartPole-v1"): 50_000, ("dqn", "LunarLander-v3"): 100_000,  # the zoo's n_timesteps
+               **{(a, "Pendulum-v1"): 20_000 for a in ("ddpg", "td3", "sac")},
+               ("ddpg", "LunarLanderContinuous-v3"): 300_000, ("td3", "LunarLanderContinuous-v3"): 300_000,
+               ("sac", "LunarLanderContinuous-v3"): 500_000}
+AT_STEPS = {"CartPole-v1": 10_240, "LunarLander-v3": 300_000, "Pendulum-v1": 20_000,
+            "LunarLanderContinuous-v3": 300_000}
+OFF_POLICY = ("dqn", "ddpg", "td3", "sac")
+# the agents each env's run may compare (--agents all: every one, what --smoke runs), and its default
+AGENTS = {"CartPole-v1": "ppo,a2c,dqn,sb3-ppo,sb3-a2c,sb3-dqn", "LunarLander-v3": "ppo,a2c,dqn,sb3-ppo,sb3-a2c,sb3-dqn",
+          "Pendulum-v1": "ddpg,td3,sac,sb3-ddpg,sb3-td3,sb3-sac",
+          "LunarLanderContinuous-v3": "ddpg,td3,sac,sb3-ddpg,sb3-td3,sb3-sac"}
+DEFAULT_AGENTS = {"CartPole-v1": "ppo,a2c,sb3-ppo,sb3-a2c", "LunarLander-v3": "ppo,a2c,sb3-ppo,sb3-a2c"}
 
 
 def zoo_hyperparams(algo: str, env_id: str) -> dict:
@@ -67,6 +81,17 @@ def zoo_hyperparams(algo: str, env_id: str) -> dict:
         return dict(n_envs=1, learning_rate=6.3e-4, batch_size=128, buffer_size=50_000, learning_starts=0, gamma=0.99,
                     target_update_interval=250, train_freq=4, gradient_steps=-1, exploration_fraction=0.12,
                     exploration_final_eps=0.1, policy_kwargs=dict(net_arch=[256, 256]))
+    if algo in ("ddpg", "td3") and env_id in ("Pendulum-v1", "LunarLanderContinuous-v3"):
+        # ddpg.yml / td3.yml (the same recipe for both envs); action_noise_std becomes a NormalActionNoise
+        return dict(n_envs=1, gamma=0.98, buffer_size=200_000, learning_starts=10_000, action_noise_std=0.1,
+                    gradient_steps=-1, train_freq=(1, "episode"), learning_rate=1e-3,
+                    policy_kwargs=dict(net_arch=[400, 300]))
+    if (algo, env_id) == ("sac", "Pendulum-v1"):
+        return dict(n_envs=1, learning_rate=1e-3)
+    if (algo, env_id) == ("sac", "LunarLanderContinuous-v3"):
+        return dict(n_envs=1, batch_size=256, learning_rate=lin(7.3e-4), buffer_size=1_000_000, ent_coef="auto",
+                    gamma=0.99, tau=0.01, train_freq=1, gradient_steps=1, learning_starts=10_000,
+                    policy_kwargs=dict(net_arch=[400, 300]))
     raise SystemExit(f"no zoo hyperparameters here for {algo} on {env_id}")
 
 
@@ -117,8 +142,8 @@ class Evaluator:
 
 
 def run_lab(algo: str, env_id: str, seed: int, budget: int, ev: Evaluator) -> tuple[Trace, float, int, int]:
-    """(trace, train seconds, env steps, gradient steps (DQN; 0 otherwise))."""
-    extra = {"log_every": ev.every} if algo == "dqn" else {}
+    """(trace, train seconds, env steps, gradient steps (off-policy agents; 0 otherwise))."""
+    extra = {"log_every": ev.every} if algo in OFF_POLICY else {}
     cfg = TrainConfig(algo=algo, env=env_id, steps=budget, seed=seed, progress=False, device="cpu", threads=1, **extra)
     state = {}
 
@@ -134,7 +159,8 @@ def run_lab(algo: str, env_id: str, seed: int, budget: int, ev: Evaluator) -> tu
 
 def run_sb3(algo: str, env_id: str, seed: int, budget: int, ev: Evaluator,
             flush_denormal: bool = False) -> tuple[Trace, float, int, int]:
-    from stable_baselines3 import A2C, DQN, PPO
+    from stable_baselines3 import A2C, DDPG, DQN, PPO, SAC, TD3
+    from stable_baselines3.common.noise import NormalActionNoise
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
 
@@ -142,7 +168,11 @@ def run_sb3(algo: str, env_id: str, seed: int, budget: int, ev: Evaluator,
     n_envs = hp.pop("n_envs")
     torch.set_flush_denormal(flush_denormal)  # the lab's RL runs flush subnormals (rlab.runtime); SB3 as shipped not
     env = make_vec_env(env_id, n_envs=n_envs, seed=seed)
-    model = {"ppo": PPO, "a2c": A2C, "dqn": DQN}[algo]("MlpPolicy", env, seed=seed, device="cpu", verbose=0, **hp)
+    if "action_noise_std" in hp:
+        dim = env.action_space.shape[0]
+        hp["action_noise"] = NormalActionNoise(np.zeros(dim), hp.pop("action_noise_std") * np.ones(dim))
+    model = {"ppo": PPO, "a2c": A2C, "dqn": DQN, "ddpg": DDPG, "td3": TD3, "sac": SAC}[algo](
+        "MlpPolicy", env, seed=seed, device="cpu", verbose=0, **hp)
 
     class Clock(BaseCallback):
         """Times training only: the evaluation inside the callback is subtracted."""
@@ -168,15 +198,17 @@ def run_sb3(algo: str, env_id: str, seed: int, budget: int, ev: Evaluator,
     model.learn(total_timesteps=budget, callback=clock)
     env.close()
     steps, secs = clock.last
-    return ev.trace, secs, steps, int(getattr(model, "_n_updates", 0)) if algo == "dqn" else 0
+    return ev.trace, secs, steps, int(getattr(model, "_n_updates", 0)) if algo in OFF_POLICY else 0
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--env", default="CartPole-v1", choices=sorted(THRESHOLDS))
+    p.add_argument("--env", default="CartPole-v1", help=f"one or more (comma-separated) of {', '.join(THRESHOLDS)}")
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--agents", default="ppo,a2c,sb3-ppo,sb3-a2c", help="any of ppo, a2c, dqn, sb3-ppo, sb3-a2c, sb3-dqn")
-    p.add_argument("--budget", type=int, default=None, help="env steps per run (default: per env; DQN: the zoo's)")
+    p.add_argument("--agents", default=None,
+                   help="any of ppo, a2c, dqn, ddpg, td3, sac and their sb3- twins (default: ppo,a2c,sb3-ppo,sb3-a2c "
+                        "on discrete envs, the continuous ones' on continuous envs; 'all': every agent of the env)")
+    p.add_argument("--budget", type=int, default=None, help="env steps per run (default: per env; off-policy: the zoo's)")
     p.add_argument("--eval-every", type=int, default=1024)
     p.add_argument("--eval-episodes", type=int, default=20)
     p.add_argument("--at-steps", type=int, default=None, help="compare eval return at this many env steps")
@@ -187,20 +219,34 @@ def main() -> None:
                    help="run SB3 with subnormal floats flushed to zero too, as the lab's RL commands do (SB3's DQN: "
                         "~15%% less CPU; default: SB3 as shipped)")
     args = parse_args(p, dict(seeds=1, budget=512, eval_every=256, eval_episodes=2, at_steps=512,
-                              agents="ppo,a2c,dqn,sb3-ppo,sb3-a2c,sb3-dqn"))
+                              env="CartPole-v1,Pendulum-v1", agents="all"))
     torch.set_num_threads(1)
-    env_id, threshold = args.env, THRESHOLDS[args.env]
+    envs = [e.strip() for e in args.env.split(",") if e.strip()]
+    unknown = [e for e in envs if e not in THRESHOLDS]
+    if unknown:
+        raise SystemExit(f"--env {unknown[0]} has no threshold here; allowed: {', '.join(THRESHOLDS)}")
+    for env_id in envs:
+        compare(env_id, args)
+
+
+def compare(env_id: str, args: argparse.Namespace) -> None:
+    """Every agent and seed on one env: results.csv, report.md and summary.json in one run folder."""
+    threshold = THRESHOLDS[env_id]
     budget = args.budget or BUDGETS[env_id]
     at_steps = args.at_steps or AT_STEPS[env_id]
-    agents = [a.strip() for a in args.agents.split(",") if a.strip()]
-    run = RunDir.create("bench", f"rl_vs_sb3__{env_id}", None, vars(args))
+    given = AGENTS[env_id] if args.agents == "all" else args.agents or DEFAULT_AGENTS.get(env_id, AGENTS[env_id])
+    agents = [a.strip() for a in given.split(",") if a.strip()]
+    misfit = [a for a in agents if a not in AGENTS[env_id].split(",")]
+    if misfit:
+        raise SystemExit(f"agent {misfit[0]} does not run on {env_id} here; allowed: {AGENTS[env_id]}")
+    run = RunDir.create("bench", f"rl_vs_sb3__{env_id}", None, {**vars(args), "env": env_id})
 
     rows = _reused_rows(args.reuse, agents, at_steps) if args.reuse else []
     for agent in agents:
         for seed in range(args.seeds):
             ev = Evaluator(env_id, args.eval_every, args.eval_episodes, threshold, seed=10_000 + seed)
             algo = agent.removeprefix("sb3-")
-            agent_budget = args.budget or (DQN_BUDGETS[env_id] if algo == "dqn" else budget)
+            agent_budget = args.budget or ZOO_BUDGETS.get((algo, env_id), budget)
             if agent.startswith("sb3-"):
                 trace, secs, steps, grads = run_sb3(algo, env_id, seed, agent_budget, ev, args.sb3_flush_denormal)
             else:
@@ -249,7 +295,7 @@ def _report(rows, env_id, threshold, at_steps, budget, args) -> str:
         return math.nan
 
     lines = [f"## {env_id}: steps / train seconds until mean of {args.eval_episodes} deterministic episodes >= {threshold}",
-             f"budget {budget} env steps (DQN: {args.budget or DQN_BUDGETS[env_id]}), eval every {args.eval_every} steps "
+             f"budget {budget} env steps (off-policy agents: {args.budget or 'the zoo n_timesteps'}), eval every {args.eval_every} steps "
              f"(eval time excluded), 1 torch thread; CPU s: this process's CPU time, steadier than the wall clock on a "
              f"shared machine", "",
              f"| agent | seed | steps to {threshold:g} | s to {threshold:g} | CPU s to {threshold:g} | return @ {at_steps} "

@@ -35,6 +35,10 @@ way is what drops the pole. The worst action of a rule is not the worst action o
 (on a hand-made controller with strong theta-dot feedback, a fixed "push left" is stronger).
 Measured figures (plain and adversarially trained PPO agents): the README's table and
 `rlab bench rl-attack`.
+
+"critic" is Pattanaik et al.'s (2018) critic-guided attack on an actor-critic agent with a Q critic
+(DDPG, TD3, SAC): the perturbation that makes the actor pick the action its own critic values least
+at the true state, min_delta Q(s, mu(s + delta)), by the same projected signed-gradient steps.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ import torch
 import torch.nn as nn
 from torch.distributions import Categorical, Distribution
 
-OBSERVATION_ATTACKS = ("none", "random", "fgsm", "pgd", "pgd-timed", "pgd-worst")
+OBSERVATION_ATTACKS = ("none", "random", "fgsm", "pgd", "pgd-timed", "pgd-worst", "critic")
 
 
 def cartpole_worst_action(obs: torch.Tensor) -> torch.Tensor:
@@ -204,6 +208,13 @@ def _attack_gaussian(policy, obs: torch.Tensor, eps: float, method: str, scale: 
                                    uniform_noise(obs, eps / 2, scale, generator), eps * scale, n_steps, alpha)
 
 
+def _attack_critic(agent, obs: torch.Tensor, eps: float, method: str, scale: torch.Tensor, steps: int) -> torch.Tensor:
+    """Descent on Q(s, mu(s')) over s' in the ball (Pattanaik et al., 2018): Q at the true s, the actor at s'."""
+    n_steps, alpha = (1, 1.0) if method == "fgsm" else (steps, 2.5 / steps)
+    return _signed_gradient_ascent(lambda x: -agent.q(obs, agent.pi(x).mean).sum(), obs, obs, eps * scale, n_steps,
+                                   alpha)
+
+
 def perturb_observations(policy: Callable[[torch.Tensor], Distribution], obs: torch.Tensor, eps: float,
                          method: str, scale: torch.Tensor, steps: int = 10,
                          generator: torch.Generator | None = None, confidence: float = 0.8,
@@ -217,7 +228,8 @@ def perturb_observations(policy: Callable[[torch.Tensor], Distribution], obs: to
         method: "pgd", "fgsm", "random" (uniform in the ball), "none" (unchanged), or "pgd-timed":
             PGD only where the agent is sure, max_a pi(a | s) >= confidence (the strategically-timed
             attack of Lin et al., 2017; discrete policies only), or "pgd-worst": PGD targeted at
-            worst_action(s) (discrete policies only).
+            worst_action(s) (discrete policies only), or "critic": min Q(s, mu(s')) with the agent's own
+            critic (agents with `q(obs, action)`: DDPG, TD3, SAC; Pattanaik et al., 2018).
         scale: (d,) per-dimension scale, e.g. observation_scale(env_id).
         steps: PGD iterations.
         generator: torch RNG for the random baseline and the Gaussian random start.
@@ -248,10 +260,17 @@ def perturb_observations(policy: Callable[[torch.Tensor], Distribution], obs: to
     with torch.enable_grad():
         with torch.no_grad():
             dist = policy(obs)
+        if isinstance(dist, Categorical) and method == "critic":
+            raise ValueError("method 'critic' needs a continuous actor with a Q critic (ddpg, td3, sac), "
+                             "not a discrete policy")
         if isinstance(dist, Categorical):
             x_adv = _attack_categorical(policy, obs, eps, method, scale, steps, generator, worst_action)
             if method == "pgd-timed":
                 x_adv = torch.where(dist.probs.amax(-1, keepdim=True) >= confidence, x_adv, obs)
+        elif method == "critic":
+            if not callable(getattr(policy, "q", None)):
+                raise ValueError("method 'critic' needs an agent with a Q critic q(obs, action) (ddpg, td3, sac)")
+            x_adv = _attack_critic(policy, obs, eps, "pgd", scale, steps)
         elif method in ("pgd-timed", "pgd-worst"):
             raise ValueError(f"method {method!r} needs a discrete (Categorical) policy; use 'pgd' for Gaussian ones")
         elif hasattr(dist, "mean"):

@@ -11,6 +11,8 @@ replaced by
     pgd-timed  pgd only on steps where the agent is sure, max_a pi(a|s) >= 0.8 (Lin et al., 2017)
     pgd-worst  pgd targeted at the env's worst action (CartPole: tip the pole further over), a consistent
                error instead of a flip (Pattanaik et al., 2018; see envs.observation_attacks)
+    critic   `--pgd-steps` projected steps minimising the agent's own Q(s, mu(s + delta)) (Pattanaik et al.,
+             2018; agents with a Q critic: ddpg, td3, sac)
 
 with scale = envs.observation_scale(env). Several run folders (e.g. a plain and an
 adversarially trained agent, `rlab train --adv-obs pgd --adv-eps E`) share one plot.
@@ -136,7 +138,7 @@ def plot_curves(rows: list[dict[str, Any]], out_png: Path, title: str) -> Path:
     import matplotlib.pyplot as plt
 
     colours = {"none": "black", "random": "tab:green", "fgsm": "tab:orange", "pgd": "tab:red", "pgd-timed": "tab:purple",
-               "pgd-worst": "tab:brown"}
+               "pgd-worst": "tab:brown", "critic": "tab:blue"}
     styles = ["-", "--", ":", "-."]
     labels = list(dict.fromkeys(r["label"] for r in rows))
     fig, ax = plt.subplots(figsize=(7, 4.5))
