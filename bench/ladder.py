@@ -12,12 +12,18 @@ top of the last, on the small-budget DQN recipe of `rlab demo` (64x64 net, Polya
 target tau 0.05, 16 gradient steps every 16 env steps, epsilon 1 -> 0.02 over the
 first 20%).
 
+`--family continuous` climbs the continuous-control ladder of the critic section:
+DDPG (Lillicrap et al., 2016) -> TD3 (Fujimoto et al., 2018) -> SAC (Haarnoja et
+al., 2018), each with its preset for --env (default Pendulum-v1: rl-baselines3-zoo's
+recipes, 20k steps).
+
 Each (variant, seed) is an ordinary `rlab train` run folder; the figure is drawn
 by rlab.plots.plot_returns into runs/bench/ladder__<env>__.../ladder.png.
 
     flock /tmp/rlab-heavy.lock .venv/bin/python bench/ladder.py --env CartPole-v1 --steps 50000 --seeds 3
     .venv/bin/python bench/ladder.py --smoke        # every variant, 1 seed, 2 rollouts of 16 x 8 envs
     flock /tmp/rlab-heavy.lock .venv/bin/python bench/ladder.py --family value --env CartPole-v1 --steps 10000 --seeds 3
+    flock /tmp/rlab-heavy.lock .venv/bin/python bench/ladder.py --family continuous --seeds 3
 """
 
 from __future__ import annotations
@@ -53,13 +59,20 @@ VALUE_LADDER: list[tuple[str, dict]] = [
     ("+ 3-step returns", dict(DQN_BASE, double=True, dueling=True, n_step=3)),
     ("+ prioritized replay", dict(DQN_BASE, double=True, dueling=True, n_step=3, prioritized=True)),
 ]
-FAMILIES = {"policy": (LADDER, "Policy-gradient ladder"), "value": (VALUE_LADDER, "Value-based ladder")}
+# the continuous-control ladder: each algorithm with its preset for the env
+CONTINUOUS_LADDER: list[tuple[str, dict]] = [("DDPG", dict(algo="ddpg")), ("TD3", dict(algo="td3")),
+                                             ("SAC", dict(algo="sac"))]
+FAMILIES = {"policy": (LADDER, "Policy-gradient ladder"), "value": (VALUE_LADDER, "Value-based ladder"),
+            "continuous": (CONTINUOUS_LADDER, "Continuous-control ladder (training episodes)")}
+DEFAULT_ENVS = {"policy": "CartPole-v1", "value": "CartPole-v1", "continuous": "Pendulum-v1"}
+DEFAULT_STEPS = {"policy": 50_000, "value": 10_000, "continuous": None}  # None: the preset's
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--env", default="CartPole-v1")
-    p.add_argument("--steps", type=int, default=None, help="env steps per run (default: 50000; --family value: 10000)")
+    p.add_argument("--env", default=None, help="Gymnasium env id (default: CartPole-v1; --family continuous: Pendulum-v1)")
+    p.add_argument("--steps", type=int, default=None, help="env steps per run (default: 50000; --family value: 10000; "
+                                                           "--family continuous: the preset's)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--variants", default="all", help="comma-separated indices into the ladder (0-based) or 'all'")
     p.add_argument("--family", default="policy", choices=sorted(FAMILIES), help="which ladder")
@@ -70,12 +83,13 @@ def main() -> None:
     args = parse_args(p, dict(steps=256, seeds=1, n_steps=16, eval_episodes=2))
     torch.set_num_threads(1)
     ladder, title = FAMILIES[args.family]
-    args.steps = args.steps or (50_000 if args.family == "policy" else 10_000)
+    args.env = args.env or DEFAULT_ENVS[args.family]
+    args.steps = args.steps or DEFAULT_STEPS[args.family]
     chosen = ladder if args.variants == "all" else [ladder[int(i)] for i in args.variants.split(",")]
-    name = f"ladder__{args.env}" if args.family == "policy" else f"ladder__value__{args.env}"
+    name = f"ladder__{args.env}" if args.family == "policy" else f"ladder__{args.family}__{args.env}"
     bench = RunDir.create("bench", name, None, vars(args))
     given = {k: v for k, v in (("n_steps", args.n_steps), ("eval_episodes", args.eval_episodes)) if v is not None}
-    if args.family == "value":
+    if args.family != "policy":
         given.pop("n_steps", None)  # DQN's n_steps is its n-step return, not a rollout length
     run_dirs = []
     for label, overrides in chosen:
