@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import AffineTransform, Independent, Normal, TanhTransform, TransformedDistribution
 
-from rlab.rl.policies import ObsNorm, mlp
+from rlab.rl.policies import ObsNorm
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0  # the squashed Gaussian's log sigma is clamped here (SB3, CleanRL)
 
@@ -149,6 +149,14 @@ class OrnsteinUhlenbeckNoise:
         return self.x
 
 
+def relu_mlp(sizes: list[int]) -> nn.Sequential:
+    """Linear layers with ReLUs between, PyTorch's default init (as SB3's and CleanRL's DDPG, TD3 and SAC)."""
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        layers += [nn.Linear(sizes[i], sizes[i + 1]), nn.ReLU()]
+    return nn.Sequential(*layers[:-1])
+
+
 class ContinuousQAgent(nn.Module):
     """An actor over a Box and Q critics on (s, a): the agent of DDPG and TD3 (deterministic actor mu(s)) and
     SAC (squashed Gaussian pi(. | s)).
@@ -165,8 +173,8 @@ class ContinuousQAgent(nn.Module):
         action_dim = len(low)
         self.stochastic, self.discrete = stochastic, False
         self.obs_norm = ObsNorm(obs_dim, enabled=normalize_obs)
-        self.actor = mlp([obs_dim, *hidden, (2 if stochastic else 1) * action_dim], nn.ReLU, out_gain=0.01)
-        self.critics = nn.ModuleList(mlp([obs_dim + action_dim, *hidden, 1], nn.ReLU) for _ in range(n_critics))
+        self.actor = relu_mlp([obs_dim, *hidden, (2 if stochastic else 1) * action_dim])
+        self.critics = nn.ModuleList(relu_mlp([obs_dim + action_dim, *hidden, 1]) for _ in range(n_critics))
         self.register_buffer("action_low", low.clone())
         self.register_buffer("action_high", high.clone())
         self.noise_std = noise_std
