@@ -74,6 +74,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=None, help="env steps per run (default: 50000; --family value: 10000; "
                                                            "--family continuous: the preset's)")
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--first-seed", type=int, default=0, help="seeds first-seed, first-seed + 1, ...")
     p.add_argument("--variants", default="all", help="comma-separated indices into the ladder (0-based) or 'all'")
     p.add_argument("--family", default="policy", choices=sorted(FAMILIES), help="which ladder")
     p.add_argument("--n-steps", type=int, default=None, help="rollout length per env of every policy-gradient variant "
@@ -93,7 +94,7 @@ def main() -> None:
         given.pop("n_steps", None)  # DQN's n_steps is its n-step return, not a rollout length
     run_dirs = []
     for label, overrides in chosen:
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             cfg = TrainConfig(env=args.env, steps=args.steps, seed=seed, progress=False, variant=label, device="cpu",
                               **given, **overrides)
             run_dirs.append(train(cfg))
