@@ -11,6 +11,13 @@ replaced by
     pgd-timed  pgd only on steps where the agent is sure, max_a pi(a|s) >= 0.8 (Lin et al., 2017)
     pgd-worst  pgd targeted at the env's worst action (CartPole: tip the pole further over), a consistent
                error instead of a flip (Pattanaik et al., 2018; see envs.observation_attacks)
+    planning   the reachable action (targeted PGD, checked on the policy) whose simulated look-ahead ends
+               nearest to failure (envs.planning_attack; envs the lab simulates: CartPole)
+    learned    a PA-AD adversary (Sun et al., 2022) trained by PPO against this agent at this eps for
+               `--learned-steps` steps, played greedily (rlab.rl.adversary)
+
+and the headline: worst = the lowest mean return over every attack run at that eps (an attacker that
+knows the agent picks its strongest attack; "none" does not count).
 
 with scale = envs.observation_scale(env). Several run folders (e.g. a plain and an
 adversarially trained agent, `rlab train --adv-obs pgd --adv-eps E`) share one plot.
@@ -29,13 +36,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from envs.observation_attacks import OBSERVATION_ATTACKS as METHODS  # the one list of observation attacks
+from envs.observation_attacks import OBSERVATION_ATTACKS
 from rlab.config import check, opt
 from rlab.errors import UserError
 from rlab.rl.environments import env_spec
 from rlab.rl.evaluation import greedy_actor, load_agent, run_episodes
 from rlab.runs import RunDir, write_csv
 from rlab.runtime import resolve_device, seed_everything, set_threads
+
+METHODS = (*OBSERVATION_ATTACKS, "planning", "learned")  # the stateless attacks, then the planner and the learned one
+WORST = "worst"  # the headline row: per eps, the strongest attack's mean return
 
 
 @dataclass
@@ -47,6 +57,8 @@ class RLAttackConfig:
     methods: list[str] = opt(list(METHODS[:4]), help="observation perturbations to run", choices=list(METHODS))
     episodes: int = opt(20, help="episodes per (run, attack, eps), played side by side")
     pgd_steps: int = opt(10, help="PGD iterations per observation")
+    plan_depth: int = opt(3, help="planning: look-ahead steps per reachable action (see envs.planning_attack)")
+    learned_steps: int = opt(32_768, help="learned: adversary training steps per (agent, eps)")
     seed: int = opt(0, help="seed of the episodes and the random noise")
     device: str = opt("auto", help="auto, cpu, cuda or cuda:N")
     threads: int = opt(0, help="torch threads (0: 1, RL-sized networks)")
@@ -60,29 +72,52 @@ class RLAttackConfig:
         check(all(m in METHODS for m in self.methods), f"--methods must be among {', '.join(METHODS)}, got {self.methods}")
         check(self.episodes >= 1, f"--episodes must be >= 1, got {self.episodes}")
         check(self.pgd_steps >= 1, f"--pgd-steps must be >= 1, got {self.pgd_steps}")
+        check(self.plan_depth >= 1, f"--plan-depth must be >= 1, got {self.plan_depth}")
+        check(self.learned_steps >= 1, f"--learned-steps must be >= 1, got {self.learned_steps}")
         check(self.seed >= 0, f"--seed must be >= 0, got {self.seed}")
 
 
-def attack_curve(policy, env_id: str, eps_list: list[float], methods: list[str], episodes: int, seed: int,
-                 pgd_steps: int, device: torch.device) -> list[dict[str, Any]]:
-    """One row per (method, eps): mean, std, min and max return over the episodes."""
-    from envs.observation_attacks import observation_scale, perturb_observations, worst_action_rule
+def _perturbation(policy, env_id: str, method: str, eps: float, scale: torch.Tensor, pgd_steps: int,
+                  generator: torch.Generator, plan_depth: int, learned_steps: int, seed: int, device: torch.device):
+    """obs -> what the agent sees under `method` at `eps` (the learned adversary is trained here first)."""
+    from envs.observation_attacks import perturb_observations, worst_action_rule
+    from envs.planning_attack import planning_attack, simulator_for
 
-    scale = observation_scale(env_id).to(device)
     try:
-        worst_action = worst_action_rule(env_id) if "pgd-worst" in methods else None
+        if method == "planning":
+            simulator = simulator_for(env_id)
+            return lambda obs: planning_attack(policy, obs, eps, scale, simulator, depth=plan_depth, steps=pgd_steps,
+                                               generator=generator)
+        if method == "learned":
+            from rlab.rl.adversary import train_adversary
+
+            adversary = train_adversary(policy, env_id, eps, steps=learned_steps, seed=seed, pgd_steps=pgd_steps,
+                                        device=device)
+            return adversary.perturb
+        worst_action = worst_action_rule(env_id) if method == "pgd-worst" else None
     except ValueError as e:
         raise UserError(str(e)) from None
+    return lambda obs: perturb_observations(policy, obs, eps, method, scale, steps=pgd_steps, generator=generator,
+                                            worst_action=worst_action)
+
+
+def attack_curve(policy, env_id: str, eps_list: list[float], methods: list[str], episodes: int, seed: int,
+                 pgd_steps: int, device: torch.device, plan_depth: int = 3,
+                 learned_steps: int = 32_768) -> list[dict[str, Any]]:
+    """One row per (method, eps): mean, std, min and max return over the episodes; then one "worst" row per eps
+    (the attack with the lowest mean return there) when two or more attacks ran."""
+    from envs.observation_attacks import observation_scale
+
+    scale = observation_scale(env_id).to(device)
     generator = torch.Generator(device=device)
     act = greedy_actor(policy, env_spec(env_id).make().action_space)
     rows, clean = [], None
     for method in methods:
         for eps in (eps_list if method != "none" else [0.0]):
             generator.manual_seed(seed)
-            returns = run_episodes(
-                act, env_id, episodes, seed, device,
-                perturb=lambda obs: perturb_observations(policy, obs, eps, method, scale, steps=pgd_steps,
-                                                         generator=generator, worst_action=worst_action))
+            perturb = _perturbation(policy, env_id, method, eps, scale, pgd_steps, generator, plan_depth,
+                                    learned_steps, seed, device)
+            returns = run_episodes(act, env_id, episodes, seed, device, perturb=perturb)
             stats = {"mean_return": float(returns.mean()), "std_return": float(returns.std()),
                      "min_return": float(returns.min()), "max_return": float(returns.max())}
             if method == "none":
@@ -92,6 +127,13 @@ def attack_curve(policy, env_id: str, eps_list: list[float], methods: list[str],
                 rows.append({"method": method, "eps": eps, **stats})
     if clean is None:
         clean = {"mean_return": float(run_episodes(act, env_id, episodes, seed, device).mean())}
+    attacked = [r for r in rows if r["method"] != "none"]
+    if len({r["method"] for r in attacked}) >= 2:
+        for eps in eps_list:
+            at_eps = [r for r in attacked if r["eps"] == eps]
+            if at_eps:
+                strongest = min(at_eps, key=lambda r: r["mean_return"])
+                rows.append({**strongest, "method": WORST, "strongest": strongest["method"]})
     for r in rows:
         r["relative_return"] = r["mean_return"] / clean["mean_return"] if clean["mean_return"] else float("nan")
     return rows
@@ -136,12 +178,12 @@ def plot_curves(rows: list[dict[str, Any]], out_png: Path, title: str) -> Path:
     import matplotlib.pyplot as plt
 
     colours = {"none": "black", "random": "tab:green", "fgsm": "tab:orange", "pgd": "tab:red", "pgd-timed": "tab:purple",
-               "pgd-worst": "tab:brown"}
+               "pgd-worst": "tab:brown", "planning": "tab:blue", "learned": "tab:cyan", WORST: "dimgray"}
     styles = ["-", "--", ":", "-."]
     labels = list(dict.fromkeys(r["label"] for r in rows))
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for k, label in enumerate(labels):
-        for method in METHODS:
+        for method in (*METHODS, WORST):
             sel = sorted((r for r in rows if r["label"] == label and r["method"] == method), key=lambda r: r["eps"])
             if not sel:
                 continue
@@ -149,6 +191,7 @@ def plot_curves(rows: list[dict[str, Any]], out_png: Path, title: str) -> Path:
             mean = np.array([r["mean_return"] for r in sel])
             std = np.array([r["std_return"] for r in sel])
             ax.plot(eps, mean, styles[k % len(styles)], color=colours[method], marker="o", ms=3,
+                    lw=3 if method == WORST else 1.5, alpha=0.5 if method == WORST else 1.0,
                     label=f"{label}: {method}" if len(labels) > 1 else method)
             ax.fill_between(eps, mean - std, mean + std, color=colours[method], alpha=0.12)
     ax.set_xlabel("eps (L-inf radius, fraction of each observation dimension's scale)")
@@ -179,7 +222,8 @@ def run(cfg: RLAttackConfig) -> Path:
     bench = RunDir.create("bench", f"rl-attack__{env_id}", cfg.seed, cfg, device)
     rows, summary = [], {}
     for (path, policy, options), label in zip(agents, agent_labels([o for _, _, o in agents], cfg.run_dir)):
-        curve = attack_curve(policy, options["env"], cfg.eps, cfg.methods, cfg.episodes, cfg.seed, cfg.pgd_steps, device)
+        curve = attack_curve(policy, options["env"], cfg.eps, cfg.methods, cfg.episodes, cfg.seed, cfg.pgd_steps, device,
+                             cfg.plan_depth, cfg.learned_steps)
         rows += [{"run": str(path), "label": label, "env": options["env"], **r, "episodes": cfg.episodes} for r in curve]
         summary[str(path)] = {"label": label, **{f"{r['method']}@{r['eps']:g}/mean_return": r["mean_return"] for r in curve}}
         print(f"{label}: " + ", ".join(f"{r['method']}@{r['eps']:g}={r['mean_return']:.0f}" for r in curve), file=sys.stderr)
