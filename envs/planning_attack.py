@@ -16,7 +16,7 @@ on State Observations with Learned Optimal Adversary"). At every step, for each 
     clean ones ("clean": the attacker plans as if it attacked only now).
  3. scoring: the margin to failure of the state the look-ahead ends in, m(state) = 1 - max_k |state_k| /
     threshold_k over the dimensions that end the episode (CartPole: x / 2.4 and theta / 12 degrees); a
-    branch that terminates within the look-ahead scores t_fail / depth - 1 < 0 (sooner is worse), below
+    branch that terminates within the look-ahead scores (t_fail - 1) / depth - 1 < 0 (sooner is worse), below
     every surviving branch. The attack induces the reachable action with the lowest score (ties: the lower
     action index) and returns its perturbed observation; re-planned at every step.
 
@@ -30,7 +30,7 @@ The simulator needs the env's state from the observation: for CartPole the obser
 (x, x_dot, theta, theta_dot), rounded to float32, and envs.cartpole.cartpole_step is its physics, so the
 look-ahead is exact up to that rounding. Environments the lab cannot simulate from an observation
 are refused (SIMULATORS lists the known ones). Cost per step: |A| PGD runs of `steps` gradients and
-|A| * depth batched forward passes of the policy.
+|A| * depth batched forward and backward passes of the policy.
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ def _fgsm_toward(policy, obs: Tensor, target: Tensor, radius: Tensor) -> Tensor:
 def lookahead_scores(policy, simulator: Simulator, obs: Tensor, first_actions: Tensor, depth: int,
                      radius: Tensor | None = None) -> Tensor:
     """(N,) score of taking first_actions now, then depth - 1 greedy victim steps on the simulated states:
-    the margin to failure of the last state, or t_fail / depth - 1 if it terminates.
+    the margin to failure of the last state, or (t_fail - 1) / depth - 1 < 0 if it terminates.
 
     radius None: the victim sees clean observations after the first step. radius (d,): the attacker keeps
     pushing toward first_actions, with one targeted FGSM step of that radius, wherever that flips the victim.
@@ -164,27 +164,31 @@ def lookahead_scores(policy, simulator: Simulator, obs: Tensor, first_actions: T
         score = torch.where(alive, simulator.margin(state), score)
         failed_at = torch.where(alive & terminated, t, failed_at)
         alive = alive & ~terminated
-    return torch.where(failed_at > 0, failed_at / depth - 1, score)
+    return torch.where(failed_at > 0, (failed_at - 1) / depth - 1, score)
 
 
-def planning_attack(policy, obs: Tensor, eps: float, scale: Tensor, simulator: Simulator,
-                    depth: int = DEFAULT_DEPTH, steps: int = 10, continuation: str = "commit",
-                    generator: torch.Generator | None = None) -> Tensor:
-    """Observations s' in the ball that make a Categorical policy take its reachable action with the worst
-    look-ahead (module docstring). obs (N, d) raw observations; returns a detached (N, d) tensor."""
+def plan(policy, obs: Tensor, eps: float, scale: Tensor, simulator: Simulator, depth: int = DEFAULT_DEPTH,
+         steps: int = 10, continuation: str = "commit",
+         generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """(s' (N, d) in the ball, the action (N,) the planner induced with it) for a Categorical policy: the
+    reachable action with the worst look-ahead (module docstring). obs (N, d) raw observations."""
     if not isinstance(depth, int) or depth < 1:
         raise ValueError(f"depth must be a positive integer, got {depth!r}")
     if continuation not in CONTINUATIONS:
         raise ValueError(f"continuation must be one of {', '.join(CONTINUATIONS)}, got {continuation!r}")
     obs = torch.as_tensor(obs).detach()
     scale = torch.as_tensor(scale, dtype=obs.dtype, device=obs.device)
-    if eps == 0:
-        return obs.clone()
     x_adv, reachable = reachable_actions(policy, obs, eps, scale, steps, generator)
     n_actions, n = reachable.shape
     candidates = torch.arange(n_actions, device=obs.device).repeat_interleave(n)
     scores = lookahead_scores(policy, simulator, obs.repeat(n_actions, 1), candidates, depth,
                               eps * scale if continuation == "commit" else None).reshape(n_actions, n)
-    scores = torch.where(reachable, scores, torch.inf)
-    chosen = scores.argmin(0)
-    return x_adv[chosen, torch.arange(n, device=obs.device)]
+    chosen = torch.where(reachable, scores, torch.inf).argmin(0)
+    return x_adv[chosen, torch.arange(n, device=obs.device)], chosen
+
+
+def planning_attack(policy, obs: Tensor, eps: float, scale: Tensor, simulator: Simulator,
+                    depth: int = DEFAULT_DEPTH, steps: int = 10, continuation: str = "commit",
+                    generator: torch.Generator | None = None) -> Tensor:
+    """The planner's observations s' only (see `plan`): the attack as `rlab bench rl-attack` plays it."""
+    return plan(policy, obs, eps, scale, simulator, depth, steps, continuation, generator)[0]
