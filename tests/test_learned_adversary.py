@@ -8,7 +8,9 @@ from rlab.rl.adversary import LearnedAdversary, VictimUnderAttack, train_adversa
 from rlab.rl.environments import make_envs
 from rlab.rl.evaluation import greedy_actor, run_episodes
 from rlab.rl.policies import make_actor_critic
-from tests.test_planning_attack import SCALE, tiny_trained_agent
+from envs.observation_attacks import observation_scale
+
+SCALE = observation_scale("CartPole-v1")
 
 EPS = 0.05
 
@@ -17,8 +19,8 @@ def returns_under(agent, perturb=None):
     return run_episodes(greedy_actor(agent, gymnasium.spaces.Discrete(2)), "CartPole-v1", 5, seed=0, perturb=perturb)
 
 
-def test_learned_adversary_beats_noise_of_the_same_size_and_its_untrained_self():
-    agent = tiny_trained_agent()
+def test_learned_adversary_beats_noise_of_the_same_size_and_its_untrained_self(tiny_cartpole_agent):
+    agent = tiny_cartpole_agent
     g = torch.Generator().manual_seed(0)
     from envs.observation_attacks import uniform_noise
 
@@ -38,8 +40,8 @@ def test_learned_adversary_beats_noise_of_the_same_size_and_its_untrained_self()
     assert ((adversary.perturb(x) - x).abs() <= EPS * SCALE + 1e-6).all()
 
 
-def test_adversary_mdp_negates_rewards_and_refuses_bad_input():
-    agent = tiny_trained_agent()
+def test_adversary_mdp_negates_rewards_and_refuses_bad_input(tiny_cartpole_agent):
+    agent = tiny_cartpole_agent
     envs = VictimUnderAttack(make_envs("CartPole-v1", 2), agent, EPS, SCALE, pgd_steps=2)
     envs.reset(seed=0)
     _, reward, *_ = envs.step([0, 1])

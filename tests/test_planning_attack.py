@@ -2,46 +2,18 @@
 
 import pytest
 import torch
-import torch.nn as nn
 from torch.distributions import Categorical
 
 from envs.observation_attacks import observation_scale
 from envs.planning_attack import CARTPOLE, lookahead_scores, plan, reachable_actions, simulator_for
 from rlab.rl.attack_bench import attack_curve
 
-GAINS = torch.tensor([0.1, 0.5, 10.0, 2.0])  # tests/test_bench_rl_attack.py's balancing controller
 SCALE = observation_scale("CartPole-v1")
 
 
-class TinyAgent(nn.Module):
-    """obs -> Categorical: a 4-16-2 tanh MLP."""
-
-    def __init__(self):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 2))
-
-    def forward(self, obs):
-        return Categorical(logits=self.net(obs))
-
-
-def tiny_trained_agent(seed: int = 0) -> TinyAgent:
-    """A small network trained (behaviour cloning, 300 Adam steps) to imitate the balancing controller."""
-    g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    agent = TinyAgent()
-    opt = torch.optim.Adam(agent.parameters(), lr=1e-2)
-    for _ in range(300):
-        obs = (torch.rand(256, 4, generator=g) * 2 - 1) * torch.tensor([1.0, 1.5, 0.2, 2.0])
-        loss = nn.functional.cross_entropy(agent.net(obs), (obs @ GAINS > 0).long())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return agent.eval()
-
-
 @pytest.fixture(scope="module")
-def agent():
-    return tiny_trained_agent()
+def agent(tiny_cartpole_agent):
+    return tiny_cartpole_agent
 
 
 def near_upright(n: int, seed: int = 1) -> torch.Tensor:
