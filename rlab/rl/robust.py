@@ -20,6 +20,7 @@ import dataclasses
 from typing import Any
 
 from rlab.errors import UserError
+from rlab.rl import algos
 
 ROBUST_PRESETS: dict[str, dict[str, Any]] = {
     "CartPole-v1": dict(algo="sa-ppo", adv_obs="pgd-worst", adv_frac=0.5, kappa=0.1, sa_steps=5,
@@ -27,6 +28,11 @@ ROBUST_PRESETS: dict[str, dict[str, Any]] = {
 }
 ROBUST_PRESETS["rlab/TorchCartPole-v1"] = ROBUST_PRESETS["CartPole-v1"]
 SOURCE = "robust preset"
+
+
+def robust_algo(env: str) -> str | None:
+    """The algorithm --robust trains on `env` (None where it has no preset)."""
+    return ROBUST_PRESETS.get(env, {}).get("algo")
 
 
 def apply_robust_preset(cfg: Any, env: str) -> tuple[Any, dict[str, str]]:
@@ -40,8 +46,6 @@ def apply_robust_preset(cfg: Any, env: str) -> tuple[Any, dict[str, str]]:
                         f"--adv-obs and the algorithm options instead")
     if cfg.adv_eps is None:
         raise UserError("--robust needs --adv-eps E (the attack budget, a fraction of each observation's range)")
-    from rlab.rl import algos
-
     preset = {**ROBUST_PRESETS[env], "sa_eps": cfg.adv_eps}
     algo = cfg.algo or preset["algo"]
     allowed = set(algos.get(algo).option_names()) | {"algo", "adv_obs", "adv_frac"}

@@ -33,6 +33,7 @@ from rlab.rl.algos.base import Algorithm
 from rlab.rl.environments import env_spec, make_envs
 from rlab.rl.evaluation import agent_actor, run_episodes
 from rlab.rl.presets import preset
+from rlab.rl.robust import apply_robust_preset, robust_algo
 from rlab.runs import RunDir, rng_state
 from rlab.runtime import resolve_device, seed_everything, set_threads
 
@@ -65,7 +66,7 @@ class TrainShell:
     dry_run: bool = opt(False, help="print the resolved configuration (and where each value came from), train nothing")
 
     def __post_init__(self) -> None:
-        algo = self.algo or DEFAULT_ALGO
+        algo = self.algo or (robust_algo(self.env or DEFAULT_ENV) if self.robust else None) or DEFAULT_ALGO
         check(algo in algos.ALGORITHMS, f"--algo {algo!r} is not allowed; choose from {', '.join(algos.ALGORITHMS)}")
         check(self.seed >= 0, f"--seed must be >= 0, got {self.seed}")
         check(self.seeds >= 1, f"--seeds must be >= 1, got {self.seeds}")
@@ -144,8 +145,6 @@ def resolve_with_sources(cfg: Any) -> tuple[Any, dict[str, str]]:
     """(resolved TrainConfig, option -> where its value came from: "<algo> default", "preset <env>", "command line")."""
     robust_sources: dict[str, str] = {}
     if cfg.robust:
-        from rlab.rl.robust import apply_robust_preset
-
         cfg, robust_sources = apply_robust_preset(cfg, cfg.env or DEFAULT_ENV)
     algo, env = cfg.algo or DEFAULT_ALGO, cfg.env or DEFAULT_ENV
     options, sources = resolve_options(dataclasses.replace(cfg, algo=algo, env=env))
