@@ -224,10 +224,73 @@ def run(cfg: RLAttackConfig) -> Path:
     for (path, policy, options), label in zip(agents, agent_labels([o for _, _, o in agents], cfg.run_dir)):
         curve = attack_curve(policy, options["env"], cfg.eps, cfg.methods, cfg.episodes, cfg.seed, cfg.pgd_steps, device,
                              cfg.plan_depth, cfg.learned_steps)
-        rows += [{"run": str(path), "label": label, "env": options["env"], **r, "episodes": cfg.episodes} for r in curve]
+        variant = options.get("variant") or options.get("algo", "agent")
+        rows += [{"run": str(path), "label": label, "variant": variant, "env": options["env"], **r,
+                  "episodes": cfg.episodes} for r in curve]
         summary[str(path)] = {"label": label, **{f"{r['method']}@{r['eps']:g}/mean_return": r["mean_return"] for r in curve}}
         print(f"{label}: " + ", ".join(f"{r['method']}@{r['eps']:g}={r['mean_return']:.0f}" for r in curve), file=sys.stderr)
     write_csv(bench.path / "results.csv", rows)
     plot_curves(rows, bench.path / "return_vs_eps.png", f"{env_id}: observation attacks (Huang et al. 2017)")
+    table = seeds_table(rows)
+    if any(r["seeds"] >= 2 for r in table):
+        write_csv(bench.path / "seeds_table.csv", table)
+        plot_variants(table, bench.path / "return_vs_eps_by_variant.png",
+                      f"{env_id}: clean and worst-case return, mean ± std over seeds")
+        for r in table:
+            if r["method"] in ("none", WORST) or r["eps"] == max(cfg.eps):
+                print(f"{r['variant']} ({r['seeds']} seeds) {r['method']}@{r['eps']:g}: {r['mean_return']:.0f} "
+                      f"± {r['std_return']:.0f} (kept {r['mean_relative']:.0%}, worst seed {r['min_relative']:.0%})",
+                      file=sys.stderr)
     bench.write_summary(summary)
     return bench.path
+
+
+def seeds_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (variant, method, eps): the agents' mean returns averaged over seeds (runs of one variant), their std,
+    and the mean and lowest share of clean return kept. "variant" is each run's --variant (or algorithm)."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["variant"], r["method"], r["eps"]), []).append(r)
+    out = []
+    for (variant, method, eps), rs in groups.items():
+        means = np.array([r["mean_return"] for r in rs])
+        relative = np.array([r["relative_return"] for r in rs])
+        out.append({"variant": variant, "method": method, "eps": eps, "seeds": len(rs), "mean_return": float(means.mean()),
+                    "std_return": float(means.std()), "min_return": float(means.min()),
+                    "mean_relative": float(relative.mean()), "min_relative": float(relative.min())})
+    return out
+
+
+def plot_variants(table: list[dict[str, Any]], out_png: Path, title: str) -> Path:
+    """Return vs eps per variant: clean (dotted) and the worst case over attacks (solid), ± std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for k, variant in enumerate(dict.fromkeys(r["variant"] for r in table)):
+        colour = f"C{k}"
+        for method, style in (("none", ":"), (WORST, "-")):
+            sel = sorted((r for r in table if r["variant"] == variant and r["method"] == method), key=lambda r: r["eps"])
+            if not sel:
+                continue
+            eps = np.array([r["eps"] for r in sel])
+            mean = np.array([r["mean_return"] for r in sel])
+            std = np.array([r["std_return"] for r in sel])
+            ax.plot(eps, mean, style, color=colour, marker="o", ms=3,
+                    label=f"{variant} ({sel[0]['seeds']} seeds): {'clean' if method == 'none' else 'worst attack'}")
+            ax.fill_between(eps, mean - std, mean + std, color=colour, alpha=0.12)
+    ax.set_xlabel("eps (L-inf radius, fraction of each observation dimension's scale)")
+    ax.set_ylabel("episode return (mean ± std over seeds)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    from rlab.runs import atomic_write_bytes
+
+    atomic_write_bytes(out_png, buf.getvalue())
+    return out_png
