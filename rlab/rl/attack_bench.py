@@ -194,8 +194,17 @@ def plot_curves(rows: list[dict[str, Any]], out_png: Path, title: str) -> Path:
                     lw=3 if method == WORST else 1.5, alpha=0.5 if method == WORST else 1.0,
                     label=f"{label}: {method}" if len(labels) > 1 else method)
             ax.fill_between(eps, mean - std, mean + std, color=colours[method], alpha=0.12)
+    return _save(fig, ax, out_png, title, "episode return (mean ± std over episodes)")
+
+
+def _save(fig, ax, out_png: Path, title: str, ylabel: str) -> Path:
+    """Label the return-vs-eps axes, write the PNG atomically, close the figure."""
+    import matplotlib.pyplot as plt
+
+    from rlab.runs import atomic_write_bytes
+
     ax.set_xlabel("eps (L-inf radius, fraction of each observation dimension's scale)")
-    ax.set_ylabel("episode return (mean ± std over episodes)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -203,8 +212,6 @@ def plot_curves(rows: list[dict[str, Any]], out_png: Path, title: str) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
-    from rlab.runs import atomic_write_bytes
-
     atomic_write_bytes(out_png, buf.getvalue())
     return out_png
 
@@ -281,16 +288,4 @@ def plot_variants(table: list[dict[str, Any]], out_png: Path, title: str) -> Pat
             ax.plot(eps, mean, style, color=colour, marker="o", ms=3,
                     label=f"{variant} ({sel[0]['seeds']} seeds): {'clean' if method == 'none' else 'worst attack'}")
             ax.fill_between(eps, mean - std, mean + std, color=colour, alpha=0.12)
-    ax.set_xlabel("eps (L-inf radius, fraction of each observation dimension's scale)")
-    ax.set_ylabel("episode return (mean ± std over seeds)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    from rlab.runs import atomic_write_bytes
-
-    atomic_write_bytes(out_png, buf.getvalue())
-    return out_png
+    return _save(fig, ax, out_png, title, "episode return (mean ± std over seeds)")
