@@ -184,17 +184,19 @@ def plot_curves(rows: list[dict[str, Any]], out_png: Path, title: str) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for k, label in enumerate(labels):
         for method in (*METHODS, WORST):
-            sel = sorted((r for r in rows if r["label"] == label and r["method"] == method), key=lambda r: r["eps"])
-            if not sel:
-                continue
-            eps = np.array([r["eps"] for r in sel])
-            mean = np.array([r["mean_return"] for r in sel])
-            std = np.array([r["std_return"] for r in sel])
-            ax.plot(eps, mean, styles[k % len(styles)], color=colours[method], marker="o", ms=3,
-                    lw=3 if method == WORST else 1.5, alpha=0.5 if method == WORST else 1.0,
-                    label=f"{label}: {method}" if len(labels) > 1 else method)
-            ax.fill_between(eps, mean - std, mean + std, color=colours[method], alpha=0.12)
+            sel = [r for r in rows if r["label"] == label and r["method"] == method]
+            if sel:
+                _band(ax, sel, colours[method], styles[k % len(styles)], f"{label}: {method}" if len(labels) > 1 else method,
+                      lw=3 if method == WORST else 1.5, alpha=0.5 if method == WORST else 1.0)
     return _save(fig, ax, out_png, title, "episode return (mean ± std over episodes)")
+
+
+def _band(ax, rows: list[dict[str, Any]], colour: str, style: str, label: str, **line: Any) -> None:
+    """mean_return against eps with a +-std_return band, for rows of one curve."""
+    rows = sorted(rows, key=lambda r: r["eps"])
+    eps, mean, std = (np.array([r[k] for r in rows]) for k in ("eps", "mean_return", "std_return"))
+    ax.plot(eps, mean, style, color=colour, marker="o", ms=3, label=label, **line)
+    ax.fill_between(eps, mean - std, mean + std, color=colour, alpha=0.12)
 
 
 def _save(fig, ax, out_png: Path, title: str, ylabel: str) -> Path:
@@ -279,13 +281,8 @@ def plot_variants(table: list[dict[str, Any]], out_png: Path, title: str) -> Pat
     for k, variant in enumerate(dict.fromkeys(r["variant"] for r in table)):
         colour = f"C{k}"
         for method, style in (("none", ":"), (WORST, "-")):
-            sel = sorted((r for r in table if r["variant"] == variant and r["method"] == method), key=lambda r: r["eps"])
-            if not sel:
-                continue
-            eps = np.array([r["eps"] for r in sel])
-            mean = np.array([r["mean_return"] for r in sel])
-            std = np.array([r["std_return"] for r in sel])
-            ax.plot(eps, mean, style, color=colour, marker="o", ms=3,
-                    label=f"{variant} ({sel[0]['seeds']} seeds): {'clean' if method == 'none' else 'worst attack'}")
-            ax.fill_between(eps, mean - std, mean + std, color=colour, alpha=0.12)
+            sel = [r for r in table if r["variant"] == variant and r["method"] == method]
+            if sel:
+                _band(ax, sel, colour, style,
+                      f"{variant} ({sel[0]['seeds']} seeds): {'clean' if method == 'none' else 'worst attack'}")
     return _save(fig, ax, out_png, title, "episode return (mean ± std over seeds)")
