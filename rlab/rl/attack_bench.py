@@ -91,6 +91,9 @@ def _perturbation(policy, env_id: str, method: str, eps: float, scale: torch.Ten
         if method == "learned":
             from rlab.rl.adversary import train_adversary
 
+            if eps == 0:
+                return lambda obs: obs
+
             adversary = train_adversary(policy, env_id, eps, steps=learned_steps, seed=seed, pgd_steps=pgd_steps,
                                         device=device)
             return adversary.perturb
