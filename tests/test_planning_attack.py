@@ -70,3 +70,16 @@ def test_planning_drops_a_trained_agent_far_below_random_noise_and_worst_is_the_
     assert got["planning"]["mean_return"] < 0.5 * got["random"]["mean_return"]
     assert got["worst"]["mean_return"] == min(got["random"]["mean_return"], got["planning"]["mean_return"])
     assert got["worst"]["strongest"] == "planning"
+
+
+def test_rl_attack_offers_planning_and_learned_and_refuses_planning_without_a_simulator():
+    from rlab.errors import UserError
+    from rlab.rl.attack_bench import RLAttackConfig
+
+    assert RLAttackConfig(run_dir="x", methods=["planning", "learned"]).methods == ["planning", "learned"]
+    with pytest.raises(UserError, match="plan-depth"):
+        RLAttackConfig(run_dir="x", plan_depth=0)
+    acrobot_policy = lambda obs: Categorical(logits=torch.zeros(len(obs), 3))
+    with pytest.raises(UserError, match="simulator of Acrobot-v1"):
+        attack_curve(acrobot_policy, "Acrobot-v1", [0.05], ["planning"], episodes=1, seed=0, pgd_steps=2,
+                     device=torch.device("cpu"))
