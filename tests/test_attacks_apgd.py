@@ -184,7 +184,7 @@ def test_bad_calls_are_refused():
         APGDT()(tiny_cnn(), *random_batch(4, model=tiny_cnn()), eps=0.1, target="random")
     with pytest.raises(ValueError, match="AutoAttack is untargeted"):
         AutoAttack()(tiny_cnn(), *random_batch(4, model=tiny_cnn()), eps=0.1, target="random")
-    with pytest.raises(ValueError, match="version must be one of standard, fast"):
+    with pytest.raises(ValueError, match="version must be one of standard, reference, fast"):
         AutoAttack(version="quick")
     with pytest.raises(ValueError, match="queries must be an integer >= 1 or None"):
         AutoAttack(queries=0)
