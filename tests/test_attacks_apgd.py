@@ -191,6 +191,7 @@ def test_bad_calls_are_refused():
     with pytest.raises(ValueError, match="the L2 ensemble has no Square"):
         AutoAttack(norm="l2", queries=100)
     assert AutoAttack(version="fast", targets=5).budget == attacks.autoattack.Budget(25, 5, 500)
+    assert AutoAttack(version="reference").budget == attacks.autoattack.Budget(100, 9, 5000)  # Croce & Hein's
 
 
 def test_registry_names():
