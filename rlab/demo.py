@@ -233,6 +233,12 @@ def _tables(report_md: Path) -> list[str]:
     return out
 
 
+def _bench_section(root: Path, heading: str, run: Path, pngs: tuple[str, ...], intro: str) -> list[str]:
+    """A benchmark's tables (from its report.md) and figures under a heading, with a paragraph before them."""
+    return ([f"### {heading} (`{_rel(root, run)}`)", "", intro, ""] + _tables(run / "report.md")
+            + [f"![{heading}: {png[:-4]}]({_rel(root, run / png)})" for png in pngs if (run / png).is_file()] + [""])
+
+
 def _write_report(root: Path, b, ladder_runs, classifiers, benches, beyond, summary) -> None:
     md = ["# rlab demo report", "",
           f"Wall time: {summary['wall_seconds']:.0f} s "
@@ -264,26 +270,21 @@ def _write_report(root: Path, b, ladder_runs, classifiers, benches, beyond, summ
            "usually wins; where the adaptive figure reads higher (†), the adaptive attack was the weaker one, "
            "not the defense stronger.", ""]
     patch, backdoor = beyond["patch"], beyond["backdoor"]
-    md += ["## 4. Beyond the eps-ball: an adversarial patch and a backdoor (MNIST-5k)", "",
-           f"### Adversarial patch on the standard model (`{_rel(root, patch)}`)", "",
-           f"Brown et al. 2017: one universal patch per area, trained with expectation over transformations "
-           f"({b['patch_steps']} Adam steps on {b['patch_fit']} training digits), pasted at a random place and "
-           f"rotation on {b['bench_n']} held-out digits of the other classes. Budget: the patch area; controls: "
-           "a uniform-noise patch of the same size, and no patch.", ""]
-    md += _tables(patch / "report.md")
-    md += [f"![patch {png[:-4]}]({_rel(root, patch / png)})" for png in ("success.png", "gallery.png")
-           if (patch / png).is_file()]
-    md += ["", f"### BadNets backdoor, found and removed (`{_rel(root, backdoor)}`)", "",
-           f"Gu et al. 2017: {100 * b['poison_rate']:g}% of the training digits get a trigger and the label 0 "
-           f"(budget: the poison rate); the clean model, the poisoned one, and one retrained without the samples "
-           f"that activation clustering (Chen et al. 2018) flags in the poisoned model, each trained like the "
-           "standard model. Attack success: triggered test digits of other classes called 0.", ""]
-    md += _tables(backdoor / "report.md")
-    md += [f"![backdoor {png[:-4]}]({_rel(root, backdoor / png)})" for png in ("backdoor.png", "gallery.png")
-           if (backdoor / png).is_file()]
+    md += ["## 4. Beyond the eps-ball: an adversarial patch and a backdoor (MNIST-5k)", ""]
+    md += _bench_section(root, "Adversarial patch on the standard model", patch, ("success.png", "gallery.png"),
+                         f"Brown et al. 2017: one universal patch per area, trained with expectation over transformations "
+                         f"({b['patch_steps']} Adam steps on {b['patch_fit']} training digits), pasted at a random place "
+                         f"and rotation on {b['bench_n']} held-out digits of the other classes. Budget: the patch area; "
+                         "controls: a uniform-noise patch of the same size, and no patch.")
+    md += _bench_section(root, "BadNets backdoor, found and removed", backdoor, ("backdoor.png", "gallery.png"),
+                         f"Gu et al. 2017: {100 * b['poison_rate']:g}% of the training digits get a trigger and the "
+                         "label 0 (budget: the poison rate); the clean model, the poisoned one, and one retrained "
+                         "without the samples that activation clustering (Chen et al. 2018) flags in the poisoned "
+                         "model, each trained like the standard model. Attack success: triggered test digits of other "
+                         "classes called 0.")
     with open(backdoor / "results.csv", newline="") as f:
         curves = [(f"{r['model']} {r['detector']}".strip(), Path(r["run"]) / "learning_curve.png") for r in csv.DictReader(f)]
-    md += ["", "Learning curves of the three models:", ""]
+    md += ["Learning curves of the three models:", ""]
     md += [f"![{label} learning curve]({_rel(root, png)})" for label, png in curves if png.is_file()]
     md.append("")
     atomic_write_text(root / "report.md", "\n".join(md))
