@@ -96,8 +96,8 @@ class Evaluator:
     with other jobs, CPU time is steadier than the wall clock (which the trainers report).
     """
 
-    def __init__(self, env_id: str, every: int, episodes: int, threshold: float, seed: int):
-        self.env_id, self.every, self.episodes, self.seed = env_id, every, episodes, seed
+    def __init__(self, env_id: str, every: int, episodes: int, threshold: float, seed: int, verbose: bool = False):
+        self.env_id, self.every, self.episodes, self.seed, self.verbose = env_id, every, episodes, seed, verbose
         self.trace = Trace(threshold)
         self.next_eval = every
         self.cpu_start, self.cpu_paused = time.process_time(), 0.0
@@ -112,6 +112,8 @@ class Evaluator:
         self.next_eval = (env_steps // self.every + 1) * self.every
         ret = float(run_episodes(act, self.env_id, self.episodes, seed=self.seed + env_steps).mean())
         self.trace.evals.append((env_steps, train_seconds, ret, t0 - self.cpu_start - self.cpu_paused))
+        if self.verbose:
+            print(f"  eval seed {self.seed - 10_000} @ {env_steps}: {ret:.1f} ({train_seconds:.0f} s)", flush=True)
         self.cpu_paused += time.process_time() - t0
         return ret >= self.trace.threshold
 
@@ -175,6 +177,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--env", default="CartPole-v1", choices=sorted(THRESHOLDS))
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--first-seed", type=int, default=0, help="seeds first-seed, first-seed+1, ... (to split seeds over runs)")
     p.add_argument("--agents", default="ppo,a2c,sb3-ppo,sb3-a2c", help="any of ppo, a2c, dqn, sb3-ppo, sb3-a2c, sb3-dqn")
     p.add_argument("--budget", type=int, default=None, help="env steps per run (default: per env; DQN: the zoo's)")
     p.add_argument("--eval-every", type=int, default=1024)
@@ -183,6 +186,7 @@ def main() -> None:
     p.add_argument("--reuse", default=None, metavar="RESULTS_CSV",
                    help="take the rows of agents not in --agents from an earlier run's results.csv (e.g. SB3's "
                         "LunarLander runs, ~25 min a seed); the report says which rows were reused")
+    p.add_argument("--verbose", action="store_true", help="print every evaluation as it happens")
     p.add_argument("--sb3-flush-denormal", action="store_true",
                    help="run SB3 with subnormal floats flushed to zero too, as the lab's RL commands do (SB3's DQN: "
                         "~15%% less CPU; default: SB3 as shipped)")
@@ -196,9 +200,11 @@ def main() -> None:
     run = RunDir.create("bench", f"rl_vs_sb3__{env_id}", None, vars(args))
 
     rows = _reused_rows(args.reuse, agents, at_steps) if args.reuse else []
+    evals = []
     for agent in agents:
-        for seed in range(args.seeds):
-            ev = Evaluator(env_id, args.eval_every, args.eval_episodes, threshold, seed=10_000 + seed)
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
+            ev = Evaluator(env_id, args.eval_every, args.eval_episodes, threshold, seed=10_000 + seed,
+                           verbose=args.verbose)
             algo = agent.removeprefix("sb3-")
             agent_budget = args.budget or (DQN_BUDGETS[env_id] if algo == "dqn" else budget)
             if agent.startswith("sb3-"):
@@ -206,6 +212,8 @@ def main() -> None:
             else:
                 trace, secs, steps, grads = run_lab(algo, env_id, seed, agent_budget, ev)
             reached = trace.reached()
+            evals += [{"agent": agent, "seed": seed, "env_steps": st, "train_seconds": secs_, "cpu_seconds": cpu,
+                       "return": ret} for st, secs_, ret, cpu in trace.evals]
             row = {"agent": agent, "seed": seed, "steps_to_threshold": reached[0] if reached else math.nan,
                    "seconds_to_threshold": reached[1] if reached else math.nan,
                    "cpu_seconds_to_threshold": reached[2] if reached else math.nan,
@@ -219,6 +227,7 @@ def main() -> None:
     report = _report(rows, env_id, threshold, at_steps, budget, args)
     print(report)
     write_csv(run.path / "results.csv", rows)
+    write_csv(run.path / "evals.csv", evals)  # every evaluation: SB3's return at the step counts the lab reached
     atomic_write_text(run.path / "report.md", report + "\n")
     run.write_summary({"rows": rows})
     print(run.path)
