@@ -14,8 +14,10 @@ to zero (rlab.runtime.set_threads); SB3 runs as shipped unless --sb3-flush-denor
 
 Prints per agent and seed: env steps and train seconds to the threshold, eval
 return at `--at-steps` (the last evaluation at or before it), env steps per
-second, gradient steps per second (DQN), and the ratios to SB3's same algorithm / PPO. Writes results.csv and report.md into
-runs/bench/rl_vs_sb3__<env>__...
+second, gradient steps per second (DQN), and the ratios to SB3's same algorithm / PPO. Writes results.csv, report.md
+and evals.csv (every evaluation of every agent and seed: SB3's return at the step count where the lab's agent
+reached the threshold) into runs/bench/rl_vs_sb3__<env>__... Seeds run one after another; --first-seed splits
+them over several runs.
 
     flock /tmp/rlab-heavy.lock .venv/bin/python bench/rl_vs_sb3.py --env CartPole-v1 --seeds 3
     .venv/bin/python bench/rl_vs_sb3.py --smoke     # all six agents, 1 seed, 512 env steps each
