@@ -98,8 +98,10 @@ class Evaluator:
     with other jobs, CPU time is steadier than the wall clock (which the trainers report).
     """
 
-    def __init__(self, env_id: str, every: int, episodes: int, threshold: float, seed: int, verbose: bool = False):
+    def __init__(self, env_id: str, every: int, episodes: int, threshold: float, seed: int, verbose: bool = False,
+                 stop_at: int | None = None):
         self.env_id, self.every, self.episodes, self.seed, self.verbose = env_id, every, episodes, seed, verbose
+        self.stop_at = stop_at
         self.trace = Trace(threshold)
         self.next_eval = every
         self.cpu_start, self.cpu_paused = time.process_time(), 0.0
@@ -117,7 +119,7 @@ class Evaluator:
         if self.verbose:
             print(f"  eval seed {self.seed - 10_000} @ {env_steps}: {ret:.1f} ({train_seconds:.0f} s)", flush=True)
         self.cpu_paused += time.process_time() - t0
-        return ret >= self.trace.threshold
+        return ret >= self.trace.threshold or (self.stop_at is not None and env_steps >= self.stop_at)
 
 
 def run_lab(algo: str, env_id: str, seed: int, budget: int, ev: Evaluator) -> tuple[Trace, float, int, int]:
@@ -188,12 +190,17 @@ def main() -> None:
     p.add_argument("--reuse", default=None, metavar="RESULTS_CSV",
                    help="take the rows of agents not in --agents from an earlier run's results.csv (e.g. SB3's "
                         "LunarLander runs, ~25 min a seed); the report says which rows were reused")
+    p.add_argument("--stop-at", type=int, default=None,
+                   help="end each run at the first evaluation at or after this many env steps; the exploration "
+                        "schedule still follows --budget (e.g. SB3 only as far as the lab needed)")
     p.add_argument("--verbose", action="store_true", help="print every evaluation as it happens")
     p.add_argument("--sb3-flush-denormal", action="store_true",
                    help="run SB3 with subnormal floats flushed to zero too, as the lab's RL commands do (SB3's DQN: "
                         "~15%% less CPU; default: SB3 as shipped)")
     args = parse_args(p, dict(seeds=1, budget=512, eval_every=256, eval_episodes=2, at_steps=512,
                               agents="ppo,a2c,dqn,sb3-ppo,sb3-a2c,sb3-dqn"))
+    if args.stop_at is not None and args.stop_at < args.eval_every:
+        p.error(f"--stop-at must be at least --eval-every ({args.eval_every}): runs end at an evaluation; got {args.stop_at}")
     torch.set_num_threads(1)
     env_id, threshold = args.env, THRESHOLDS[args.env]
     budget = args.budget or BUDGETS[env_id]
@@ -206,7 +213,7 @@ def main() -> None:
     for agent in agents:
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             ev = Evaluator(env_id, args.eval_every, args.eval_episodes, threshold, seed=10_000 + seed,
-                           verbose=args.verbose)
+                           verbose=args.verbose, stop_at=args.stop_at)
             algo = agent.removeprefix("sb3-")
             agent_budget = args.budget or (DQN_BUDGETS[env_id] if algo == "dqn" else budget)
             if agent.startswith("sb3-"):
@@ -260,7 +267,9 @@ def _report(rows, env_id, threshold, at_steps, budget, args) -> str:
         return math.nan
 
     lines = [f"## {env_id}: steps / train seconds until mean of {args.eval_episodes} deterministic episodes >= {threshold}",
-             f"budget {budget} env steps (DQN: {args.budget or DQN_BUDGETS[env_id]}), eval every {args.eval_every} steps "
+             f"budget {budget} env steps (DQN: {args.budget or DQN_BUDGETS[env_id]})"
+             f"{f', runs ended at the first eval at or after {args.stop_at} steps' if args.stop_at else ''}, "
+             f"eval every {args.eval_every} steps "
              f"(eval time excluded), 1 torch thread; CPU s: this process's CPU time, steadier than the wall clock on a "
              f"shared machine", "",
              f"| agent | seed | steps to {threshold:g} | s to {threshold:g} | CPU s to {threshold:g} | return @ {at_steps} "
