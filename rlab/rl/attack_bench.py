@@ -287,5 +287,6 @@ def plot_variants(table: list[dict[str, Any]], out_png: Path, title: str) -> Pat
             sel = [r for r in table if r["variant"] == variant and r["method"] == method]
             if sel:
                 _band(ax, sel, colour, style,
-                      f"{variant} ({sel[0]['seeds']} seeds): {'clean' if method == 'none' else 'worst attack'}")
+                      f"{variant} ({sel[0]['seeds']} seed{'s' if sel[0]['seeds'] != 1 else ''}): "
+                      f"{'clean' if method == 'none' else 'worst attack'}")
     return _save(fig, ax, out_png, title, "episode return (mean ± std over seeds)")
