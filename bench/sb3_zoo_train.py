@@ -14,7 +14,7 @@ puts them (Raffin, 2020, rl-baselines3-zoo, exp_manager.py):
 Such a folder is what `rlab eval`, `rlab bench rl-attack` and `rlab plot returns` read (rlab/rl/sb3.py).
 
     python bench/sb3_zoo_train.py --algo ppo --env CartPole-v1 --out runs/zoo     # 1e5 steps, the zoo's budget
-    python bench/sb3_zoo_train.py --smoke      # PPO, 2,048 steps, into runs/bench/sb3_zoo_train__.../logs
+    python bench/sb3_zoo_train.py --smoke      # PPO, 4,096 steps, into runs/bench/sb3_zoo_train__.../logs
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 ZOO_BUDGETS = {("ppo", "CartPole-v1"): 100_000, ("a2c", "CartPole-v1"): 500_000, ("dqn", "CartPole-v1"): 50_000}
+# --smoke: the zoo's CartPole PPO with a constant learning rate and 10 epochs, for 4,096 steps (~3 CPU s)
+SMOKE_PPO = dict(n_envs=8, n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98, n_epochs=10, learning_rate=1e-3)
 
 
 def train_zoo_agent(algo: str, env_id: str, out: str | Path, steps: int, seed: int = 0, normalize: bool = False,
@@ -76,7 +78,7 @@ def train_zoo_agent(algo: str, env_id: str, out: str | Path, steps: int, seed: i
     return save_path
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--algo", default="ppo", choices=["ppo", "a2c", "dqn"])
     p.add_argument("--env", default="CartPole-v1")
@@ -85,10 +87,10 @@ def main() -> None:
     p.add_argument("--normalize", action="store_true", help="VecNormalize the observations (saved as vecnormalize.pkl)")
     p.add_argument("--eval-every", type=int, default=10_000)
     p.add_argument("--out", default="", help="the zoo's logs/ folder (default: a new runs/bench/sb3_zoo_train__... folder)")
-    p.add_argument("--smoke", action="store_true", help="PPO on CartPole-v1, 2,048 steps")
-    args = p.parse_args()
+    p.add_argument("--smoke", action="store_true", help="PPO on CartPole-v1, 4,096 steps (SMOKE_PPO)")
+    args = p.parse_args(argv)
     if args.smoke:
-        args.algo, args.env, args.steps, args.eval_every = "ppo", "CartPole-v1", 2048, 1024
+        args.algo, args.env, args.steps, args.eval_every = "ppo", "CartPole-v1", 4096, 2048
     out = args.out
     if not out:
         from rlab.runs import RunDir
@@ -98,7 +100,10 @@ def main() -> None:
     if not steps:
         raise SystemExit(f"give --steps: no zoo budget here for {args.algo} on {args.env}")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    print(train_zoo_agent(args.algo, args.env, out, steps, args.seed, args.normalize, args.eval_every))
+    path = train_zoo_agent(args.algo, args.env, out, steps, args.seed, args.normalize, args.eval_every,
+                           hyperparams=SMOKE_PPO if args.smoke else None)
+    print(path)
+    return path
 
 
 if __name__ == "__main__":

@@ -21,11 +21,9 @@ from rlab.cli import main
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-from sb3_zoo_train import train_zoo_agent  # noqa: E402  (bench/sb3_zoo_train.py)
+import sb3_zoo_train  # noqa: E402  (bench/sb3_zoo_train.py)
 
 SEEDS = [100, 101, 102, 103, 104]
-# the zoo's CartPole PPO (hyperparams/ppo.yml) with a constant learning rate and 10 epochs, for 4,096 steps
-PPO_FAST = dict(n_envs=8, n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98, n_epochs=10, learning_rate=1e-3)
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +42,11 @@ def root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def zoo_ppo(root) -> Path:
-    """logs/ppo/CartPole-v1_1/: CartPole-v1.zip, CartPole-v1/{args,config}.yml, *.monitor.csv, evaluations.npz."""
-    return train_zoo_agent("ppo", "CartPole-v1", root / "logs", steps=4096, seed=0, eval_every=2048,
-                           hyperparams=PPO_FAST)
+    """`python bench/sb3_zoo_train.py --smoke`: the zoo's CartPole PPO for 4,096 steps, in the zoo's layout
+    logs/ppo/CartPole-v1_1/: CartPole-v1.zip, CartPole-v1/{args,config}.yml, *.monitor.csv, evaluations.npz."""
+    path = sb3_zoo_train.main(["--smoke", "--out", str(root / "logs")])
+    assert path == root / "logs" / "ppo" / "CartPole-v1_1"
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +137,7 @@ def test_vecnormalize_statistics_are_applied(root):
     from rlab.rl.sb3 import load_sb3_agent
 
     folder = root / "vecnorm"
+    folder.mkdir()
     env = VecNormalize(make_vec_env("CartPole-v1", n_envs=4, seed=0), norm_reward=False)
     model = PPO("MlpPolicy", env, n_steps=128, batch_size=256, n_epochs=5, learning_rate=1e-3, seed=0, device="cpu")
     model.learn(2048)
