@@ -133,7 +133,7 @@ class SB3Agent(nn.Module):
             action = dist.logits.argmax(-1) if deterministic else dist.sample()
         else:
             action = dist.mean if deterministic else dist.sample()
-        logp = dist.log_prob(action) if not isinstance(dist, PointMass) else torch.zeros(action.shape[:1])
+        logp = dist.log_prob(action) if not isinstance(dist, PointMass) else action.new_zeros(action.shape[:1])
         return action, logp
 
     def env_action(self, action: Tensor) -> np.ndarray:
