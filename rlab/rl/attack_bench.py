@@ -1,6 +1,7 @@
 """`rlab bench rl-attack RUN_DIR... --eps LIST`: how fragile is a trained agent? (Huang et al., 2017)
 
-For each run folder of `rlab train` and each eps, the agent plays `--episodes` episodes
+For each run folder of `rlab train` (or Stable-Baselines3 model: a .zip or an rl-baselines3-zoo
+folder, rlab.rl.sb3) and each eps, the agent plays `--episodes` episodes
 (greedy actions, the same env seeds for every attack) while every observation it sees is
 replaced by
 
