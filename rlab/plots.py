@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 
 from rlab.config import check, opt  # noqa: E402
 from rlab.errors import UserError  # noqa: E402
-from rlab.runs import RunDir, atomic_write_bytes  # noqa: E402
+from rlab.runs import RunDir, atomic_write_bytes, find_run_dirs  # noqa: E402
 
 RETURN_COLUMN = "charts/episode_return"
 WALL_COLUMN = "time/train_seconds"  # what every trainer logs as its training clock (evaluation excluded)
@@ -72,20 +72,13 @@ def find_curve_dirs(paths: list[str | Path]) -> list[Path]:
 
     found: list[Path] = []
     for p in map(Path, paths):
-        if not p.exists():
-            raise UserError(f"no such run folder or file: {p}")
-        if (p / "config.json").is_file():
-            found.append(p)
-            continue
-        sb3 = log_folders(p)
-        # oldest first: the order the runs were made in (e.g. the lecture's ladder)
-        lab = [c.parent for c in sorted(p.rglob("config.json"), key=lambda c: (c.stat().st_mtime_ns, str(c)))] \
-            if p.is_dir() else []
-        if not lab and not sb3:
-            raise UserError(f"{p} has no training log beside it (Monitor files *monitor.csv or evaluations.npz)"
-                            if p.is_file() else f"{p} holds no run folder (no config.json below it) and no "
-                            f"Stable-Baselines3 log (*monitor.csv, evaluations.npz)")
-        found += lab + sb3
+        sb3 = log_folders(p) if p.exists() and not (p / "config.json").is_file() else []
+        if p.suffix == ".zip" and p.is_file() and not sb3:
+            raise UserError(f"{p} has no training log beside it (Monitor files *monitor.csv or evaluations.npz)")
+        if sb3:  # a zoo folder, or a folder holding both kinds
+            found += (find_run_dirs([p]) if p.is_dir() and any(p.rglob("config.json")) else []) + sb3
+        else:
+            found += find_run_dirs([p])  # one line for a missing path or a folder with no run below it
     return found
 
 
