@@ -159,20 +159,24 @@ def test_vecnormalize_statistics_are_applied(root):
     assert torch.allclose(got, want, atol=1e-6) and not torch.allclose(got, raw, atol=1e-3)
 
 
-def test_continuous_sac_and_td3_load_and_evaluate(root):
-    """SAC's squashed actor, unscaled to Pendulum's [-2, 2], and TD3's, as SB3 predicts them; attacked too."""
-    from stable_baselines3 import SAC, TD3
+@pytest.mark.parametrize("algo, env_id, steps", [("sac", "Pendulum-v1", 200), ("td3", "Pendulum-v1", 0),
+                                                  ("ppo", "Pendulum-v1", 0), ("a2c", "CartPole-v1", 0)])
+def test_each_algorithm_loads_and_plays_as_sb3_predicts(root, algo, env_id, steps):
+    """SAC's squashed actor unscaled to Pendulum's [-2, 2], TD3's, PPO's Gaussian mean clipped to the Box, A2C's
+    logits: the lab's episodes return what evaluate_policy does (untrained weights test the plumbing as well)."""
+    import stable_baselines3 as sb3
 
-    for cls, steps in ((SAC, 200), (TD3, 0)):
-        model = cls("MlpPolicy", "Pendulum-v1", learning_starts=100, seed=0, device="cpu",
-                    policy_kwargs=dict(net_arch=[32, 32]))
-        model.learn(steps)
-        path = root / f"{cls.__name__.lower()}_pendulum.zip"
-        model.save(path)
-        expected = sb3_returns(model, "Pendulum-v1", SEEDS[:2])
-        assert lab_returns(root, path, SEEDS[:2], "--env", "Pendulum-v1") == pytest.approx(expected, rel=1e-5)
-    assert cli("bench", "rl-attack", path, "--env", "Pendulum-v1", "--eps", "0,0.05", "--methods", "none,pgd",
-               "--episodes", 2, "--pgd-steps", 2, "--device", "cpu") == 0
+    cls = getattr(sb3, algo.upper())
+    extra = dict(learning_starts=100) if algo in ("sac", "td3") else {}
+    model = cls("MlpPolicy", env_id, seed=0, device="cpu", policy_kwargs=dict(net_arch=[32, 32]), **extra)
+    model.learn(steps)
+    path = root / f"{algo}_model.zip"
+    model.save(path)
+    expected = sb3_returns(model, env_id, SEEDS[:2])
+    assert lab_returns(root, path, SEEDS[:2], "--env", env_id) == pytest.approx(expected, rel=1e-5)
+    if algo == "sac":  # the continuous attack: ascent on ||mu(s') - mu(s)||^2 through SAC's actor
+        assert cli("bench", "rl-attack", path, "--env", env_id, "--eps", "0,0.05", "--methods", "none,pgd",
+                   "--episodes", 2, "--pgd-steps", 2, "--device", "cpu") == 0
 
 
 def test_plot_returns_on_a_zoo_folder(root, zoo_ppo, capsys):
