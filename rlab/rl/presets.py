@@ -72,13 +72,13 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # falling 0.1 -> 0.001 (a constant one leaves the greedy policy flipping between near-equal actions). Measured,
     # Q-learning greedy success over 100 episodes: 8x8 0.86/0.86/0.87 on seeds 0-2 (exact: 0.858/0.856/0.884,
     # optimum 0.913 within the 200-step limit; a constant alpha 0.05 gave 0.877/0.714/0.666)
-    "FrozenLake8x8-v1": {m: dict(steps=500_000, gamma=0.999, alpha=0.1, alpha_final=0.001)
+    "FrozenLake8x8-v1": {m: dict(steps=500_000, gamma=0.999, alpha_final=0.001)
                          for m in ("qlearning", "sarsa", "expected-sarsa")},
-    "FrozenLake-v1": {m: dict(steps=200_000, gamma=0.999, alpha=0.1, alpha_final=0.001)
+    "FrozenLake-v1": {m: dict(steps=200_000, gamma=0.999, alpha_final=0.001)
                       for m in ("qlearning", "sarsa", "expected-sarsa")},
     # deterministic: alpha 1 is the exact backup; epsilon kept at 0.1 to reach all 300 start states. Q-learning's greedy
     # policy: expected return 7.917/7.917/7.930 on seeds 0-2, the optimum of Taxi-v4 being 7.93
-    "Taxi-v4": {m: dict(steps=200_000, gamma=0.99, alpha=1.0, exploration_final_eps=0.1)
+    "Taxi-v4": {m: dict(steps=200_000, alpha=1.0, exploration_final_eps=0.1)
                 for m in ("qlearning", "sarsa", "expected-sarsa")},
 }
 PRESETS["rlab/TorchCartPole-v1"] = PRESETS["CartPole-v1"]
