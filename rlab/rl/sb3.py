@@ -283,7 +283,7 @@ def _load_obs_rms(stats: Path) -> tuple[Any, float, float]:
 def load_sb3_agent(path: str | Path, env_id: str | None = None,
                    device: str | torch.device = "cpu") -> tuple[SB3Agent, dict[str, Any]]:
     """(SB3Agent in eval mode, options) for a model file or zoo experiment folder; options["env"] is its env."""
-    from rlab.rl.environments import env_spec
+    from rlab.rl.environments import make_envs
 
     zip_path = model_path(path)
     if zip_path is None:
@@ -293,7 +293,9 @@ def load_sb3_agent(path: str | Path, env_id: str | None = None,
     if not env_id:
         raise UserError(f"cannot tell which environment {zip_path} was trained on (no zoo args.yml, no monitor.csv "
                         f"beside it, and {zip_path.stem!r} is not an env id); give --env ID")
-    spec = env_spec(env_id)
+    envs = make_envs(env_id, 1)  # an unknown id or a missing env dependency: one line
+    obs_space, action_space = envs.single_observation_space, envs.single_action_space
+    envs.close()
     stats, _ = _vecnormalize(zip_path)
     import stable_baselines3 as sb3
 
@@ -306,9 +308,6 @@ def load_sb3_agent(path: str | Path, env_id: str | None = None,
     except Exception as e:  # noqa: BLE001 - a zip SB3 cannot read is one bad file
         raise UserError(f"Stable-Baselines3 {sb3.__version__} cannot load {zip_path} as {algo.upper()} "
                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-    env = spec.make()
-    obs_space, action_space = env.observation_space, env.action_space
-    env.close()
     if not isinstance(model.observation_space, gym.spaces.Box) or len(model.observation_space.shape) != 1:
         raise UserError(f"{zip_path} takes {model.observation_space} observations; supported: flat Box observations")
     if obs_space.shape != model.observation_space.shape or type(action_space) is not type(model.action_space) or \
