@@ -52,7 +52,7 @@ class RLAttackConfig:
     seed: int = opt(0, help="seed of the episodes and the random noise")
     device: str = opt("auto", help="auto, cpu, cuda or cuda:N")
     threads: int = opt(0, help="torch threads (0: 1, RL-sized networks)")
-    env: str = opt("", help="env id of the Stable-Baselines3 models ; unset: the zoo's args.yml, a monitor.csv "
+    env: str = opt("", help="env id of the Stable-Baselines3 models; unset: the zoo's args.yml, a monitor.csv "
                             "beside them, or a file name that is an env id")
 
     def __post_init__(self) -> None:

@@ -35,7 +35,7 @@ class EvalConfig:
     video: bool = opt(False, help="write a GIF of one episode into the run folder")
     seed: int = opt(10_000, help="seed of the evaluation envs")
     device: str = opt("auto", help="auto, cpu, cuda or cuda:N")
-    env: str = opt("", help="env id of a Stable-Baselines3 model ; unset: the zoo's args.yml, a monitor.csv beside "
+    env: str = opt("", help="env id of a Stable-Baselines3 model; unset: the zoo's args.yml, a monitor.csv beside "
                             "it, or a file name that is an env id")
 
     def __post_init__(self) -> None:
