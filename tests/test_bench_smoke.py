@@ -95,6 +95,11 @@ def check_rl_vs_sb3(s: Smoke) -> None:
         assert 0 < int(float(r["env_steps"])) <= 512 + 256  # the budget, overshot by at most one rollout
         assert 1.0 <= float(r["final_eval"]) <= 500.0  # evaluated at least once (every 256 steps)
         assert 1.0 <= float(r["return_at_512"]) <= 500.0
+    evals = rows_of(run / "evals.csv")  # every evaluation; each run's last one is its final_eval
+    for r in rows:
+        mine = [e for e in evals if (e["agent"], e["seed"]) == (r["agent"], r["seed"])]
+        assert [int(e["env_steps"]) for e in mine] == sorted({int(e["env_steps"]) for e in mine}) and mine
+        assert float(mine[-1]["return"]) == pytest.approx(float(r["final_eval"]))
     report = (run / "report.md").read_text()
     assert "| sb3-a2c | 0 |" in report and "| sb3-dqn | 0 |" in report and "steps / SB3 same algo" in report
     assert (run / "summary.json").is_file()
