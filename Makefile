@@ -26,7 +26,7 @@ demo: $(STAMP)
 	$(VENV)/bin/rlab demo
 
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadgroup   # two workers (2-core CI); Ray tests share one, see tests/conftest.py
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[dev,bench]"

@@ -20,10 +20,31 @@ def runs_root(tmp_path, monkeypatch):
     return root
 
 
-def pytest_terminal_summary(terminalreporter):
-    """The reliability tests' counts (kills injected, bad inputs refused), once the run is over."""
+def reliability_lines() -> list[str]:
+    """The reliability tests' counts (kills injected, bad inputs refused) from the modules this process ran."""
+    lines = []
     for module in list(sys.modules.values()):
         if getattr(module, "__name__", "").rsplit(".", 1)[-1].startswith("test_reliability"):
             line = getattr(module, "reliability_report", lambda: "")()
             if line:
-                terminalreporter.write_line(line)
+                lines.append(line)
+    return lines
+
+
+FROM_WORKERS: list[str] = []  # under pytest-xdist (`make test`), each worker sends its lines back when it ends
+
+
+def pytest_sessionfinish(session):
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["reliability"] = reliability_lines()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    FROM_WORKERS.extend(getattr(node, "workeroutput", {}).get("reliability", []))
+
+
+def pytest_terminal_summary(terminalreporter):
+    for line in reliability_lines() + FROM_WORKERS:
+        terminalreporter.write_line(line)

@@ -248,6 +248,7 @@ def smoke(request, tmp_path_factory):
 ELSEWHERE = {
     "cliff_walking": "tests/test_bench_value_based.py",
     "patch_vs_art": "tests/test_bench_patch.py",
+    "sb3_zoo_train": "tests/test_sb3.py",
     "mutate": "a test-quality tool (make mutate), not a benchmark: its --smoke takes about a minute",
 }
 
@@ -261,7 +262,11 @@ def test_every_bench_script_has_a_smoke_check():
             or f"{script}.py" in open(where).read(), f"{where} no longer runs {script}"
 
 
-@pytest.mark.parametrize("script", list(CHECKS))
+# sweep_speedup starts a local Ray instance: under pytest-xdist it shares the "ray" worker with the other Ray tests
+SMOKE_PARAMS = [pytest.param(s, marks=pytest.mark.xdist_group("ray")) if s == "sweep_speedup" else s for s in CHECKS]
+
+
+@pytest.mark.parametrize("script", SMOKE_PARAMS)
 def test_smoke(smoke, script):
     CHECKS[script](smoke(script).ok())
 

@@ -32,7 +32,8 @@ from rlab.cli import main
 from rlab.errors import UserError
 
 RAY = next((str(p) for p in (Path(sys.executable).parent / "ray", shutil.which("ray")) if p and Path(p).is_file()), None)
-pytestmark = pytest.mark.skipif(RAY is None, reason="the `ray` command is not installed (pip install 'rlab[ray]')")
+pytestmark = [pytest.mark.skipif(RAY is None, reason="the `ray` command is not installed (pip install 'rlab[ray]')"),
+              pytest.mark.xdist_group("ray")]  # one Ray at a time under pytest-xdist
 
 REPO = Path(__file__).resolve().parents[1]
 CELL = ("train --algo ppo --env CartPole-v1 --steps 128 --n-envs 4 --n-steps 32 --eval-episodes 1 --no-progress "

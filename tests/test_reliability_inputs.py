@@ -39,6 +39,7 @@ from rlab.vision.data import load_dataset
 from rlab.errors import UserError
 from rlab.runs import CheckpointError, load_checkpoint, save_checkpoint, use_runs_root
 
+pytestmark = pytest.mark.xdist_group(__name__)  # one worker keeps this module's tally (under pytest-xdist)
 TALLY = {"argv": 0, "api": 0, "checkpoints": 0, "folders": 0}
 TINY_RL = ["train", "--algo", "a2c", "--env", "CartPole-v1", "--steps", "128", "--n-envs", "4", "--n-steps", "32",
            "--eval-episodes", "1", "--no-progress", "--device", "cpu", "--threads", "1"]

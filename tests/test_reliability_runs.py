@@ -53,6 +53,7 @@ CLS_ARGS = ["classifier", "train", "--dataset", "mnist5k", "--train-subset", "50
             "--threads", "1", "--device", "cpu", "--seed", "3"]
 CLS_EPOCHS = 4
 KILLS = 3
+pytestmark = pytest.mark.xdist_group(__name__)  # one worker keeps this module's tally (under pytest-xdist)
 TALLY = {"kills": 0, "files_checked": 0, "temp_files_seen": 0, "steps_lost": 0, "resumed_from": []}
 
 

@@ -173,8 +173,8 @@ def test_a_cell_on_another_host_runs_in_scratch_and_its_output_ships_back(runs_r
 # ----------------------------------------------------------------------------- whole sweeps, in processes and on Ray
 
 
-BACKENDS = ["processes", pytest.param("ray", marks=pytest.mark.skipif(
-    not HAS_RAY, reason="Ray is not installed (optional extra: pip install 'rlab[ray]')"))]
+BACKENDS = ["processes", pytest.param("ray", marks=[pytest.mark.xdist_group("ray"), pytest.mark.skipif(
+    not HAS_RAY, reason="Ray is not installed (optional extra: pip install 'rlab[ray]')")])]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
