@@ -248,6 +248,7 @@ def smoke(request, tmp_path_factory):
 ELSEWHERE = {
     "cliff_walking": "tests/test_bench_value_based.py",
     "patch_vs_art": "tests/test_bench_patch.py",
+    "sb3_zoo_train": "tests/test_sb3.py",
     "mutate": "a test-quality tool (make mutate), not a benchmark: its --smoke takes about a minute",
 }
 

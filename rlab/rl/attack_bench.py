@@ -1,6 +1,7 @@
 """`rlab bench rl-attack RUN_DIR... --eps LIST`: how fragile is a trained agent? (Huang et al., 2017)
 
-For each run folder of `rlab train` and each eps, the agent plays `--episodes` episodes
+For each run folder of `rlab train` (or Stable-Baselines3 model: a .zip or an rl-baselines3-zoo
+folder, rlab.rl.sb3) and each eps, the agent plays `--episodes` episodes
 (greedy actions, the same env seeds for every attack) while every observation it sees is
 replaced by
 
@@ -40,7 +41,7 @@ from envs.observation_attacks import OBSERVATION_ATTACKS
 from rlab.config import check, opt
 from rlab.errors import UserError
 from rlab.rl.environments import env_spec
-from rlab.rl.evaluation import greedy_actor, load_agent, run_episodes
+from rlab.rl.evaluation import check_env_option, greedy_actor, load_agent, run_episodes
 from rlab.runs import RunDir, write_csv
 from rlab.runtime import resolve_device, seed_everything, set_threads
 
@@ -52,7 +53,8 @@ WORST = "worst"  # the headline row: per eps, the strongest attack's mean return
 class RLAttackConfig:
     """Options of `rlab bench rl-attack`."""
 
-    run_dir: list[str] = opt(help="run folder(s) written by rlab train; several share one plot", positional=True, nargs="+")
+    run_dir: list[str] = opt(help="run folder(s) written by rlab train, or Stable-Baselines3 models (.zip or zoo "
+                                  "experiment folder); several share one plot", positional=True, nargs="+")
     eps: list[float] = opt([0.0, 0.01, 0.02, 0.05, 0.1], help="attack radii, as fractions of each observation dimension's scale")
     methods: list[str] = opt(list(METHODS[:4]), help="observation perturbations to run", choices=list(METHODS))
     episodes: int = opt(20, help="episodes per (run, attack, eps), played side by side")
@@ -62,6 +64,8 @@ class RLAttackConfig:
     seed: int = opt(0, help="seed of the episodes and the random noise")
     device: str = opt("auto", help="auto, cpu, cuda or cuda:N")
     threads: int = opt(0, help="torch threads (0: 1, RL-sized networks)")
+    env: str = opt("", help="env id of the Stable-Baselines3 models; unset: the zoo's args.yml, a monitor.csv "
+                            "beside them, or a file name that is an env id")
 
     def __post_init__(self) -> None:
         if isinstance(self.run_dir, (str, Path)):
@@ -75,6 +79,7 @@ class RLAttackConfig:
         check(self.plan_depth >= 1, f"--plan-depth must be >= 1, got {self.plan_depth}")
         check(self.learned_steps >= 1, f"--learned-steps must be >= 1, got {self.learned_steps}")
         check(self.seed >= 0, f"--seed must be >= 0, got {self.seed}")
+        check_env_option(self.env, self.run_dir)
 
 
 def _perturbation(policy, env_id: str, method: str, eps: float, scale: torch.Tensor, pgd_steps: int,
@@ -228,7 +233,7 @@ def run(cfg: RLAttackConfig) -> Path:
     seed_everything(cfg.seed)
     agents = []
     for path in cfg.run_dir:
-        policy, options = load_agent(path, device=device)
+        policy, options = load_agent(path, device=device, env=cfg.env or None)
         agents.append((path, policy, options))
     env_id = agents[0][2]["env"]
     bench = RunDir.create("bench", f"rl-attack__{env_id}", cfg.seed, cfg, device)
