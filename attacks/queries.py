@@ -37,7 +37,7 @@ def _score_loss(logits: Tensor, labels: Tensor, targeted: bool) -> Tensor:
 
 
 def _query(model: nn.Module, x: Tensor) -> Tensor:
-    with torch.no_grad():
+    with torch.inference_mode():
         logits = model(x)
     check_logits(logits, x.shape[0])
     return logits
@@ -105,31 +105,43 @@ class SquareAttack:
         queries += n
         loss = _score_loss(logits, labels, targeted)
         success = is_adversarial(logits, labels, targeted)
-        rows = torch.arange(h, device=device).view(1, h, 1)
-        cols = torch.arange(w, device=device).view(1, 1, w)
+        # the samples still searched, kept compact (gathered again only when one is fooled), as (m, c, h*w)
+        active = (~success).nonzero().squeeze(1)
+        x_a, current = x[active].flatten(2), x_adv[active].flatten(2)
+        loss_a, labels_a = loss[active], labels[active]
         for iteration in range(self.max_queries - 1):
-            active = (~success).nonzero().squeeze(1)
-            if active.numel() == 0:
-                break
             m = active.numel()
+            if m == 0:
+                break
             side = int(round(math.sqrt(square_schedule(self.p_init, iteration, self.max_queries) * h * w)))
             side = min(max(side, 1), h - 1, w - 1) if min(h, w) > 1 else 1
-            top = torch.randint(0, h - side + 1, (m, 1, 1), generator=generator, device=device)
-            left = torch.randint(0, w - side + 1, (m, 1, 1), generator=generator, device=device)
-            window = ((rows >= top) & (rows < top + side) & (cols >= left) & (cols < left + side)).unsqueeze(1)
-            signs = torch.randint(0, 2, (m, c, 1, 1), generator=generator, device=device).to(dtype) * 2 - 1
-            x_a, current = x[active], x_adv[active]
-            proposal = torch.where(window, (x_a + eps * signs).clamp(0, 1), current)
-            same = (proposal == current).flatten(1).all(1)  # a query that changes nothing is wasted (1 in 2 on gray)
+            top = torch.randint(0, h - side + 1, (m, 1), generator=generator, device=device)
+            left = torch.randint(0, w - side + 1, (m, 1), generator=generator, device=device)
+            signs = torch.randint(0, 2, (m, c, 1), generator=generator, device=device).to(dtype) * 2 - 1
+            # the square's pixels as flat indices (m, c, side^2): only they are read and written
+            span = torch.arange(side, device=device)
+            window = (((top + span) * w)[:, :, None] + (left + span)[:, None, :]).view(m, 1, -1).expand(-1, c, -1)
+            clean, old = x_a.gather(2, window), current.gather(2, window)
+            new = (clean + eps * signs).clamp(0, 1)
+            same = (new == old).flatten(1).all(1)  # a query that changes nothing is wasted (1 in 2 on gray)
             if same.any():
-                proposal[same] = torch.where(window[same], (x_a[same] - eps * signs[same]).clamp(0, 1), current[same])
-            logits = _query(model, proposal)
+                new[same] = (clean[same] - eps * signs[same]).clamp(0, 1)
+            proposal = current.clone().scatter_(2, window, new)
+            logits = _query(model, proposal.view(m, c, h, w))
             queries += m
-            new_loss = _score_loss(logits, labels[active], targeted)
-            better = new_loss < loss[active]
-            x_adv[active[better]] = proposal[better]
-            loss[active[better]] = new_loss[better]
-            success[active] |= is_adversarial(logits, labels[active], targeted) & better
+            new_loss = _score_loss(logits, labels_a, targeted)
+            better = new_loss < loss_a
+            current.scatter_(2, window, torch.where(better.view(-1, 1, 1), new, old))
+            loss_a = torch.where(better, new_loss, loss_a)
+            fooled = is_adversarial(logits, labels_a, targeted) & better
+            if fooled.any():  # write the fooled back and drop them from the search
+                x_adv[active] = current.view(m, c, h, w)
+                loss[active] = loss_a
+                success[active[fooled]] = True
+                keep = ~fooled
+                active, x_a, current, loss_a, labels_a = (active[keep], x_a[keep], current[keep], loss_a[keep],
+                                                          labels_a[keep])
+        x_adv[active] = current.view(-1, c, h, w)
         return AttackResult(x_adv, success, queries=queries)
 
 

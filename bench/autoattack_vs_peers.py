@@ -1,6 +1,6 @@
 """The lab's `auto` ensemble against torchattacks' AutoAttack and the lab's PGD-50 x 5, side by side in one run.
 
-    flock /tmp/rlab-heavy.lock .venv/bin/python bench/autoattack_vs_peers.py --classifier runs/classifier/<run> --fast
+    .venv/bin/python bench/autoattack_vs_peers.py --classifier runs/classifier/<run> --fast --reference
     .venv/bin/python bench/autoattack_vs_peers.py --merge RUN_DIR...   # one table from chunks run with --offset/--n
     .venv/bin/python bench/autoattack_vs_peers.py --smoke    # seconds: a tiny model, 20 digits, fast budgets
 
@@ -11,7 +11,8 @@ README's PGD-adversarially-trained MNIST-5k `mnist_small` (its exact command is 
 README.md), on the 1,000 test digits at eps 0.3. Rows, each a robust accuracy over
 the same images and its wall time (one torch thread by default):
 
-    lab auto (standard)   attacks.AutoAttack: APGD-CE 100, APGD-T 9 x 100, Square 5,000 queries, survivors only
+    lab auto (standard)   attacks.AutoAttack: APGD-CE 100, APGD-T 3 x 100, Square 2,500 queries, survivors only
+    lab auto (reference)  with --reference: AutoAttack's own budget, APGD-CE 100, APGD-T 9 x 100, Square 5,000
     lab auto (fast)       with --fast: APGD-CE 25, APGD-T 3 x 25, Square 500
     lab auto (S, T, Q)    with --budget S,T,Q: APGD-CE S steps, APGD-T T x S, Square Q
     lab PGD-50 x 5        attacks.PGD(steps=50, restarts=5) via attacks.robust_accuracy
@@ -104,6 +105,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--offset", type=int, default=0, help="position in the seeded draw (to run it in chunks)")
     parser.add_argument("--eps", type=float, default=None, help="L-inf radius (default 0.3 for MNIST, 8/255 for RGB)")
     parser.add_argument("--fast", action="store_true", help="also run the lab's `auto` at the fast budget")
+    parser.add_argument("--reference", action="store_true",
+                        help="also run the lab's `auto` at AutoAttack's own budget (version reference)")
     parser.add_argument("--budget", action="append", default=[], metavar="STEPS,TARGETS,QUERIES",
                         help="also run the lab's `auto` at this budget (APGD steps, APGD-T targets, Square queries); "
                              "repeatable")
@@ -148,6 +151,9 @@ def main(argv: list[str] | None = None) -> None:
     if not args.smoke:
         rows.append(lab_row("lab auto (standard)", model, attacks.AutoAttack(seed=args.seed), x, y, eps,
                             args.batch_size))
+    if args.reference:
+        rows.append(lab_row("lab auto (reference)", model, attacks.AutoAttack(version="reference", seed=args.seed),
+                            x, y, eps, args.batch_size))
     if args.fast or args.smoke:
         rows.append(lab_row("lab auto (fast)", model, attacks.AutoAttack(version="fast", seed=args.seed), x, y, eps,
                             args.batch_size))

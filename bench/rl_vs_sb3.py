@@ -15,8 +15,10 @@ to zero (rlab.runtime.set_threads); SB3 runs as shipped unless --sb3-flush-denor
 
 Prints per agent and seed: env steps and train seconds to the threshold, eval
 return at `--at-steps` (the last evaluation at or before it), env steps per
-second, gradient steps per second (DQN), and the ratios to SB3's same algorithm / PPO. Writes results.csv and report.md into
-runs/bench/rl_vs_sb3__<env>__...
+second, gradient steps per second (DQN), and the ratios to SB3's same algorithm / PPO. Writes results.csv, report.md
+and evals.csv (every evaluation of every agent and seed: SB3's return at the step count where the lab's agent
+reached the threshold) into runs/bench/rl_vs_sb3__<env>__... Seeds run one after another; --first-seed splits
+them over several runs.
 
     flock /tmp/rlab-heavy.lock .venv/bin/python bench/rl_vs_sb3.py --env CartPole-v1 --seeds 3
     flock /tmp/rlab-heavy.lock .venv/bin/python bench/rl_vs_sb3.py --env Pendulum-v1 --seeds 3 --eval-every 1000 \
@@ -121,8 +123,10 @@ class Evaluator:
     with other jobs, CPU time is steadier than the wall clock (which the trainers report).
     """
 
-    def __init__(self, env_id: str, every: int, episodes: int, threshold: float, seed: int):
-        self.env_id, self.every, self.episodes, self.seed = env_id, every, episodes, seed
+    def __init__(self, env_id: str, every: int, episodes: int, threshold: float, seed: int, verbose: bool = False,
+                 stop_at: int | None = None):
+        self.env_id, self.every, self.episodes, self.seed, self.verbose = env_id, every, episodes, seed, verbose
+        self.stop_at = stop_at
         self.trace = Trace(threshold)
         self.next_eval = every
         self.cpu_start, self.cpu_paused = time.process_time(), 0.0
@@ -137,8 +141,10 @@ class Evaluator:
         self.next_eval = (env_steps // self.every + 1) * self.every
         ret = float(run_episodes(act, self.env_id, self.episodes, seed=self.seed + env_steps).mean())
         self.trace.evals.append((env_steps, train_seconds, ret, t0 - self.cpu_start - self.cpu_paused))
+        if self.verbose:
+            print(f"  eval seed {self.seed - 10_000} @ {env_steps}: {ret:.1f} ({train_seconds:.0f} s)", flush=True)
         self.cpu_paused += time.process_time() - t0
-        return ret >= self.trace.threshold
+        return ret >= self.trace.threshold or (self.stop_at is not None and env_steps >= self.stop_at)
 
 
 def run_lab(algo: str, env_id: str, seed: int, budget: int, ev: Evaluator) -> tuple[Trace, float, int, int]:
@@ -205,6 +211,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--env", default="CartPole-v1", help=f"one or more (comma-separated) of {', '.join(THRESHOLDS)}")
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--first-seed", type=int, default=0, help="seeds first-seed, first-seed+1, ... (to split seeds over runs)")
     p.add_argument("--agents", default=None,
                    help="any of ppo, a2c, dqn, ddpg, td3, sac and their sb3- twins (default: ppo,a2c,sb3-ppo,sb3-a2c "
                         "on discrete envs, the continuous ones' on continuous envs; 'all': every agent of the env)")
@@ -215,11 +222,17 @@ def main() -> None:
     p.add_argument("--reuse", default=None, metavar="RESULTS_CSV",
                    help="take the rows of agents not in --agents from an earlier run's results.csv (e.g. SB3's "
                         "LunarLander runs, ~25 min a seed); the report says which rows were reused")
+    p.add_argument("--stop-at", type=int, default=None,
+                   help="end each run at the first evaluation at or after this many env steps; the exploration "
+                        "schedule still follows --budget (e.g. SB3 only as far as the lab needed)")
+    p.add_argument("--verbose", action="store_true", help="print every evaluation as it happens")
     p.add_argument("--sb3-flush-denormal", action="store_true",
                    help="run SB3 with subnormal floats flushed to zero too, as the lab's RL commands do (SB3's DQN: "
                         "~15%% less CPU; default: SB3 as shipped)")
     args = parse_args(p, dict(seeds=1, budget=512, eval_every=256, eval_episodes=2, at_steps=512,
                               env="CartPole-v1,Pendulum-v1", agents="all"))
+    if args.stop_at is not None and args.stop_at < args.eval_every:
+        p.error(f"--stop-at must be at least --eval-every ({args.eval_every}): runs end at an evaluation; got {args.stop_at}")
     torch.set_num_threads(1)
     envs = [e.strip() for e in args.env.split(",") if e.strip()]
     unknown = [e for e in envs if e not in THRESHOLDS]
@@ -242,9 +255,11 @@ def compare(env_id: str, args: argparse.Namespace) -> None:
     run = RunDir.create("bench", f"rl_vs_sb3__{env_id}", None, {**vars(args), "env": env_id})
 
     rows = _reused_rows(args.reuse, agents, at_steps) if args.reuse else []
+    evals = []
     for agent in agents:
-        for seed in range(args.seeds):
-            ev = Evaluator(env_id, args.eval_every, args.eval_episodes, threshold, seed=10_000 + seed)
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
+            ev = Evaluator(env_id, args.eval_every, args.eval_episodes, threshold, seed=10_000 + seed,
+                           verbose=args.verbose, stop_at=args.stop_at)
             algo = agent.removeprefix("sb3-")
             agent_budget = args.budget or ZOO_BUDGETS.get((algo, env_id), budget)
             if agent.startswith("sb3-"):
@@ -252,6 +267,8 @@ def compare(env_id: str, args: argparse.Namespace) -> None:
             else:
                 trace, secs, steps, grads = run_lab(algo, env_id, seed, agent_budget, ev)
             reached = trace.reached()
+            evals += [{"agent": agent, "seed": seed, "env_steps": st, "train_seconds": secs_, "cpu_seconds": cpu,
+                       "return": ret} for st, secs_, ret, cpu in trace.evals]
             row = {"agent": agent, "seed": seed, "steps_to_threshold": reached[0] if reached else math.nan,
                    "seconds_to_threshold": reached[1] if reached else math.nan,
                    "cpu_seconds_to_threshold": reached[2] if reached else math.nan,
@@ -265,6 +282,7 @@ def compare(env_id: str, args: argparse.Namespace) -> None:
     report = _report(rows, env_id, threshold, at_steps, budget, args)
     print(report)
     write_csv(run.path / "results.csv", rows)
+    write_csv(run.path / "evals.csv", evals)  # every evaluation: SB3's return at the step counts the lab reached
     atomic_write_text(run.path / "report.md", report + "\n")
     run.write_summary({"rows": rows})
     print(run.path)
@@ -295,7 +313,9 @@ def _report(rows, env_id, threshold, at_steps, budget, args) -> str:
         return math.nan
 
     lines = [f"## {env_id}: steps / train seconds until mean of {args.eval_episodes} deterministic episodes >= {threshold}",
-             f"budget {budget} env steps (off-policy agents: {args.budget or 'the zoo n_timesteps'}), eval every {args.eval_every} steps "
+             f"budget {budget} env steps (off-policy agents: {args.budget or 'the zoo n_timesteps'})"
+             f"{f', runs ended at the first eval at or after {args.stop_at} steps' if args.stop_at else ''}, "
+             f"eval every {args.eval_every} steps "
              f"(eval time excluded), 1 torch thread; CPU s: this process's CPU time, steadier than the wall clock on a "
              f"shared machine", "",
              f"| agent | seed | steps to {threshold:g} | s to {threshold:g} | CPU s to {threshold:g} | return @ {at_steps} "

@@ -7,7 +7,11 @@
        adversarial training at eps 0.3 (Madry et al. 2018)
     3. the attack/defense benchmark on both (FGSM and PGD against no defense, blur,
        median, JPEG, bit depth and random resize-pad, non-adaptive and adaptive)
-    4. report.md and index.html that show every plot and table (and an index.html
+    4. beyond the eps-ball, on MNIST-5k: a universal adversarial patch (Brown et al.
+       2017) against the standard model, and a BadNets backdoor (Gu et al. 2017)
+       planted through 5% of the training set, found by activation clustering
+       (Chen et al. 2018) and removed by retraining without the suspects
+    5. report.md and index.html that show every plot and table (and an index.html
        beside each benchmark's report.md)
 
 Everything lands under runs/demo/demo__<seed>__<time>/ (sub-runs in rl/,
@@ -46,6 +50,8 @@ LADDER: list[tuple[str, dict[str, Any]]] = [
                         "exploration_final_eps": 0.02}),
 ]
 QUICK_LADDER = ["v0 immediate reward", "v2 discounted reward-to-go", "PPO-clip"]
+PATCH_STEPS = 200  # Adam steps per patch size in the full demo (MNIST-5k, 1,000 training digits)
+BACKDOOR_DETECTOR = "clustering"  # Chen et al. 2018: precision and recall 100% on MNIST-5k at 1% and 5% poison
 
 
 @dataclass
@@ -77,6 +83,12 @@ class DemoConfig:
             "defenses": ["none", "jpeg", "resize-pad"] if quick else ["none", "blur", "median", "jpeg", "bitdepth", "resize-pad"],
             "eot_samples": 2 if quick else 4,
             "ladder": [v for v in LADDER if not quick or v[0] in QUICK_LADDER],
+            # beyond the eps-ball: one patch size per budget, the backdoor at one poison rate
+            # MNIST-5k's CNN shrugs off small patches (towards 0: 0.3% at 5%, 1.3% at 10%, 15% at 20%, 500 steps)
+            "patch_sizes": [0.1] if quick else [0.05, 0.1, 0.2],
+            "patch_steps": 20 if quick else PATCH_STEPS,
+            "patch_fit": 200 if quick else 1000,
+            "poison_rate": 0.05,
         }
 
 
@@ -115,6 +127,22 @@ def _bench(classifier: Path, b: dict[str, Any], cfg: DemoConfig, defenses: list[
     return run(make_config(BenchConfig, classifier=str(classifier), attacks=["fgsm", "pgd"], defenses=defenses,
                            eps=b["eps"], n=b["bench_n"], eot_samples=b["eot_samples"], seed=cfg.seed,
                            device=cfg.device, gallery=8))
+
+
+def _patch(classifier: Path, b: dict[str, Any], cfg: DemoConfig) -> Path:
+    from rlab.vision.patch_bench import PatchBenchConfig, run
+
+    return run(make_config(PatchBenchConfig, classifier=str(classifier), sizes=b["patch_sizes"], steps=b["patch_steps"],
+                           n_fit=b["patch_fit"], n=b["bench_n"], seed=cfg.seed, device=cfg.device, gallery=6))
+
+
+def _backdoor(b: dict[str, Any], cfg: DemoConfig) -> Path:
+    """Clean, poisoned and retrained MNIST-5k models at the standard model's budget (3 trainings)."""
+    from rlab.vision.backdoor_bench import BackdoorBenchConfig, run
+
+    return run(make_config(BackdoorBenchConfig, dataset="mnist5k", epochs=b["epochs"], poison_rate=[b["poison_rate"]],
+                           detectors=[BACKDOOR_DETECTOR], train_subset=b["train_subset"], seed=cfg.seed,
+                           device=cfg.device, gallery=6))
 
 
 def _training_comparison(benches: dict[str, Path], out_csv: Path) -> Path:
@@ -156,14 +184,18 @@ def run(cfg: DemoConfig) -> Path:
                         title="MNIST-5k: standard vs adversarial (PGD) training, bare model")
         timings["attack_benchmark"] = time.perf_counter() - t
 
-    summary = _summary(ladder_runs, classifiers, benches, timings, time.perf_counter() - start)
+        t = time.perf_counter()
+        beyond = {"patch": _patch(classifiers["standard"], b, cfg), "backdoor": _backdoor(b, cfg)}
+        timings["patch_and_backdoor"] = time.perf_counter() - t
+
+    summary = _summary(ladder_runs, classifiers, benches, beyond, timings, time.perf_counter() - start)
     demo.write_summary(summary)
-    _write_report(root, b, ladder_runs, classifiers, benches, summary)
+    _write_report(root, b, ladder_runs, classifiers, benches, beyond, summary)
     print(f"\nrlab demo finished in {summary['wall_seconds']:.0f} s. Report: {root / 'report.md'} and {root / 'index.html'}")
     return root
 
 
-def _summary(ladder_runs, classifiers, benches, timings, wall) -> dict[str, Any]:
+def _summary(ladder_runs, classifiers, benches, beyond, timings, wall) -> dict[str, Any]:
     ladder: dict[str, list[float]] = {}
     for p in ladder_runs:
         s = read_json(p / "summary.json")
@@ -177,6 +209,12 @@ def _summary(ladder_runs, classifiers, benches, timings, wall) -> dict[str, Any]
             for r in csv.DictReader(f):
                 mode = "adaptive" if r["adaptive"] == "True" else "non-adaptive"
                 out[f"bench/{label}/{r['attack']}/{r['defense']}/{mode}/eps={r['eps']}"] = float(r["robust_accuracy"])
+    for key, value in read_json(beyond["patch"] / "summary.json").items():
+        if key.startswith("targeted_success/"):
+            out[f"patch/{key}"] = value
+    for key, value in read_json(beyond["backdoor"] / "summary.json").items():
+        if key.startswith(("clean_accuracy/", "attack_success_rate/", "precision/", "recall/")):
+            out[f"backdoor/{key}"] = value
     return out
 
 
@@ -184,7 +222,24 @@ def _rel(root: Path, p: Path) -> str:
     return str(p.relative_to(root))
 
 
-def _write_report(root: Path, b, ladder_runs, classifiers, benches, summary) -> None:
+def _tables(report_md: Path) -> list[str]:
+    """The pipe tables of a benchmark's report.md, a blank line after each."""
+    out: list[str] = []
+    for line in report_md.read_text().split("\n"):
+        if line.startswith("|"):
+            out.append(line)
+        elif out and out[-1] != "":
+            out.append("")
+    return out
+
+
+def _bench_section(root: Path, heading: str, run: Path, pngs: tuple[str, ...], intro: str) -> list[str]:
+    """A benchmark's tables (from its report.md) and figures under a heading, with a paragraph before them."""
+    return ([f"### {heading} (`{_rel(root, run)}`)", "", intro, ""] + _tables(run / "report.md")
+            + [f"![{heading}: {png[:-4]}]({_rel(root, run / png)})" for png in pngs if (run / png).is_file()] + [""])
+
+
+def _write_report(root: Path, b, ladder_runs, classifiers, benches, beyond, summary) -> None:
     md = ["# rlab demo report", "",
           f"Wall time: {summary['wall_seconds']:.0f} s "
           f"({', '.join(f'{k}: {v:.0f} s' for k, v in summary['seconds'].items())}).", "",
@@ -214,7 +269,27 @@ def _write_report(root: Path, b, ladder_runs, classifiers, benches, summary) -> 
            "an attacker who knows the defense differentiates through it (BPDA / EOT, Athalye et al. 2018) and "
            "usually wins; where the adaptive figure reads higher (†), the adaptive attack was the weaker one, "
            "not the defense stronger.", ""]
+    patch, backdoor = beyond["patch"], beyond["backdoor"]
+    md += ["## 4. Beyond the eps-ball: an adversarial patch and a backdoor (MNIST-5k)", ""]
+    md += _bench_section(root, "Adversarial patch on the standard model", patch, ("success.png", "gallery.png"),
+                         f"Brown et al. 2017: one universal patch per area, trained with expectation over transformations "
+                         f"({b['patch_steps']} Adam steps on {b['patch_fit']} training digits), pasted at a random place "
+                         f"and rotation on {b['bench_n']} held-out digits of the other classes. Budget: the patch area; "
+                         "controls: a uniform-noise patch of the same size, and no patch.")
+    md += _bench_section(root, "BadNets backdoor, found and removed", backdoor, ("backdoor.png", "gallery.png"),
+                         f"Gu et al. 2017: {100 * b['poison_rate']:g}% of the training digits get a trigger and the "
+                         "label 0 (budget: the poison rate); the clean model, the poisoned one, and one retrained "
+                         "without the samples that activation clustering (Chen et al. 2018) flags in the poisoned "
+                         "model, each trained like the standard model. Attack success: triggered test digits of other "
+                         "classes called 0.")
+    with open(backdoor / "results.csv", newline="") as f:
+        curves = [(f"{r['model']} {r['detector']}".strip(), Path(r["run"]) / "learning_curve.png") for r in csv.DictReader(f)]
+    md += ["Learning curves of the three models:", ""]
+    md += [f"![{label} learning curve]({_rel(root, png)})" for label, png in curves if png.is_file()]
+    md.append("")
     atomic_write_text(root / "report.md", "\n".join(md))
     write_html_report(root, "rlab demo")
     for label, p in benches.items():  # each benchmark's own report, as a page of its own
         write_html_report(p, f"rlab bench attacks: {label} model")
+    write_html_report(patch, "rlab bench patch: standard model")
+    write_html_report(backdoor, "rlab bench backdoor: MNIST-5k")

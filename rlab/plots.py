@@ -65,16 +65,43 @@ def _curve(run: RunDir, x_axis: str, column: str) -> tuple[np.ndarray, np.ndarra
     return np.asarray(xs), np.asarray(ys)
 
 
+def find_curve_dirs(paths: list[str | Path]) -> list[Path]:
+    """Run folders of the lab and Stable-Baselines3 log folders (rlab.rl.sb3: rl-baselines3-zoo's Monitor files or
+    evaluations.npz; a model .zip names its folder) at or below `paths`, in the order given."""
+    from rlab.rl.sb3 import log_folders
+
+    found: list[Path] = []
+    for p in map(Path, paths):
+        sb3 = log_folders(p) if p.exists() and not (p / "config.json").is_file() else []
+        if p.suffix == ".zip" and p.is_file() and not sb3:
+            raise UserError(f"{p} has no training log beside it (Monitor files *monitor.csv or evaluations.npz)")
+        if sb3:  # a zoo folder, or a folder holding both kinds
+            found += (find_run_dirs([p]) if p.is_dir() and any(p.rglob("config.json")) else []) + sb3
+        else:
+            found += find_run_dirs([p])  # one line for a missing path or a folder with no run below it
+    return found
+
+
+def _training_curve(path: Path, x_axis: str, column: str) -> tuple[str, str, np.ndarray, np.ndarray]:
+    """(legend label, env id, x, y) of a lab run folder or an SB3 log folder."""
+    if not (path / "config.json").is_file():
+        from rlab.rl.sb3 import training_curve
+
+        return training_curve(path, x_axis)
+    run = RunDir.open(path)
+    options = run.config.get("options", {})
+    return (variant_label(options), options.get("env", ""), *_curve(run, x_axis, column))
+
+
 def returns_by_variant(run_dirs: list[Path], x_axis: str = "steps", column: str = RETURN_COLUMN,
                        window: int = 5, points: int = 200) -> dict[str, dict[str, np.ndarray]]:
     """Per variant: a common x grid and the mean, std and count of the smoothed curves over seeds."""
     groups: dict[str, list[tuple[np.ndarray, np.ndarray]]] = defaultdict(list)
     for path in run_dirs:
-        run = RunDir.open(path)
-        x, y = _curve(run, x_axis, column)
+        label, _, x, y = _training_curve(Path(path), x_axis, column)
         keep = np.isfinite(x) & np.isfinite(y)
         if keep.sum() >= 1:
-            groups[variant_label(run.config.get("options", {}))].append((x[keep], smooth(y[keep], window)))
+            groups[label].append((x[keep], smooth(y[keep], window)))
     if not groups:
         raise UserError(f"no run folder among {len(run_dirs)} has a {column!r} column to plot")
     out = {}
@@ -89,10 +116,14 @@ def returns_by_variant(run_dirs: list[Path], x_axis: str = "steps", column: str 
 
 def plot_returns(run_dirs: list[str | Path], out_png: str | Path, x_axis: str = "steps", window: int = 5,
                  title: str | None = None) -> Path:
-    """Return against environment steps (or wall seconds), mean ± 1 std over seeds, one line per variant."""
-    runs = find_run_dirs(list(run_dirs))
+    """Return against environment steps (or wall seconds), mean ± 1 std over seeds, one line per variant.
+
+    `run_dirs` may name Stable-Baselines3 logs too (rl-baselines3-zoo folders, a model .zip with its Monitor
+    files): their training episodes are drawn beside the lab's, one line per SB3 algorithm.
+    """
+    runs = find_curve_dirs(list(run_dirs))
     curves = returns_by_variant(runs, x_axis, window=window)
-    envs = sorted({RunDir.open(r).config.get("options", {}).get("env", "") for r in runs} - {""})
+    envs = sorted({_training_curve(r, x_axis, RETURN_COLUMN)[1] for r in runs} - {""})
     fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
     for label, c in curves.items():  # in the order the runs were given
         n = int(c["n"])
@@ -229,7 +260,9 @@ def plot_robustness(results_csv: str | Path, out_png: str | Path, title: str | N
 
 @dataclass
 class PlotReturnsConfig:
-    run_dirs: list[str] = opt(None, "run folders, or folders holding run folders", positional=True, nargs="+")
+    run_dirs: list[str] = opt(None, "run folders, or folders holding run folders; Stable-Baselines3 logs too "
+                                    "(rl-baselines3-zoo folders, a model .zip with its monitor.csv)", positional=True,
+                              nargs="+")
     out: str = opt("", "output PNG (default: a new run folder under runs/plots/)")
     x: str = opt("steps", "x axis", choices=["steps", "wall"])
     smooth: int = opt(5, "moving-average window over logged points")
@@ -245,7 +278,7 @@ class PlotRobustnessConfig:
 
 
 def plot_returns_cmd(cfg: PlotReturnsConfig) -> Path:
-    runs = find_run_dirs(cfg.run_dirs)  # refuse bad paths before making an output folder
+    runs = find_curve_dirs(cfg.run_dirs)  # refuse bad paths before making an output folder
     out = Path(cfg.out) if cfg.out else RunDir.create("plots", "returns", None, cfg).path / "returns.png"
     return plot_returns(runs, out, x_axis=cfg.x, window=cfg.smooth)
 

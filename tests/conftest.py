@@ -48,3 +48,39 @@ def pytest_testnodedown(node, error):
 def pytest_terminal_summary(terminalreporter):
     for line in reliability_lines() + FROM_WORKERS:
         terminalreporter.write_line(line)
+
+
+# ----------------------------------------------------------------------------- a tiny trained CartPole agent
+
+CARTPOLE_GAINS = (0.1, 0.5, 10.0, 2.0)  # tests/test_bench_rl_attack.py's balancing controller: push right if obs . gains > 0
+
+
+@pytest.fixture(scope="session")
+def tiny_cartpole_agent():
+    """obs -> Categorical: a 4-16-2 tanh MLP trained (behaviour cloning, 300 Adam steps) to imitate the balancing
+    controller; it balances CartPole-v1 for 500 steps. For the observation-attack tests."""
+    import torch
+    import torch.nn as nn
+    from torch.distributions import Categorical
+
+    class TinyAgent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 2))
+
+        def forward(self, obs):
+            return Categorical(logits=self.net(obs))
+
+    g = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        agent = TinyAgent()
+    gains = torch.tensor(CARTPOLE_GAINS)
+    opt = torch.optim.Adam(agent.parameters(), lr=1e-2)
+    for _ in range(300):
+        obs = (torch.rand(256, 4, generator=g) * 2 - 1) * torch.tensor([1.0, 1.5, 0.2, 2.0])
+        loss = nn.functional.cross_entropy(agent.net(obs), (obs @ gains > 0).long())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return agent.eval()

@@ -184,13 +184,14 @@ def test_bad_calls_are_refused():
         APGDT()(tiny_cnn(), *random_batch(4, model=tiny_cnn()), eps=0.1, target="random")
     with pytest.raises(ValueError, match="AutoAttack is untargeted"):
         AutoAttack()(tiny_cnn(), *random_batch(4, model=tiny_cnn()), eps=0.1, target="random")
-    with pytest.raises(ValueError, match="version must be one of standard, fast"):
+    with pytest.raises(ValueError, match="version must be one of standard, reference, fast"):
         AutoAttack(version="quick")
     with pytest.raises(ValueError, match="queries must be an integer >= 1 or None"):
         AutoAttack(queries=0)
     with pytest.raises(ValueError, match="the L2 ensemble has no Square"):
         AutoAttack(norm="l2", queries=100)
     assert AutoAttack(version="fast", targets=5).budget == attacks.autoattack.Budget(25, 5, 500)
+    assert AutoAttack(version="reference").budget == attacks.autoattack.Budget(100, 9, 5000)  # Croce & Hein's
 
 
 def test_registry_names():

@@ -27,7 +27,9 @@ def test_pgd_costs_a_good_controller_more_than_noise_of_the_same_size():
     rows = attack_curve(balancing_policy, "CartPole-v1", [0.0, 0.05], ["none", "random", "pgd"], episodes=3, seed=0,
                         pgd_steps=5, device=torch.device("cpu"))
     got = {(r["method"], r["eps"]): r for r in rows}
-    assert set(got) == {("none", 0.0), ("none", 0.05), ("random", 0.0), ("random", 0.05), ("pgd", 0.0), ("pgd", 0.05)}
+    assert set(got) == {("none", 0.0), ("none", 0.05), ("random", 0.0), ("random", 0.05), ("pgd", 0.0), ("pgd", 0.05),
+                        ("worst", 0.0), ("worst", 0.05)}
+    assert got["worst", 0.05]["strongest"] == "pgd" and got["worst", 0.05]["mean_return"] == got["pgd", 0.05]["mean_return"]
     assert got["none", 0.0]["mean_return"] == 500
     assert got["pgd", 0.0]["mean_return"] == 500
     assert got["random", 0.05]["mean_return"] >= 450
@@ -70,8 +72,8 @@ def test_cli_end_to_end_on_a_tiny_trained_agent(runs_root, capsys):
     assert folder.name.startswith("rl-attack__CartPole-v1__0__")
     with open(folder / "results.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 2 * 4 * 2  # two runs x four methods x two eps
-    assert {r["method"] for r in rows} == {"none", "random", "fgsm", "pgd"}
+    assert len(rows) == 2 * 5 * 2  # two runs x (four methods + the worst case) x two eps
+    assert {r["method"] for r in rows} == {"none", "random", "fgsm", "pgd", "worst"}
     assert {float(r["eps"]) for r in rows} == {0.0, 0.05}
     assert all(float(r["std_return"]) >= 0 and int(r["episodes"]) == 3 for r in rows)
     assert (folder / "return_vs_eps.png").read_bytes()[:4] == b"\x89PNG"

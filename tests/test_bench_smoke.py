@@ -99,6 +99,11 @@ def check_rl_vs_sb3(s: Smoke) -> None:
             assert low <= float(r["final_eval"]) <= high  # evaluated at least once (every 256 steps)
             assert low <= float(r["return_at_512"]) <= high
         # SAC updates from step 100 on both sides; DDPG and TD3 wait for the zoo's 10k random steps
+        evals = rows_of(run / "evals.csv")  # every evaluation; each run's last one is its final_eval
+        for r in rows:
+            mine = [e for e in evals if (e["agent"], e["seed"]) == (r["agent"], r["seed"])]
+            assert [int(e["env_steps"]) for e in mine] == sorted({int(e["env_steps"]) for e in mine}) and mine
+            assert float(mine[-1]["return"]) == pytest.approx(float(r["final_eval"]))
         grads = {r["agent"]: int(float(r["gradient_steps"])) for r in rows}
         if env_id == "Pendulum-v1":
             assert grads["sac"] > 300 and grads["sb3-sac"] > 300 and grads["td3"] == grads["sb3-td3"] == 0
@@ -250,6 +255,7 @@ def smoke(request, tmp_path_factory):
 ELSEWHERE = {
     "cliff_walking": "tests/test_bench_value_based.py",
     "patch_vs_art": "tests/test_bench_patch.py",
+    "sb3_zoo_train": "tests/test_sb3.py",
     "mutate": "a test-quality tool (make mutate), not a benchmark: its --smoke takes about a minute",
 }
 

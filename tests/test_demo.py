@@ -53,6 +53,30 @@ def test_demo_quick_writes_report_plots_and_rows(quick_demo):
     assert {r["adaptive"] for r in rows} == {"True", "False"}
 
 
+def test_demo_quick_has_the_patch_and_backdoor_section(quick_demo):
+    root, _ = quick_demo
+    report = (root / "report.md").read_text()
+    section = report[report.index("## 4. Beyond the eps-ball"):]
+    (patch,) = (root / "bench").glob("patch__mnist5k__*")
+    (backdoor,) = (root / "bench").glob("backdoor__mnist5k__*")
+    with open(patch / "results.csv", newline="") as f:
+        (patch_row,) = csv.DictReader(f)  # quick: one patch size
+    assert float(patch_row["area"]) == 0.1 and int(patch_row["n_images"]) == 60 and int(patch_row["steps"]) == 20
+    assert f"| 10% | {patch_row['patch_side']} |" in section  # the patch bench's table, copied into the demo's report
+    with open(backdoor / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["model"], r["detector"], float(r["poison_rate"])) for r in rows] == [
+        ("clean", "", 0.0), ("poisoned", "", 0.05), ("retrained", "clustering", 0.05)]
+    assert int(rows[1]["num_poisoned"]) == 100  # 5% of the quick demo's 2,000 training digits
+    assert "| 5% | retrained | clustering |" in section and "| 0% | clean | – |" in section
+    for png in (patch / "success.png", patch / "gallery.png", backdoor / "backdoor.png", backdoor / "gallery.png"):
+        assert f"]({png.relative_to(root)})" in section, png
+    summary = json.loads((root / "summary.json").read_text())
+    assert summary["patch/targeted_success/area=0.1"] == float(patch_row["targeted_success"])
+    assert summary["backdoor/attack_success_rate/poisoned/0.05"] == float(rows[1]["attack_success_rate"])
+    assert "patch_and_backdoor" in summary["seconds"]
+
+
 # ----------------------------------------------------------------------------- the report in headless Chromium
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
@@ -96,7 +120,7 @@ def open_page(driver, page: Path) -> dict:
 def test_demo_report_and_bench_reports_render_in_headless_chromium(quick_demo, tmp_path):
     root, _ = quick_demo
     pages = [root / "index.html", *sorted(root.glob("bench/*/index.html"))]
-    assert len(pages) == 3  # the demo's page and one per benchmark it ran
+    assert len(pages) == 5  # the demo's page and one per benchmark it ran (attacks x2, patch, backdoor)
     broken = tmp_path / "broken.html"  # the check itself must see a missing image
     broken.write_text("<!doctype html><html><body><img src='missing.png'></body></html>")
     with headless_chromium(tmp_path / "profile") as driver:

@@ -86,3 +86,21 @@ def test_model_store_import_needs_no_torchvision():
     code = ("import sys; import pytorchcv.models.common.model_store, rlab.vision.models; "
             "rlab.vision.models.build_model('resnet20_cifar10'); assert 'torchvision' not in sys.modules")
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+
+
+def test_pool_to_is_adaptive_average_pooling_that_skips_the_identity():
+    pool, reference = models.PoolTo(7), nn.AdaptiveAvgPool2d(7)
+    at_size, larger = torch.randn(3, 4, 7, 7), torch.randn(3, 4, 15, 12)
+    assert pool(at_size) is at_size  # no kernel call for the identity
+    assert torch.equal(pool(larger), reference(larger)) and pool(larger).shape == (3, 4, 7, 7)
+    assert torch.equal(models.PoolTo((7, 5))(larger), nn.AdaptiveAvgPool2d((7, 5))(larger))
+    net = build_model("mnist_small", 10, 1, 28).eval()  # checkpoints of the nn.AdaptiveAvgPool2d version load
+    old = build_model("mnist_small", 10, 1, 28).eval()
+    inner = next(m for m in old.modules() if isinstance(m, nn.Sequential) and any(
+        isinstance(c, models.PoolTo) for c in m))
+    for i, child in enumerate(inner):
+        if isinstance(child, models.PoolTo):
+            inner[i] = nn.AdaptiveAvgPool2d(7)
+    net.load_state_dict(old.state_dict(), strict=True)
+    x = torch.rand(2, 1, 28, 28)
+    assert torch.allclose(net(x), old(x))

@@ -110,7 +110,7 @@ def test_several_seeds_give_one_folder_each(runs_root, capsys):
     (["train", "--algo", "nope"], "--algo: 'nope' is not allowed; choose from vpg, ac"),
     (["train", "--env", "CartPol-v1", "--steps", "64"], "did you mean 'cartpole-v1'"),
     (["train", "--algo", "ppo", "--returns", "immediate"], "--returns is not an option of --algo ppo (it belongs to vpg)"),
-    (["train", "--algo", "vpg", "--clip", "0.1"], "--clip is not an option of --algo vpg (it belongs to ppo)"),
+    (["train", "--algo", "vpg", "--clip", "0.1"], "--clip is not an option of --algo vpg (it belongs to ppo, sa-ppo)"),
     (["train", "--adv-obs", "pgd"], "--adv-obs pgd needs --adv-eps in (0, 1]"),
     (["train", "--adv-obs", "pgd", "--adv-eps", "0"], "--adv-obs pgd needs --adv-eps in (0, 1]"),
     (["train", "--adv-eps", "0.1"], "--adv-eps and --adv-frac configure --adv-obs"),

@@ -1,6 +1,7 @@
 """`rlab bench rl-attack RUN_DIR... --eps LIST`: how fragile is a trained agent? (Huang et al., 2017)
 
-For each run folder of `rlab train` and each eps, the agent plays `--episodes` episodes
+For each run folder of `rlab train` (or Stable-Baselines3 model: a .zip or an rl-baselines3-zoo
+folder, rlab.rl.sb3) and each eps, the agent plays `--episodes` episodes
 (greedy actions, the same env seeds for every attack) while every observation it sees is
 replaced by
 
@@ -13,6 +14,13 @@ replaced by
                error instead of a flip (Pattanaik et al., 2018; see envs.observation_attacks)
     critic   `--pgd-steps` projected steps minimising the agent's own Q(s, mu(s + delta)) (Pattanaik et al.,
              2018; agents with a Q critic: ddpg, td3, sac)
+    planning   the reachable action (targeted PGD, checked on the policy) whose simulated look-ahead ends
+               nearest to failure (envs.planning_attack; envs the lab simulates: CartPole)
+    learned    a PA-AD adversary (Sun et al., 2022) trained by PPO against this agent at this eps for
+               `--learned-steps` steps, played greedily (rlab.rl.adversary)
+
+and the headline: worst = the lowest mean return over every attack run at that eps (an attacker that
+knows the agent picks its strongest attack; "none" does not count).
 
 with scale = envs.observation_scale(env). Several run folders (e.g. a plain and an
 adversarially trained agent, `rlab train --adv-obs pgd --adv-eps E`) share one plot.
@@ -31,27 +39,35 @@ from typing import Any
 import numpy as np
 import torch
 
-from envs.observation_attacks import OBSERVATION_ATTACKS as METHODS  # the one list of observation attacks
+from envs.observation_attacks import OBSERVATION_ATTACKS
 from rlab.config import check, opt
 from rlab.errors import UserError
 from rlab.rl.environments import env_spec
-from rlab.rl.evaluation import greedy_actor, load_agent, run_episodes
+from rlab.rl.evaluation import check_env_option, greedy_actor, load_agent, run_episodes
 from rlab.runs import RunDir, write_csv
 from rlab.runtime import resolve_device, seed_everything, set_threads
+
+METHODS = (*OBSERVATION_ATTACKS, "planning", "learned")  # the stateless attacks, then the planner and the learned one
+WORST = "worst"  # the headline row: per eps, the strongest attack's mean return
 
 
 @dataclass
 class RLAttackConfig:
     """Options of `rlab bench rl-attack`."""
 
-    run_dir: list[str] = opt(help="run folder(s) written by rlab train; several share one plot", positional=True, nargs="+")
+    run_dir: list[str] = opt(help="run folder(s) written by rlab train, or Stable-Baselines3 models (.zip or zoo "
+                                  "experiment folder); several share one plot", positional=True, nargs="+")
     eps: list[float] = opt([0.0, 0.01, 0.02, 0.05, 0.1], help="attack radii, as fractions of each observation dimension's scale")
     methods: list[str] = opt(list(METHODS[:4]), help="observation perturbations to run", choices=list(METHODS))
     episodes: int = opt(20, help="episodes per (run, attack, eps), played side by side")
     pgd_steps: int = opt(10, help="PGD iterations per observation")
+    plan_depth: int = opt(3, help="planning: look-ahead steps per reachable action (see envs.planning_attack)")
+    learned_steps: int = opt(32_768, help="learned: adversary training steps per (agent, eps)")
     seed: int = opt(0, help="seed of the episodes and the random noise")
     device: str = opt("auto", help="auto, cpu, cuda or cuda:N")
     threads: int = opt(0, help="torch threads (0: 1, RL-sized networks)")
+    env: str = opt("", help="env id of the Stable-Baselines3 models; unset: the zoo's args.yml, a monitor.csv "
+                            "beside them, or a file name that is an env id")
 
     def __post_init__(self) -> None:
         if isinstance(self.run_dir, (str, Path)):
@@ -62,29 +78,56 @@ class RLAttackConfig:
         check(all(m in METHODS for m in self.methods), f"--methods must be among {', '.join(METHODS)}, got {self.methods}")
         check(self.episodes >= 1, f"--episodes must be >= 1, got {self.episodes}")
         check(self.pgd_steps >= 1, f"--pgd-steps must be >= 1, got {self.pgd_steps}")
+        check(self.plan_depth >= 1, f"--plan-depth must be >= 1, got {self.plan_depth}")
+        check(self.learned_steps >= 1, f"--learned-steps must be >= 1, got {self.learned_steps}")
         check(self.seed >= 0, f"--seed must be >= 0, got {self.seed}")
+        check_env_option(self.env, self.run_dir)
+
+
+def _perturbation(policy, env_id: str, method: str, eps: float, scale: torch.Tensor, pgd_steps: int,
+                  generator: torch.Generator, plan_depth: int, learned_steps: int, seed: int, device: torch.device):
+    """obs -> what the agent sees under `method` at `eps` (the learned adversary is trained here first)."""
+    from envs.observation_attacks import perturb_observations, worst_action_rule
+    from envs.planning_attack import planning_attack, simulator_for
+
+    try:
+        if method == "planning":
+            simulator = simulator_for(env_id)
+            return lambda obs: planning_attack(policy, obs, eps, scale, simulator, depth=plan_depth, steps=pgd_steps,
+                                               generator=generator)
+        if method == "learned":
+            from rlab.rl.adversary import train_adversary
+
+            if eps == 0:
+                return lambda obs: obs
+
+            adversary = train_adversary(policy, env_id, eps, steps=learned_steps, seed=seed, pgd_steps=pgd_steps,
+                                        device=device)
+            return adversary.perturb
+        worst_action = worst_action_rule(env_id) if method == "pgd-worst" else None
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    return lambda obs: perturb_observations(policy, obs, eps, method, scale, steps=pgd_steps, generator=generator,
+                                            worst_action=worst_action)
 
 
 def attack_curve(policy, env_id: str, eps_list: list[float], methods: list[str], episodes: int, seed: int,
-                 pgd_steps: int, device: torch.device) -> list[dict[str, Any]]:
-    """One row per (method, eps): mean, std, min and max return over the episodes."""
-    from envs.observation_attacks import observation_scale, perturb_observations, worst_action_rule
+                 pgd_steps: int, device: torch.device, plan_depth: int = 3,
+                 learned_steps: int = 32_768) -> list[dict[str, Any]]:
+    """One row per (method, eps): mean, std, min and max return over the episodes; then one "worst" row per eps
+    (the attack with the lowest mean return there) when two or more attacks ran."""
+    from envs.observation_attacks import observation_scale
 
     scale = observation_scale(env_id).to(device)
-    try:
-        worst_action = worst_action_rule(env_id) if "pgd-worst" in methods else None
-    except ValueError as e:
-        raise UserError(str(e)) from None
     generator = torch.Generator(device=device)
     act = greedy_actor(policy, env_spec(env_id).make().action_space)
     rows, clean = [], None
     for method in methods:
         for eps in (eps_list if method != "none" else [0.0]):
             generator.manual_seed(seed)
-            returns = run_episodes(
-                act, env_id, episodes, seed, device,
-                perturb=lambda obs: perturb_observations(policy, obs, eps, method, scale, steps=pgd_steps,
-                                                         generator=generator, worst_action=worst_action))
+            perturb = _perturbation(policy, env_id, method, eps, scale, pgd_steps, generator, plan_depth,
+                                    learned_steps, seed, device)
+            returns = run_episodes(act, env_id, episodes, seed, device, perturb=perturb)
             stats = {"mean_return": float(returns.mean()), "std_return": float(returns.std()),
                      "min_return": float(returns.min()), "max_return": float(returns.max())}
             if method == "none":
@@ -94,6 +137,13 @@ def attack_curve(policy, env_id: str, eps_list: list[float], methods: list[str],
                 rows.append({"method": method, "eps": eps, **stats})
     if clean is None:
         clean = {"mean_return": float(run_episodes(act, env_id, episodes, seed, device).mean())}
+    attacked = [r for r in rows if r["method"] != "none"]
+    if len({r["method"] for r in attacked}) >= 2:
+        for eps in eps_list:
+            at_eps = [r for r in attacked if r["eps"] == eps]
+            if at_eps:
+                strongest = min(at_eps, key=lambda r: r["mean_return"])
+                rows.append({**strongest, "method": WORST, "strongest": strongest["method"]})
     for r in rows:
         r["relative_return"] = r["mean_return"] / clean["mean_return"] if clean["mean_return"] else float("nan")
     return rows
@@ -138,23 +188,36 @@ def plot_curves(rows: list[dict[str, Any]], out_png: Path, title: str) -> Path:
     import matplotlib.pyplot as plt
 
     colours = {"none": "black", "random": "tab:green", "fgsm": "tab:orange", "pgd": "tab:red", "pgd-timed": "tab:purple",
-               "pgd-worst": "tab:brown", "critic": "tab:blue"}
+               "pgd-worst": "tab:brown", "planning": "tab:blue", "learned": "tab:cyan", WORST: "dimgray",
+               "critic": "tab:olive"}
     styles = ["-", "--", ":", "-."]
     labels = list(dict.fromkeys(r["label"] for r in rows))
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for k, label in enumerate(labels):
-        for method in METHODS:
-            sel = sorted((r for r in rows if r["label"] == label and r["method"] == method), key=lambda r: r["eps"])
-            if not sel:
-                continue
-            eps = np.array([r["eps"] for r in sel])
-            mean = np.array([r["mean_return"] for r in sel])
-            std = np.array([r["std_return"] for r in sel])
-            ax.plot(eps, mean, styles[k % len(styles)], color=colours[method], marker="o", ms=3,
-                    label=f"{label}: {method}" if len(labels) > 1 else method)
-            ax.fill_between(eps, mean - std, mean + std, color=colours[method], alpha=0.12)
+        for method in (*METHODS, WORST):
+            sel = [r for r in rows if r["label"] == label and r["method"] == method]
+            if sel:
+                _band(ax, sel, colours[method], styles[k % len(styles)], f"{label}: {method}" if len(labels) > 1 else method,
+                      lw=3 if method == WORST else 1.5, alpha=0.5 if method == WORST else 1.0)
+    return _save(fig, ax, out_png, title, "episode return (mean ± std over episodes)")
+
+
+def _band(ax, rows: list[dict[str, Any]], colour: str, style: str, label: str, **line: Any) -> None:
+    """mean_return against eps with a +-std_return band, for rows of one curve."""
+    rows = sorted(rows, key=lambda r: r["eps"])
+    eps, mean, std = (np.array([r[k] for r in rows]) for k in ("eps", "mean_return", "std_return"))
+    ax.plot(eps, mean, style, color=colour, marker="o", ms=3, label=label, **line)
+    ax.fill_between(eps, mean - std, mean + std, color=colour, alpha=0.12)
+
+
+def _save(fig, ax, out_png: Path, title: str, ylabel: str) -> Path:
+    """Label the return-vs-eps axes, write the PNG atomically, close the figure."""
+    import matplotlib.pyplot as plt
+
+    from rlab.runs import atomic_write_bytes
+
     ax.set_xlabel("eps (L-inf radius, fraction of each observation dimension's scale)")
-    ax.set_ylabel("episode return (mean ± std over episodes)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -162,8 +225,6 @@ def plot_curves(rows: list[dict[str, Any]], out_png: Path, title: str) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
-    from rlab.runs import atomic_write_bytes
-
     atomic_write_bytes(out_png, buf.getvalue())
     return out_png
 
@@ -175,17 +236,65 @@ def run(cfg: RLAttackConfig) -> Path:
     seed_everything(cfg.seed)
     agents = []
     for path in cfg.run_dir:
-        policy, options = load_agent(path, device=device)
+        policy, options = load_agent(path, device=device, env=cfg.env or None)
         agents.append((path, policy, options))
     env_id = agents[0][2]["env"]
     bench = RunDir.create("bench", f"rl-attack__{env_id}", cfg.seed, cfg, device)
     rows, summary = [], {}
     for (path, policy, options), label in zip(agents, agent_labels([o for _, _, o in agents], cfg.run_dir)):
-        curve = attack_curve(policy, options["env"], cfg.eps, cfg.methods, cfg.episodes, cfg.seed, cfg.pgd_steps, device)
-        rows += [{"run": str(path), "label": label, "env": options["env"], **r, "episodes": cfg.episodes} for r in curve]
+        curve = attack_curve(policy, options["env"], cfg.eps, cfg.methods, cfg.episodes, cfg.seed, cfg.pgd_steps, device,
+                             cfg.plan_depth, cfg.learned_steps)
+        variant = options.get("variant") or options.get("algo", "agent")
+        rows += [{"run": str(path), "label": label, "variant": variant, "env": options["env"], **r,
+                  "episodes": cfg.episodes} for r in curve]
         summary[str(path)] = {"label": label, **{f"{r['method']}@{r['eps']:g}/mean_return": r["mean_return"] for r in curve}}
         print(f"{label}: " + ", ".join(f"{r['method']}@{r['eps']:g}={r['mean_return']:.0f}" for r in curve), file=sys.stderr)
     write_csv(bench.path / "results.csv", rows)
     plot_curves(rows, bench.path / "return_vs_eps.png", f"{env_id}: observation attacks (Huang et al. 2017)")
+    table = seeds_table(rows)
+    if any(r["seeds"] >= 2 for r in table):
+        write_csv(bench.path / "seeds_table.csv", table)
+        plot_variants(table, bench.path / "return_vs_eps_by_variant.png",
+                      f"{env_id}: clean and worst-case return, mean ± std over seeds")
+        for r in table:
+            if r["method"] in ("none", WORST) or r["eps"] == max(cfg.eps):
+                print(f"{r['variant']} ({r['seeds']} seeds) {r['method']}@{r['eps']:g}: {r['mean_return']:.0f} "
+                      f"± {r['std_return']:.0f} (kept {r['mean_relative']:.0%}, worst seed {r['min_relative']:.0%})",
+                      file=sys.stderr)
     bench.write_summary(summary)
     return bench.path
+
+
+def seeds_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (variant, method, eps): the agents' mean returns averaged over seeds (runs of one variant), their std,
+    and the mean and lowest share of clean return kept. "variant" is each run's --variant (or algorithm)."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["variant"], r["method"], r["eps"]), []).append(r)
+    out = []
+    for (variant, method, eps), rs in groups.items():
+        means = np.array([r["mean_return"] for r in rs])
+        relative = np.array([r["relative_return"] for r in rs])
+        out.append({"variant": variant, "method": method, "eps": eps, "seeds": len(rs), "mean_return": float(means.mean()),
+                    "std_return": float(means.std()), "min_return": float(means.min()),
+                    "mean_relative": float(relative.mean()), "min_relative": float(relative.min())})
+    return out
+
+
+def plot_variants(table: list[dict[str, Any]], out_png: Path, title: str) -> Path:
+    """Return vs eps per variant: clean (dotted) and the worst case over attacks (solid), ± std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for k, variant in enumerate(dict.fromkeys(r["variant"] for r in table)):
+        colour = f"C{k}"
+        for method, style in (("none", ":"), (WORST, "-")):
+            sel = [r for r in table if r["variant"] == variant and r["method"] == method]
+            if sel:
+                _band(ax, sel, colour, style,
+                      f"{variant} ({sel[0]['seeds']} seed{'s' if sel[0]['seeds'] != 1 else ''}): "
+                      f"{'clean' if method == 'none' else 'worst attack'}")
+    return _save(fig, ax, out_png, title, "episode return (mean ± std over seeds)")

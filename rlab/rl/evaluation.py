@@ -28,15 +28,28 @@ from rlab.runtime import resolve_device
 class EvalConfig:
     """Options of `rlab eval`."""
 
-    run_dir: str = opt(help="run folder written by rlab train", positional=True)
+    run_dir: str = opt(help="run folder written by rlab train, or a Stable-Baselines3 model (.zip from model.save, "
+                            "or an rl-baselines3-zoo experiment folder)", positional=True)
     episodes: int = opt(20, help="evaluation episodes")
     stochastic: bool = opt(False, help="sample actions instead of taking the most likely one")
     video: bool = opt(False, help="write a GIF of one episode into the run folder")
     seed: int = opt(10_000, help="seed of the evaluation envs")
     device: str = opt("auto", help="auto, cpu, cuda or cuda:N")
+    env: str = opt("", help="env id of a Stable-Baselines3 model; unset: the zoo's args.yml, a monitor.csv beside "
+                            "it, or a file name that is an env id")
 
     def __post_init__(self) -> None:
         check(self.episodes >= 1, f"--episodes must be >= 1, got {self.episodes}")
+        check_env_option(self.env, [self.run_dir])
+
+
+def check_env_option(env: str, paths: list[str]) -> None:
+    """--env names the env of Stable-Baselines3 models; refused when every path is a run folder (it knows its env)."""
+    from rlab.rl.sb3 import model_path
+
+    check(not env or any(model_path(p) is not None for p in paths),
+          f"--env is for Stable-Baselines3 models (.zip); {', '.join(map(str, paths))} "
+          f"{'is a run folder that knows' if len(paths) == 1 else 'are run folders that know'} its env")
 
 
 def run_episodes(act: Callable[[torch.Tensor], np.ndarray], env_id: str, episodes: int, seed: int,
@@ -86,10 +99,15 @@ def greedy_actor(policy: Callable[[torch.Tensor], torch.distributions.Distributi
     return act
 
 
-def load_agent(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[Any, dict[str, Any]]:
-    """(agent in eval mode, options) from a run folder of `rlab train`; agent(obs) -> Distribution, obs raw."""
+def load_agent(run_dir: str | Path, device: str | torch.device = "cpu",
+               env: str | None = None) -> tuple[Any, dict[str, Any]]:
+    """(agent in eval mode, options) from a run folder of `rlab train` or a Stable-Baselines3 model (rlab.rl.sb3,
+    `env`: its env id where the files do not tell); agent(obs) -> Distribution, obs raw; options["env"] its env."""
+    from rlab.rl.sb3 import load_sb3_agent, model_path
     from rlab.rl.trainer import algorithm_options
 
+    if model_path(run_dir) is not None:
+        return load_sb3_agent(run_dir, env, device)
     run = RunDir.open(run_dir)
     options = run.config["options"]
     if run.config.get("kind") != "rl" or "algo" not in options:
@@ -111,10 +129,12 @@ def load_agent(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple
 def evaluate(cfg: EvalConfig) -> Path:
     """Run N evaluation episodes (and optionally record a GIF); results go into RUN_DIR/eval/."""
     device = resolve_device(cfg.device)
-    agent, options = load_agent(cfg.run_dir, device)
+    agent, options = load_agent(cfg.run_dir, device, env=cfg.env or None)
     returns = run_episodes(agent_actor(agent, deterministic=not cfg.stochastic), options["env"], cfg.episodes,
                            seed=cfg.seed, device=device)
-    out_dir = Path(cfg.run_dir) / "eval"
+    # a lab run keeps its evaluations; an SB3 model's go to a new runs/eval/ folder, not into the user's files
+    out_dir = Path(cfg.run_dir) / "eval" if "source" not in options else \
+        RunDir.create("eval", f"{options['algo']}__{options['env']}", cfg.seed, cfg, device).path
     stamp = utc_stamp()
     result = {"eval/mean_return": float(returns.mean()), "eval/std_return": float(returns.std()),
               "episodes": cfg.episodes, "stochastic": cfg.stochastic, "seed": cfg.seed, "returns": returns.tolist()}
@@ -124,7 +144,7 @@ def evaluate(cfg: EvalConfig) -> Path:
     write_json(out_dir / f"eval_{stamp}.json", result)
     print(f"{options['env']} {options.get('variant', options['algo'])}: mean return {returns.mean():.1f} "
           f"+- {returns.std():.1f} over {cfg.episodes} episodes", file=sys.stderr)
-    return Path(cfg.run_dir)
+    return Path(cfg.run_dir) if "source" not in options else out_dir
 
 
 def record_video(agent: Any, env_id: str, path: Path, seed: int, deterministic: bool = True,

@@ -117,6 +117,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                 for m in ("qlearning", "sarsa", "expected-sarsa")},
 }
 PRESETS["rlab/TorchCartPole-v1"] = PRESETS["CartPole-v1"]
+for _env_presets in PRESETS.values():  # SA-PPO is PPO plus a regulariser: it trains with PPO's settings
+    if "ppo" in _env_presets:
+        _env_presets.setdefault("sa-ppo", dict(_env_presets["ppo"]))
 
 
 def preset(env_id: str, algo: str) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from rlab.rl.algos.base import Algorithm
 from rlab.rl.environments import env_spec, make_envs
 from rlab.rl.evaluation import agent_actor, run_episodes
 from rlab.rl.presets import preset
+from rlab.rl.robust import apply_robust_preset, robust_algo
 from rlab.runs import RunDir, rng_state
 from rlab.runtime import resolve_device, seed_everything, set_threads
 
@@ -61,16 +62,21 @@ class TrainShell:
                        choices=["none", "fgsm", "pgd", "pgd-worst"])
     adv_eps: float | None = opt(None, help="with --adv-obs: attack budget, a fraction of each observation's range")
     adv_frac: float | None = opt(None, help="with --adv-obs: fraction of the training observations attacked (default 1)")
+    robust: bool = opt(False, help="the lab's robust recipe for --env at --adv-eps (rlab/rl/robust.py); options given win")
     dry_run: bool = opt(False, help="print the resolved configuration (and where each value came from), train nothing")
 
     def __post_init__(self) -> None:
-        algo = self.algo or DEFAULT_ALGO
+        algo = self.algo or (robust_algo(self.env or DEFAULT_ENV) if self.robust else None) or DEFAULT_ALGO
         check(algo in algos.ALGORITHMS, f"--algo {algo!r} is not allowed; choose from {', '.join(algos.ALGORITHMS)}")
         check(self.seed >= 0, f"--seed must be >= 0, got {self.seed}")
         check(self.seeds >= 1, f"--seeds must be >= 1, got {self.seeds}")
         check(self.eval_every >= 0 and self.checkpoint_every >= 0, "--eval-every and --checkpoint-every must be >= 0")
         check(self.eval_episodes >= 1, f"--eval-episodes must be >= 1, got {self.eval_episodes}")
-        if self.adv_obs == "none":
+        if self.robust:
+            check(self.adv_eps is not None and 0.0 < self.adv_eps <= 1.0,
+                  f"--robust needs --adv-eps in (0, 1] (the attack budget, a fraction of each observation's range), "
+                  f"got {self.adv_eps}")
+        elif self.adv_obs == "none":
             check(self.adv_eps is None and self.adv_frac is None,
                   "--adv-eps and --adv-frac configure --adv-obs; give --adv-obs fgsm|pgd|pgd-worst too, or drop them")
         else:
@@ -137,8 +143,12 @@ def resolve(cfg: Any) -> Any:
 
 def resolve_with_sources(cfg: Any) -> tuple[Any, dict[str, str]]:
     """(resolved TrainConfig, option -> where its value came from: "<algo> default", "preset <env>", "command line")."""
+    robust_sources: dict[str, str] = {}
+    if cfg.robust:
+        cfg, robust_sources = apply_robust_preset(cfg, cfg.env or DEFAULT_ENV)
     algo, env = cfg.algo or DEFAULT_ALGO, cfg.env or DEFAULT_ENV
     options, sources = resolve_options(dataclasses.replace(cfg, algo=algo, env=env))
+    sources.update(robust_sources)
     out = dataclasses.replace(cfg, algo=algo, env=env, **dataclasses.asdict(options))
     if out.variant is None:
         out = dataclasses.replace(out, variant=algos.get(algo).variant(options))
@@ -181,7 +191,7 @@ def describe(cfg: Any, sources: dict[str, str]) -> str:
              if f.name not in ("dry_run", "resume", "variant")}
     lines = [f"rlab train: {cfg.algo} on {cfg.env}, seed {cfg.seed}"]
     for name, value in shell.items():
-        lines.append(f"  {_flag(name):<18} {_show(value):<22} shared")
+        lines.append(f"  {_flag(name):<18} {_show(value):<22} {sources.get(name, 'shared')}")
     for name, value in dataclasses.asdict(options).items():
         lines.append(f"  {_flag(name):<18} {_show(value):<22} {sources.get(name, '')}")
     return "\n".join(lines)

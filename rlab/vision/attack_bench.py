@@ -49,7 +49,7 @@ class BenchConfig:
     classifier: str = opt(None, "run folder of the victim classifier (rlab classifier train)")
     attacks: list[str] = opt(["auto"], "attacks, by name (see attacks.ATTACKS; auto: APGD-CE, APGD-T, Square)")
     auto_version: str = opt("standard", "budget of the auto ensemble (see attacks.autoattack.BUDGETS)",
-                            choices=["standard", "fast"])
+                            choices=["standard", "reference", "fast"])
     defenses: list[str] = opt(["none", "blur", "median", "jpeg", "bitdepth", "resize-pad"],
                               "defenses in front of the victim (see defenses.DEFENSES; none: the bare model)")
     eps: list[float] | None = opt(None, "L-inf radii, e.g. 0,2/255,8/255 (default: 0..0.3 for MNIST, 0..16/255 for RGB)")

@@ -97,9 +97,22 @@ def mnist_cnn(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
     return nn.Sequential(
         *conv_bn(in_channels, 32), nn.MaxPool2d(2),
         *conv_bn(32, 64), nn.MaxPool2d(2),
-        nn.AdaptiveAvgPool2d(7), nn.Flatten(),
+        PoolTo(7), nn.Flatten(),
         nn.Linear(64 * 7 * 7, 128), nn.ReLU(inplace=True), nn.Dropout(0.3), nn.Linear(128, num_classes),
     )
+
+
+class PoolTo(nn.AdaptiveAvgPool2d):
+    """nn.AdaptiveAvgPool2d(size) that passes a map already of that size through untouched.
+
+    The same function (average pooling a 7x7 map to 7x7 is the identity), but torch's CPU
+    kernel still walks it: on mnist_small it was two thirds of a forward pass. No parameters,
+    so checkpoints saved with nn.AdaptiveAvgPool2d load unchanged.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = self.output_size if isinstance(self.output_size, tuple) else (self.output_size,) * 2
+        return x if tuple(x.shape[-2:]) == tuple(size) else super().forward(x)
 
 
 class Mul(nn.Module):
@@ -226,6 +239,6 @@ def mnist_small(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
     return nn.Sequential(
         nn.Conv2d(in_channels, 16, 4, stride=2, padding=1), nn.ReLU(inplace=True),
         nn.Conv2d(16, 32, 4, stride=2, padding=1), nn.ReLU(inplace=True),
-        nn.AdaptiveAvgPool2d(7), nn.Flatten(),
+        PoolTo(7), nn.Flatten(),
         nn.Linear(32 * 7 * 7, 100), nn.ReLU(inplace=True), nn.Linear(100, num_classes),
     )

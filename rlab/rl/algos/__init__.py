@@ -9,11 +9,11 @@ tuple below. The training shell looks algorithms up here and knows none by name.
 from __future__ import annotations
 
 from rlab.errors import unknown_name
-from rlab.rl.algos import a2c, ac, ddpg, dqn, ppo, sac, tabular, td3, vpg
+from rlab.rl.algos import a2c, ac, ddpg, dqn, ppo, sac, sappo, tabular, td3, vpg
 from rlab.rl.algos.base import Algorithm
 
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (vpg.ALGORITHM, ac.ALGORITHM, a2c.ALGORITHM, ppo.ALGORITHM,
-                                                        dqn.ALGORITHM, ddpg.ALGORITHM, td3.ALGORITHM,
+                                                        sappo.ALGORITHM, dqn.ALGORITHM, ddpg.ALGORITHM, td3.ALGORITHM,
                                                         sac.ALGORITHM, *tabular.ALGORITHMS)}
 
 

@@ -9,6 +9,7 @@ learning rate and the clip range eps fall linearly to 0.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -46,8 +47,11 @@ def clipped_surrogate(ratio: torch.Tensor, adv: torch.Tensor, clip: float) -> to
 
 
 def update(o: PPOOptions, agent: ActorCritic, optimizer: torch.optim.Optimizer, b: Batch, progress_left: float,
-           generator: torch.Generator) -> dict[str, float]:
-    """`epochs` passes of minibatches; diagnostics (approx KL, clip fraction) from the last minibatch only."""
+           generator: torch.Generator,
+           regulariser: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, float]:
+    """`epochs` passes of minibatches; diagnostics (approx KL, clip fraction) from the last minibatch only.
+
+    `regulariser` (raw minibatch observations -> scalar loss) is added to every minibatch's loss (SA-PPO's)."""
     clip = o.clip * (progress_left if o.anneal_lr else 1.0)
     b_adv = normalized(b.advantages, o.norm_adv)
     b_x = agent.obs_norm(b.obs)  # the statistics stay fixed during the update: normalise once
@@ -66,14 +70,20 @@ def update(o: PPOOptions, agent: ActorCritic, optimizer: torch.optim.Optimizer, 
             if bonus:
                 entropy = entropy.mean()
                 loss = loss - o.ent_coef * entropy
+            if regulariser is not None:
+                extra = regulariser(b.obs[idx])
+                loss = loss + extra
             gradient_step(agent.parameters(), optimizer, loss, o.max_grad_norm)
     with torch.no_grad():
         approx_kl = ((ratio - 1) - log_ratio).mean()
         clipfrac = ((ratio - 1).abs() > clip).float().mean()
         if not bonus:  # diagnostic only: the last minibatch's entropy, after the update
             entropy = agent.evaluate_actions(b_x[idx], b.actions[idx], normalized=True)[1].mean()
-    return {"losses/policy": policy_loss.item(), "losses/value": value_loss.item(), "losses/entropy": entropy.item(),
-            "losses/approx_kl": approx_kl.item(), "losses/clipfrac": clipfrac.item()}
+    out = {"losses/policy": policy_loss.item(), "losses/value": value_loss.item(), "losses/entropy": entropy.item(),
+           "losses/approx_kl": approx_kl.item(), "losses/clipfrac": clipfrac.item()}
+    if regulariser is not None:
+        out["losses/regulariser"] = extra.item()
+    return out
 
 
 ALGORITHM = on_policy("ppo", "PPO-clip on GAE advantages", PPOOptions, a2c.advantages, update)

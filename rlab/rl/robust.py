@@ -1,0 +1,58 @@
+"""`rlab train --robust --adv-eps E`: the lab's recipe for an agent that keeps its return under observation attacks.
+
+A preset per env, applied on top of the algorithm's defaults and the env's preset and under the command line
+(an option given there wins; `--dry-run` prints every value with where it came from: "robust preset"):
+
+    algo      sa-ppo: PPO with SA-PPO's state-adversarial KL regulariser (Zhang et al., 2020), its ball
+              eps = --adv-eps (sa_eps), weight kappa, PGD steps sa_steps;
+    adv_obs   pgd-worst on a share adv_frac of the training observations (adversarial training, Pattanaik
+              et al., 2018; the README's earlier recipe attacked every observation and lost clean return);
+    network and budget  hidden, steps, gamma, gae_lambda (those of the README's adversarial-training recipe).
+
+The agents are judged by the worst of all attacks of `rlab bench rl-attack` (random, pgd, pgd-timed,
+pgd-worst, planning, learned). ATLA (Zhang et al., 2021: alternating training against a learned adversary,
+rlab.rl.adversary) is not part of the preset yet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from rlab.errors import UserError
+from rlab.rl import algos
+
+ROBUST_PRESETS: dict[str, dict[str, Any]] = {
+    "CartPole-v1": dict(algo="sa-ppo", adv_obs="pgd-worst", adv_frac=0.5, kappa=0.1, sa_steps=5,
+                        hidden=[128, 128], steps=200_000, gamma=0.995, gae_lambda=0.95),
+}
+ROBUST_PRESETS["rlab/TorchCartPole-v1"] = ROBUST_PRESETS["CartPole-v1"]
+SOURCE = "robust preset"
+
+
+def robust_algo(env: str) -> str | None:
+    """The algorithm --robust trains on `env` (None where it has no preset)."""
+    return ROBUST_PRESETS.get(env, {}).get("algo")
+
+
+def apply_robust_preset(cfg: Any, env: str) -> tuple[Any, dict[str, str]]:
+    """(cfg with the robust preset of `env` filled in where the command line left a value unset, option -> source).
+
+    sa_eps follows --adv-eps (the ball the agent is trained and judged in). Options of the preset that the
+    chosen algorithm lacks (e.g. kappa after --algo ppo) are left out.
+    """
+    if env not in ROBUST_PRESETS:
+        raise UserError(f"--robust has a preset for {', '.join(sorted(ROBUST_PRESETS))}, not {env}; train with "
+                        f"--adv-obs and the algorithm options instead")
+    if cfg.adv_eps is None:
+        raise UserError("--robust needs --adv-eps E (the attack budget, a fraction of each observation's range)")
+    preset = {**ROBUST_PRESETS[env], "sa_eps": cfg.adv_eps}
+    algo = cfg.algo or preset["algo"]
+    allowed = set(algos.get(algo).option_names()) | {"algo", "adv_obs", "adv_frac"}
+    changes, sources = {}, {}
+    for name, value in preset.items():
+        given = getattr(cfg, name)
+        unset = given is None or (name == "adv_obs" and given == "none")
+        if unset and name in allowed:
+            changes[name], sources[name] = value, SOURCE
+    return dataclasses.replace(cfg, **changes), sources

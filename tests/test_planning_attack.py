@@ -1,0 +1,85 @@
+"""The planning observation attacker (envs.planning_attack) and the "planning" / "worst" rows of rl-attack."""
+
+import pytest
+import torch
+from torch.distributions import Categorical
+
+from envs.observation_attacks import observation_scale
+from envs.planning_attack import CARTPOLE, lookahead_scores, plan, reachable_actions, simulator_for
+from rlab.rl.attack_bench import attack_curve
+
+SCALE = observation_scale("CartPole-v1")
+
+
+@pytest.fixture(scope="module")
+def agent(tiny_cartpole_agent):
+    return tiny_cartpole_agent
+
+
+def near_upright(n: int, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(n, 4, generator=g) * 2 - 1) * torch.tensor([0.5, 0.5, 0.08, 0.5])
+
+
+def test_planner_stays_in_the_ball_and_induces_only_actions_the_agent_takes(agent):
+    obs, eps = near_upright(64), 0.05
+    x_adv, induced = plan(agent, obs, eps, SCALE, CARTPOLE)
+    assert x_adv.shape == obs.shape and induced.shape == (64,)
+    assert ((x_adv - obs).abs() <= eps * SCALE + 1e-6).all()
+    with torch.no_grad():
+        taken = agent(x_adv).logits.argmax(-1)
+        clean = agent(obs).logits.argmax(-1)
+    assert torch.equal(taken, induced)
+    assert (induced != clean).sum() >= 5, "the planner should flip a share of these near-balanced states"
+    assert torch.equal(x_adv[induced == clean], obs[induced == clean]), "no perturbation where it keeps the action"
+
+
+def test_an_action_pgd_cannot_reach_is_never_chosen():
+    def stubborn(obs):  # always pushes right, by a logit margin no eps-ball can overturn
+        return Categorical(logits=torch.stack((obs[:, 0] * 0, obs[:, 0] * 0 + 50.0), -1))
+
+    obs = near_upright(16)
+    x_adv, reachable = reachable_actions(stubborn, obs, 0.05, SCALE)
+    assert reachable[1].all() and not reachable[0].any()
+    x_plan, induced = plan(stubborn, obs, 0.05, SCALE, CARTPOLE)
+    assert (induced == 1).all() and torch.equal(x_plan, obs)
+
+
+def test_lookahead_scores_sooner_failure_lower():
+    # the pole far over to the right (theta 0.18 rad, falling): pushing right saves time, pushing left drops it
+    obs = torch.tensor([[0.0, 0.0, 0.18, 0.5]] * 2)
+    always_right = lambda o: Categorical(logits=torch.stack((o[:, 0] * 0, o[:, 0] * 0 + 1), -1))
+    scores = lookahead_scores(always_right, CARTPOLE, obs, torch.tensor([0, 1]), depth=3)
+    assert scores[0] < 0, "pushing left with the pole at 0.18 rad ends the episode within 3 steps"
+    assert scores[0] < scores[1]
+
+
+def test_planning_is_refused_where_the_lab_cannot_simulate():
+    with pytest.raises(ValueError, match="simulator"):
+        simulator_for("Acrobot-v1")
+    with pytest.raises(ValueError, match="depth"):
+        plan(lambda o: Categorical(logits=torch.zeros(len(o), 2)), near_upright(2), 0.1, SCALE, CARTPOLE, depth=0)
+
+
+def test_planning_drops_a_trained_agent_far_below_random_noise_and_worst_is_the_minimum(agent):
+    rows = attack_curve(agent, "CartPole-v1", [0.05], ["none", "random", "planning"], episodes=3, seed=0,
+                        pgd_steps=5, device=torch.device("cpu"))
+    got = {r["method"]: r for r in rows}
+    assert got["none"]["mean_return"] == 500
+    assert got["random"]["mean_return"] >= 400
+    assert got["planning"]["mean_return"] < 0.5 * got["random"]["mean_return"]
+    assert got["worst"]["mean_return"] == min(got["random"]["mean_return"], got["planning"]["mean_return"])
+    assert got["worst"]["strongest"] == "planning"
+
+
+def test_rl_attack_offers_planning_and_learned_and_refuses_planning_without_a_simulator():
+    from rlab.errors import UserError
+    from rlab.rl.attack_bench import RLAttackConfig
+
+    assert RLAttackConfig(run_dir="x", methods=["planning", "learned"]).methods == ["planning", "learned"]
+    with pytest.raises(UserError, match="plan-depth"):
+        RLAttackConfig(run_dir="x", plan_depth=0)
+    acrobot_policy = lambda obs: Categorical(logits=torch.zeros(len(obs), 3))
+    with pytest.raises(UserError, match="simulator of Acrobot-v1"):
+        attack_curve(acrobot_policy, "Acrobot-v1", [0.05], ["planning"], episodes=1, seed=0, pgd_steps=2,
+                     device=torch.device("cpu"))

@@ -1,0 +1,92 @@
+"""Robust training: SA-PPO's state-adversarial regulariser (rlab.rl.algos.sappo) and `rlab train --robust`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch.distributions import Categorical
+
+from rlab.cli import main
+from rlab.errors import UserError
+from rlab.rl.algos.sappo import state_adversarial_kl
+from rlab.rl.robust import ROBUST_PRESETS
+from rlab.rl.trainer import TrainConfig, resolve_with_sources
+
+
+def test_robust_resolves_to_the_documented_configuration():
+    cfg, sources = resolve_with_sources(TrainConfig(env="CartPole-v1", robust=True, adv_eps=0.016))
+    preset = ROBUST_PRESETS["CartPole-v1"]
+    assert cfg.algo == "sa-ppo" and cfg.adv_obs == "pgd-worst" and cfg.adv_eps == 0.016
+    assert cfg.sa_eps == 0.016, "the regulariser's ball is the attack budget"
+    for name, value in preset.items():
+        assert getattr(cfg, name) == value, name
+        assert sources[name] == "robust preset", name
+    assert cfg.lr == 1e-3 and sources["lr"] == "preset CartPole-v1", "the env's PPO preset still applies underneath"
+
+
+def test_robust_options_are_overridable_and_refused_without_a_budget_or_a_preset():
+    cfg, sources = resolve_with_sources(TrainConfig(env="CartPole-v1", robust=True, adv_eps=0.02, kappa=0.5,
+                                                    steps=1000))
+    assert (cfg.kappa, sources["kappa"], cfg.steps, sources["steps"]) == (0.5, "command line", 1000, "command line")
+    assert cfg.sa_eps == 0.02 and cfg.hidden == [128, 128]
+    cfg, _ = resolve_with_sources(TrainConfig(env="CartPole-v1", robust=True, adv_eps=0.02, algo="ppo"))
+    assert cfg.algo == "ppo" and cfg.kappa is None and cfg.adv_obs == "pgd-worst"
+    with pytest.raises(UserError, match="--robust needs --adv-eps"):
+        TrainConfig(env="CartPole-v1", robust=True)
+    with pytest.raises(UserError, match="preset for CartPole-v1"):
+        resolve_with_sources(TrainConfig(env="Acrobot-v1", robust=True, adv_eps=0.05))
+
+
+def test_robust_run_saves_every_choice_and_its_source(runs_root, capsys):
+    assert main(["train", "--env", "CartPole-v1", "--robust", "--adv-eps", "0.016", "--steps", "256", "--n-envs", "4",
+                 "--hidden", "16", "--no-progress", "--eval-episodes", "1", "--device", "cpu"]) == 0
+    run = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    options = json.loads((run / "config.json").read_text())["options"]
+    assert options["algo"] == "sa-ppo" and options["robust"] is True and options["kappa"] == 0.1
+    assert options["option_sources"]["kappa"] == "robust preset" and options["option_sources"]["hidden"] == "command line"
+    assert run.name.startswith("CartPole-v1__sa-ppo__0__")
+
+
+class Linear(torch.nn.Module):
+    """pi(s) = softmax(W s): the tiniest policy with a `pi` and a `forward`."""
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.w = torch.nn.Linear(4, 2)
+
+    def pi(self, obs):
+        return Categorical(logits=self.w(obs))
+
+    forward = pi
+
+
+def test_the_inner_max_beats_random_points_of_the_ball_and_stays_in_it():
+    agent, obs, radius = Linear(), torch.randn(32, 4), torch.tensor([0.1, 0.2, 0.05, 0.3])
+    worst = state_adversarial_kl(agent, obs, radius, steps=10, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        clean = agent.pi(obs)
+        random_kl = max(torch.distributions.kl_divergence(clean, agent.pi(obs + (2 * torch.rand_like(obs) - 1) * radius))
+                        .mean() for _ in range(20))
+    assert worst > random_kl > 0
+    # for a linear policy the worst delta is a corner of the ball: radius * sign(w_1 - w_0) (or its negation)
+    corner = radius * (agent.w.weight[1] - agent.w.weight[0]).sign()
+    with torch.no_grad():
+        best = torch.stack([torch.distributions.kl_divergence(clean, agent.pi(obs + s * corner)) for s in (1, -1)])
+    assert best.amax(0).mean() * 0.9 <= worst <= best.amax(0).mean() + 1e-6
+
+
+def test_descending_the_regulariser_makes_the_policy_smoother():
+    agent, obs, radius = Linear(1), torch.randn(64, 4) * 2, torch.full((4,), 0.2)
+    g = torch.Generator().manual_seed(0)
+    before = state_adversarial_kl(agent, obs, radius, 5, g).item()
+    opt = torch.optim.SGD(agent.parameters(), lr=2.0)
+    for _ in range(60):
+        loss = state_adversarial_kl(agent, obs, radius, 5, g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert state_adversarial_kl(agent, obs, radius, 5, g).item() < 0.5 * before
