@@ -49,9 +49,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "ppo": dict(steps=200_000, n_envs=4, n_steps=1024, gamma=0.9, minibatch_size=64, lr=1e-3, log_std_init=-0.5),
         "a2c": dict(steps=1_000_000, n_steps=8, gamma=0.9, gae_lambda=0.9),
         # zoo ddpg.yml / td3.yml: 2e4 steps, gamma 0.98, buffer 2e5, learning_starts 1e4, normal noise 0.1, lr 1e-3,
-        # net 400x300, train_freq 1 episode with gradient_steps -1 (= 200 gradient steps after each 200-step episode)
-        **{m: dict(steps=20_000, gamma=0.98, buffer_size=200_000, learning_starts=10_000, action_noise="normal",
-                   noise_std=0.1, lr=1e-3, train_freq=200, gradient_steps=200) for m in ("ddpg", "td3")},
+        # net 400x300 (noise and lr: the lab's defaults), train_freq 1 episode with gradient_steps -1 (= 200 gradient steps after each 200-step episode)
+        **{m: dict(steps=20_000, gamma=0.98, buffer_size=200_000, learning_starts=10_000, train_freq=200,
+                   gradient_steps=200) for m in ("ddpg", "td3")},
         # zoo sac.yml: 2e4 steps, lr 1e-3, the SAC defaults otherwise
         "sac": dict(steps=20_000, lr=1e-3),
     },
@@ -59,7 +59,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # zoo ddpg.yml / td3.yml (LunarLanderContinuous-v2): 3e5 steps, gamma 0.98, buffer 2e5, learning_starts 1e4,
         # normal noise 0.1, lr 1e-3, net 400x300; its train_freq of one episode (variable length here) is one
         # gradient step per env step on average: the same ratio, spread evenly
-        **{m: dict(steps=300_000, gamma=0.98, buffer_size=200_000, learning_starts=10_000, noise_std=0.1, lr=1e-3)
+        **{m: dict(steps=300_000, gamma=0.98, buffer_size=200_000, learning_starts=10_000)
            for m in ("ddpg", "td3")},
         # zoo sac.yml: 5e5 steps, batch 256, lr lin 7.3e-4 (constant here), buffer 1e6, tau 0.01, learning_starts 1e4,
         # net 400x300
@@ -71,12 +71,12 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # zoo sac.yml: 5e4 steps, lr 3e-4, buffer 5e4, batch 512, alpha 0.1, 32 gradient steps every 32 env steps,
         # gamma 0.9999, tau 0.01, learning_starts 0, net 64x64; the zoo also explores with gSDE (log std -3.67),
         # which this SAC does not have: expect it to miss the goal more often than the zoo's
-        "sac": dict(steps=50_000, lr=3e-4, buffer_size=50_000, batch_size=512, alpha=0.1, train_freq=32,
+        "sac": dict(steps=50_000, buffer_size=50_000, batch_size=512, alpha=0.1, train_freq=32,
                     gradient_steps=32, gamma=0.9999, tau=0.01, learning_starts=0, hidden=[64, 64]),
     },
     "BipedalWalker-v3": {
         # zoo ddpg.yml / td3.yml: 1e6 steps, gamma 0.98, buffer 2e5, learning_starts 1e4, normal noise 0.1, lr 1e-3
-        **{m: dict(steps=1_000_000, gamma=0.98, buffer_size=200_000, learning_starts=10_000, noise_std=0.1, lr=1e-3)
+        **{m: dict(steps=1_000_000, gamma=0.98, buffer_size=200_000, learning_starts=10_000)
            for m in ("ddpg", "td3")},
         # zoo sac.yml: 5e5 steps, lr 7.3e-4, buffer 3e5, batch 256, gamma 0.98, tau 0.02, 64 gradient steps every
         # 64 env steps, learning_starts 1e4, net 400x300 (and gSDE, which this SAC does not have)
