@@ -89,8 +89,8 @@ class DemoConfig:
             "patch_steps": 20 if quick else PATCH_STEPS,
             "patch_fit": 200 if quick else 1000,
             "poison_rate": 0.05,
-            # the trigger is learnt in the first epoch or two: half the standard model's epochs keep the section short
-            "backdoor_epochs": 1 if quick else 4,
+            # the trigger is learnt in the first epoch or two: at most 4 epochs (or --epochs, if fewer) keep it short
+            "backdoor_epochs": min(4, self.epochs or (1 if quick else 8)),
         }
 
 
