@@ -13,7 +13,7 @@ Ensembles and transfer: Ensemble, transfer_attack, train_substitute.
 Query-based black box: SquareAttack, SimBA, DecisionAttack (foolbox's HopSkipJump /
 Boundary), OnePixel; universal perturbation: UniversalPerturbation.
 Beyond the eps-ball: AdversarialPatch (a universal, targeted patch; budget: its area),
-AdversarialReprogramming (a learned frame makes the model do another task).
+AdversarialReprogramming (a learned program, on a frame or the whole image, makes the model do another task).
 Curves: robust_accuracy. By name: ATTACKS, make_attack.
 Data poisoning (a training-set transform, not a test-time attack): BadNets, Trigger,
 attack_success_rate (attacks.poisoning).

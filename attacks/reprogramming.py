@@ -1,21 +1,36 @@
-"""Adversarial reprogramming: a learned frame makes a trained classifier do another task.
+"""Adversarial reprogramming: a learned program makes a trained classifier do another task.
 
-Elsayed, Goodfellow & Sohl-Dickstein 2018, "Adversarial Reprogramming of Neural
-Networks". The adversary does not change the victim f; it learns one program W
-(the victim's input shape) and fixes a label map h_g from the source task's
-labels to the victim's. A source input x~ (an MNIST digit) is embedded at the
-centre of a host image, zero elsewhere, and the program is added on the frame
-around it (mask M: 0 on the embedded input, 1 on the frame):
+Elsayed, Goodfellow & Sohl-Dickstein 2018/2019, "Adversarial Reprogramming of
+Neural Networks". The adversary does not change the victim f; it learns one
+program W (the victim's input shape) and fixes a label map h_g from the source
+task's labels to the victim's. A source input x~ (an MNIST digit) is resized to
+s x s and embedded at the centre of a zero host image (emb(x~)); three forms of
+program (`AdversarialProgram.form`):
 
-    X_adv = embed(x~) + M * sigmoid(W)        (the paper's tanh(W * M) on [-1, 1] images, on [0, 1] here)
-    P(y~ | x~) = P_f(h_g(y~) | X_adv)
-    W* = argmin_W  E[-log P_f(h_g(y~) | X_adv)] + lambda ||W||^2
+    frame   X = emb(x~) + M * sigmoid(W)                 Elsayed et al.: the program on the frame
+                                                         (mask M: 0 on the input, 1 around it; their
+                                                         tanh(W * M) on [-1, 1] images, on [0, 1] here)
+    full    X = clip(emb(x~) + tanh(W), 0, 1)            additive over the whole image (M = 1), the
+                                                         input usually resized to the host's size
+                                                         (Elsayed et al.'s Sec. 4.4 variant; Tsai et
+                                                         al. 2020's black-box reprogramming)
+    affine  X = emb(x~) * sigmoid(A) + (1 - emb(x~)) * sigmoid(W)
+                                                         = sigmoid(W) + emb(x~) * (sigmoid(A) - sigmoid(W)):
+                                                         the additive program plus a learned per-pixel
+                                                         gain on the input (ink colour A, paper colour W)
 
-Budget (the program size): the frame's pixels, M.sum() of H * W; a 28x28 digit in
-a 32x32 image leaves a 2-pixel frame (240 pixels, 23% of the image). Threat model:
-white box (gradients through f), f's weights untouched; the victim is run in eval
-mode, so not even its batch-norm statistics move.
-Shapes: source x (N, C_s, h, w) in [0, 1]; host images (N, C, H, W); W (C, H, W).
+and in every form
+
+    P(y~ | x~) = P_f(h_g(y~) | X)
+    W* = argmin_W  E[-log P_f(h_g(y~) | X)] + lambda ||W||^2
+
+Budget (the program size): the pixels the program may set, M.sum() of H * W
+(frame: a 12x12 digit in a 32x32 image leaves 880 pixels, 86%; full and affine:
+all of them). Threat model: white box (gradients through f), f's weights
+untouched; the victim is run in eval mode, so not even its batch-norm
+statistics move. X lies in [0, 1] and passes through the victim's own
+normalisation layer, like any image.
+Shapes: source x (N, C_s, h, w) in [0, 1]; host images (N, C, H, W); W, A (C, H, W).
 """
 
 from __future__ import annotations
@@ -31,37 +46,48 @@ from torch import Tensor
 from attacks.core import check_batch, check_labels, check_logits, eval_mode, make_generator
 
 
+PROGRAM_FORMS = ("frame", "full", "affine")
+
+
 class AdversarialProgram(nn.Module):
-    """x~ -> X_adv = embed(x~) + M * sigmoid(W): the source input at the centre, the learned frame around it.
+    """x~ -> X: the source input embedded at the centre, the learned program added (see the module's forms).
 
     host_shape: (C, H, W) of the victim's inputs; source_size: side of the embedded
     input (a source image of another size is resized to it); label_map[k]: the
-    victim's class that stands for source class k (h_g).
+    victim's class that stands for source class k (h_g); form: frame, full or affine.
+    W starts at 0: a mid-grey frame (frame), the bare input (full), grey paper and ink (affine).
     """
 
-    def __init__(self, host_shape: Sequence[int], source_size: int, label_map: Sequence[int]):
+    def __init__(self, host_shape: Sequence[int], source_size: int, label_map: Sequence[int], form: str):
         super().__init__()
         channels, height, width = (int(v) for v in host_shape)
+        if form not in PROGRAM_FORMS:
+            raise ValueError(f"form must be one of {', '.join(PROGRAM_FORMS)}, got {form!r}")
         if not 1 <= source_size <= min(height, width):
             raise ValueError(f"source_size must be in [1, {min(height, width)}] to fit the {height}x{width} host image, "
                              f"got {source_size}")
+        if form == "frame" and source_size == min(height, width):
+            raise ValueError(f"source_size {source_size} fills the {height}x{width} host: a frame program has no pixels "
+                             f"left (use form full or affine)")
         if len(label_map) < 2 or len(set(label_map)) != len(label_map) or min(label_map) < 0:
             raise ValueError(f"label_map must list >= 2 distinct victim classes (one per source class), got {list(label_map)}")
-        self.source_size = source_size
+        self.form, self.source_size = form, source_size
         self.top, self.left = (height - source_size) // 2, (width - source_size) // 2
-        self.weight = nn.Parameter(torch.zeros(channels, height, width))  # W; sigmoid(0) = mid-grey frame
+        self.weight = nn.Parameter(torch.zeros(channels, height, width))  # W
+        self.ink = nn.Parameter(torch.zeros(channels, height, width)) if form == "affine" else None  # A
         mask = torch.ones(1, height, width)
-        mask[:, self.top:self.top + source_size, self.left:self.left + source_size] = 0
+        if form == "frame":
+            mask[:, self.top:self.top + source_size, self.left:self.left + source_size] = 0
         self.register_buffer("mask", mask)
         self.register_buffer("label_map", torch.tensor(list(label_map), dtype=torch.long))
 
     @property
     def program_size(self) -> int:
-        """Pixels of the frame the program may set (per channel)."""
+        """Pixels the program may set (per channel)."""
         return int(self.mask.sum())
 
     def embed(self, x: Tensor) -> Tensor:
-        """The source images resized to source_size, grey to the host's channels, zero-padded to the host size."""
+        """emb(x~): the source images resized to source_size, grey to the host's channels, zero-padded to the host size."""
         channels, height, width = self.weight.shape
         if x.shape[-2:] != (self.source_size, self.source_size):
             x = F.interpolate(x, size=(self.source_size, self.source_size), mode="bilinear", align_corners=False,
@@ -74,7 +100,12 @@ class AdversarialProgram(nn.Module):
         return F.pad(x, (self.left, width - s - self.left, self.top, height - s - self.top))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.embed(x) + self.mask * torch.sigmoid(self.weight)
+        embedded = self.embed(x)
+        if self.form == "frame":
+            return embedded + self.mask * torch.sigmoid(self.weight)
+        if self.form == "full":
+            return (embedded + torch.tanh(self.weight)).clamp(0, 1)
+        return embedded * torch.sigmoid(self.ink) + (1 - embedded) * torch.sigmoid(self.weight)
 
 
 class Reprogrammed(nn.Module):
@@ -105,17 +136,21 @@ class ReprogrammingResult:
 class AdversarialReprogramming:
     """Learn a program that makes `model` classify (x, y) of another task: `result = attack(model, x, y, host_shape)`.
 
-    Adam on W with learning rate `lr`, `epochs` passes over (x, y) in minibatches,
-    L2 penalty `weight_decay` (the paper's lambda). label_map defaults to the
+    Adam on the program (W, and A for the affine form), its learning rate `lr`
+    decayed to 0 along a cosine over `epochs` passes over (x, y) in minibatches
+    (Elsayed et al. decay theirs too, exponentially), L2 penalty `weight_decay`
+    (the paper's lambda). source_size defaults to the host's side for the full and
+    affine forms and to the source's own side for the frame; label_map to the
     identity (source class k -> victim class k).
     """
 
     epochs: int = 10
-    batch_size: int = 32
-    lr: float = 0.1
+    batch_size: int = 8
+    lr: float = 0.05
     weight_decay: float = 0.0
     source_size: int | None = None
     label_map: Sequence[int] | None = None
+    form: str = "affine"
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -127,6 +162,8 @@ class AdversarialReprogramming:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
         if not self.weight_decay >= 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if self.form not in PROGRAM_FORMS:
+            raise ValueError(f"form must be one of {', '.join(PROGRAM_FORMS)}, got {self.form!r}")
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, host_shape: Sequence[int]) -> ReprogrammingResult:
         check_batch(x, y)
@@ -136,9 +173,13 @@ class AdversarialReprogramming:
         label_map = list(self.label_map) if self.label_map is not None else list(range(classes))
         if len(label_map) < classes:
             raise ValueError(f"label_map maps {len(label_map)} source classes but the labels go up to {classes - 1}")
-        program = AdversarialProgram(host_shape, self.source_size or x.shape[-1], label_map).to(x.device, x.dtype)
+        source_size = self.source_size or (x.shape[-1] if self.form == "frame" else min(int(v) for v in host_shape[1:]))
+        program = AdversarialProgram(host_shape, source_size, label_map, self.form).to(x.device, x.dtype)
         reprogrammed = Reprogrammed(model, program)
-        optimizer = torch.optim.Adam([program.weight], lr=self.lr)
+        params = list(program.parameters())
+        optimizer = torch.optim.Adam(params, lr=self.lr)
+        steps = self.epochs * -(-x.shape[0] // self.batch_size)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
         generator = make_generator(self.seed, x.device)
         result = ReprogrammingResult(program)
         with eval_mode(model):
@@ -148,13 +189,17 @@ class AdversarialReprogramming:
                 for begin in range(0, x.shape[0], self.batch_size):
                     idx = order[begin:begin + self.batch_size]
                     logits = reprogrammed(x[idx])
-                    loss = F.cross_entropy(logits, y[idx]) + self.weight_decay * program.weight.square().sum()
-                    program.weight.grad, = torch.autograd.grad(loss, program.weight)  # never the victim's weights
+                    loss = F.cross_entropy(logits, y[idx]) + self.weight_decay * sum(p.square().sum() for p in params)
+                    grads = torch.autograd.grad(loss, params)  # never the victim's weights
+                    for p, grad in zip(params, grads):
+                        p.grad = grad
                     optimizer.step()
+                    schedule.step()
                     correct += int((logits.argmax(1) == y[idx]).sum())
                     result.grad_steps += idx.numel()
                 result.accuracy.append(correct / x.shape[0])
-        program.weight.grad = None
+        for p in params:
+            p.grad = None
         return result
 
 

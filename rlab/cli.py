@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "bench certify": ("rlab.vision.certify_bench", "CertifyConfig", "run", "randomized smoothing: certified accuracy vs L2 radius, attack beside it"),
     "bench backdoor": ("rlab.vision.backdoor_bench", "BackdoorBenchConfig", "run", "BadNets poisoning -> detection -> retraining, per poison rate, report"),
     "bench patch": ("rlab.vision.patch_bench", "PatchBenchConfig", "run", "universal adversarial patch: targeted success vs patch area"),
-    "bench reprogram": ("rlab.vision.reprogram_bench", "ReprogramConfig", "run", "adversarial reprogramming: a frame makes a classifier do another task"),
+    "bench reprogram": ("rlab.vision.reprogram_bench", "ReprogramConfig", "run", "adversarial reprogramming: a learned program makes a classifier do another task"),
     "bench rl-attack": ("rlab.rl.attack_bench", "RLAttackConfig", "run", "observation attacks on a trained agent: return vs eps"),
     "plot returns": ("rlab.plots", "PlotReturnsConfig", "plot_returns_cmd", "plot return vs env steps, mean and spread over seeds"),
     "plot robustness": ("rlab.plots", "PlotRobustnessConfig", "plot_robustness_cmd", "plot accuracy vs eps from a results.csv"),

@@ -63,22 +63,46 @@ def test_bench_patch_bad_input_is_one_line_exit_2(tiny_classifier, runs_root, ca
 
 
 def test_bench_reprogram_reports_the_trained_victim_and_the_control(tiny_classifier, runs_root, capsys):
-    assert main(["bench", "reprogram", "--classifier", str(tiny_classifier), "--source-size", "16", "--n-train", "200",
-                 "--epochs", "1", "--gallery", "2", "--device", "cpu", "--threads", "1"]) == 0
+    assert main(["bench", "reprogram", "--classifier", str(tiny_classifier), "--form", "frame", "--source-size", "16",
+                 "--n-train", "200", "--epochs", "1", "--gallery", "2", "--device", "cpu", "--threads", "1"]) == 0
     (bench,) = (runs_root / "bench").iterdir()
     rows = read_rows(bench / "results.csv")
     assert [r["victim"] for r in rows] == ["trained", "untrained"]
     for r in rows:
         assert int(r["program_pixels"]) == 28 * 28 - 16 * 16 and int(r["grad_steps"]) == 200
-        assert 0 <= float(r["test_accuracy"]) <= 1
+        assert r["form"] == "frame" and r["scored_on"] == "test"
+        assert 0 <= float(r["heldout_accuracy"]) <= 1
     for name in ("accuracy.png", "gallery.png", "report.md", "checkpoints/programs.pt"):
         assert (bench / name).is_file()
+
+
+def test_bench_reprogram_validate_holds_out_training_digits_and_never_reads_the_test_split(tiny_classifier, runs_root,
+                                                                                           monkeypatch):
+    import rlab.vision.data as data
+
+    load = data.load_dataset
+
+    def no_test_split(name, split, *args, **kwargs):
+        assert split != "test", "--validate loaded the test split"
+        return load(name, split, *args, **kwargs)
+
+    monkeypatch.setattr(data, "load_dataset", no_test_split)
+    assert main(["bench", "reprogram", "--classifier", str(tiny_classifier), "--form", "affine", "--validate", "100",
+                 "--n-train", "150", "--epochs", "1", "--gallery", "0", "--no-control", "--device", "cpu",
+                 "--threads", "1"]) == 0
+    (bench,) = (runs_root / "bench").iterdir()
+    (row,) = read_rows(bench / "results.csv")
+    assert row["scored_on"] == "validation (100 training images)" and int(row["grad_steps"]) == 150
+    assert int(row["program_pixels"]) == 28 * 28 and int(row["source_size"]) == 28
 
 
 @pytest.mark.parametrize("args, message", [
     (["--label-map", "0,0,1,2,3,4,5,6,7,8"], "--label-map must list distinct victim classes"),
     (["--label-map", "0,1,2"], "--label-map needs one victim class per source class (10)"),
     (["--source-size", "40"], "--source-size 40 does not fit"),
+    (["--form", "frame", "--source-size", "28"], "the frame form has no pixels left"),
+    (["--validate", "5000"], "--validate 5000 holds out too many of the 4000 training images: at most 3999"),
+    (["--form", "tile"], "--form"),
     (["--epochs", "0"], "--epochs must be an integer >= 1"),
 ])
 def test_bench_reprogram_bad_input_is_one_line_exit_2(tiny_classifier, runs_root, capsys, args, message):
