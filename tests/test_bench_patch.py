@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from rlab.cli import main
 
@@ -119,3 +120,11 @@ def test_patch_vs_art_smoke_runs_both_attacks():
                          text=True, timeout=300, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "ART AdversarialPatchPyTorch" in out.stdout and "ours / ART" in out.stdout
+
+
+def test_reprogram_gallery_takes_the_classes_in_turn_from_a_label_sorted_split():
+    from rlab.vision.reprogram_bench import spread_over_classes
+
+    y = torch.tensor([0, 0, 0, 1, 1, 2])
+    assert spread_over_classes(y, 4).tolist() == [0, 3, 5, 1]
+    assert spread_over_classes(y, 10).tolist() == [0, 3, 5, 1, 4, 2]

@@ -128,14 +128,22 @@ def plot_accuracy(results: dict[str, Any], rows: list[dict[str, Any]], chance: f
     return save_figure(fig, out)
 
 
+def spread_over_classes(y: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of k images taking the classes in turn (the first unused image of each), so that a split sorted by
+    label still shows every class."""
+    by_class = [torch.nonzero(y == c).flatten().tolist() for c in y.unique().tolist()]
+    picks = [idx[i] for i in range(max(map(len, by_class))) for idx in by_class if i < len(idx)]
+    return torch.tensor(picks[:k], dtype=torch.long)
+
+
 def plot_gallery(models: dict[str, Any], results: dict[str, Any], x: torch.Tensor, y: torch.Tensor, k: int, out) -> Any:
     """One row per victim: held-out digits through its program, titled with the reprogrammed answer."""
     import matplotlib.pyplot as plt
 
     from rlab.plots import save_figure
 
-    k = min(k, len(x))
-    xb, yb = x[:k], y[:k]
+    picks = spread_over_classes(y, k)
+    xb, yb, k = x[picks], y[picks], len(picks)
     fig, axes = plt.subplots(len(results), k, figsize=(1.45 * k + 0.6, 1.75 * len(results) + 0.5), dpi=120, squeeze=False)
     for row, (victim, result) in enumerate(results.items()):
         with torch.no_grad():
