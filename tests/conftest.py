@@ -25,6 +25,13 @@ def pytest_collection_modifyitems(config, items):
                                     "install the dev extra's pytest (pytest<9.2)")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def sb3_log_folder(tmp_path_factory):
+    """Stable-Baselines3 makes a /tmp/SB3-<time> folder per learn() unless SB3_LOGDIR names one: keep the tests'
+    (and the bench smokes' subprocesses') inside pytest's temporary tree."""
+    os.environ["SB3_LOGDIR"] = str(tmp_path_factory.mktemp("sb3-log"))
+
+
 @pytest.fixture(autouse=True)
 def one_torch_thread():
     """Every test ends on one torch thread and without flush-to-zero, whatever `--threads N` or workload mode a
