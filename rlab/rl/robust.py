@@ -23,7 +23,7 @@ from rlab.errors import UserError
 from rlab.rl import algos
 
 ROBUST_PRESETS: dict[str, dict[str, Any]] = {
-    "CartPole-v1": dict(algo="sa-ppo", adv_obs="pgd-worst", adv_frac=0.75, kappa=0.3, sa_steps=5,
+    "CartPole-v1": dict(algo="sa-ppo", adv_obs="pgd-worst", adv_frac=0.75, kappa=1.0, sa_steps=5,
                         hidden=[128, 128], steps=200_000, gamma=0.995, gae_lambda=0.95),
 }
 ROBUST_PRESETS["rlab/TorchCartPole-v1"] = ROBUST_PRESETS["CartPole-v1"]
