@@ -29,6 +29,11 @@ toward failure fastest. Hence the default: commit, depth 3. The sum form replace
 network cloned from a linear controller (the tests' agent, eps 0.05, 3 episodes) the max form left 213
 (it steered toward a slow drift of the cart whenever x was the nearer limit), the sum form 120, theta
 alone 120, pgd-worst 121; on another plain PPO agent (eps 0.016) all three forms left 12.7.
+Tried and dropped (12-02, plain PPO seeds 1 / 3 of the README's table, eps 0.016, 5 episodes): scoring a branch
+as doomed when the victim still falls within 10 or 30 clean steps after the committed look-ahead: depth 3
+108 / 55 with or without it (the same episodes), depth 5 252 / 51, depth 8 500 / 48, depth 1 500 / 233. Along
+those agents' clean trajectories both actions are reachable at every step, so the planner's limit is its
+short horizon, not the ball.
 
 The simulator needs the env's state from the observation: for CartPole the observation *is* the state
 (x, x_dot, theta, theta_dot), rounded to float32, and envs.cartpole.cartpole_step is its physics, so the
@@ -143,63 +148,56 @@ def _fgsm_toward(policy, obs: Tensor, target: Tensor, radius: Tensor) -> Tensor:
 
 
 def lookahead_scores(policy, simulator: Simulator, obs: Tensor, first_actions: Tensor, depth: int,
-                     radius: Tensor | None = None, recover: int = 0) -> Tensor:
+                     radius: Tensor | None = None) -> Tensor:
     """(N,) score of taking first_actions now, then depth - 1 greedy victim steps on the simulated states:
-    the margin to failure of the last state, or (t_fail - 1) / (depth + recover) - 1 if it terminates.
+    the margin to failure of the last state, or (t_fail - 1) / depth - 1 < 0 if it terminates.
 
     radius None: the victim sees clean observations after the first step. radius (d,): the attacker keeps
     pushing toward first_actions, with one targeted FGSM step of that radius, wherever that flips the victim.
-    recover: then that many steps of the victim on clean observations; a branch that still terminates there
-    is doomed even if the attack stopped, and scores below every branch that survives (the margin is the one
-    at `depth`).
     """
-    horizon = depth + recover
     state = simulator.state_of(obs)
     state, terminated = simulator.step(state, first_actions)
     score = simulator.margin(state)
     failed_at = torch.where(terminated, 1, 0)
     alive = ~terminated
-    for t in range(2, horizon + 1):
+    for t in range(2, depth + 1):
         if not alive.any():
             break
         seen = simulator.observe(state)
-        if radius is not None and t <= depth:
+        if radius is not None:
             seen = _fgsm_toward(policy, seen, first_actions, radius)
         with torch.no_grad():
             actions = policy(seen).logits.argmax(-1)
         next_state, terminated = simulator.step(state, actions)
         state = torch.where(alive[:, None], next_state, state)
-        if t <= depth:
-            score = torch.where(alive, simulator.margin(state), score)
+        score = torch.where(alive, simulator.margin(state), score)
         failed_at = torch.where(alive & terminated, t, failed_at)
         alive = alive & ~terminated
-    return torch.where(failed_at > 0, (failed_at - 1) / horizon - 1, score)
+    return torch.where(failed_at > 0, (failed_at - 1) / depth - 1, score)
 
 
 def plan(policy, obs: Tensor, eps: float, scale: Tensor, simulator: Simulator, depth: int = DEFAULT_DEPTH,
-         steps: int = 10, continuation: str = "commit", generator: torch.Generator | None = None,
-         recover: int = 0) -> tuple[Tensor, Tensor]:
+         steps: int = 10, continuation: str = "commit",
+         generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
     """(s' (N, d) in the ball, the action (N,) the planner induced with it) for a Categorical policy: the
     reachable action with the worst look-ahead (module docstring). obs (N, d) raw observations."""
     if not isinstance(depth, int) or depth < 1:
         raise ValueError(f"depth must be a positive integer, got {depth!r}")
     if continuation not in CONTINUATIONS:
         raise ValueError(f"continuation must be one of {', '.join(CONTINUATIONS)}, got {continuation!r}")
-    if not isinstance(recover, int) or recover < 0:
-        raise ValueError(f"recover must be an integer >= 0, got {recover!r}")
     obs = torch.as_tensor(obs).detach()
     scale = torch.as_tensor(scale, dtype=obs.dtype, device=obs.device)
     x_adv, reachable = reachable_actions(policy, obs, eps, scale, steps, generator)
     n_actions, n = reachable.shape
     candidates = torch.arange(n_actions, device=obs.device).repeat_interleave(n)
     scores = lookahead_scores(policy, simulator, obs.repeat(n_actions, 1), candidates, depth,
-                              eps * scale if continuation == "commit" else None, recover).reshape(n_actions, n)
+                              eps * scale if continuation == "commit" else None).reshape(n_actions, n)
     chosen = torch.where(reachable, scores, torch.inf).argmin(0)
     return x_adv[chosen, torch.arange(n, device=obs.device)], chosen
 
 
 def planning_attack(policy, obs: Tensor, eps: float, scale: Tensor, simulator: Simulator,
                     depth: int = DEFAULT_DEPTH, steps: int = 10, continuation: str = "commit",
-                    generator: torch.Generator | None = None, recover: int = 0) -> Tensor:
+                    generator: torch.Generator | None = None) -> Tensor:
     """The planner's observations s' only (see `plan`): the attack as `rlab bench rl-attack` plays it."""
-    return plan(policy, obs, eps, scale, simulator, depth, steps, continuation, generator, recover)[0]
+    return plan(policy, obs, eps, scale, simulator, depth, steps, continuation, generator)[0]
