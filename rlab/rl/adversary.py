@@ -28,7 +28,10 @@ margin to failure m(s) for the env (envs.planning_attack's simulator: CartPole),
 a potential-based shaping (Ng, Harada & Russell, 1999, "Policy invariance under reward transformations"),
 which leaves the optimal adversary unchanged and rewards every step that brings the state nearer to failure;
 1 / (1 - gamma) puts the whole safe-to-failed swing of Phi on the scale of the discounted return. Measured:
-MEASURED_PLACEHOLDER
+on the two plain PPO agents it had failed on (the README's table, seeds 1 and 3; eps 0.016, 10 episodes,
+pgd-worst 123 / 53), 32k steps unshaped left 500 / 220, shaped 500 / 48; shaped at 131k steps (95 CPU s) seed 1
+fell to 263. So shaping mends one failure at the default budget and a 4x budget half-mends the other: the
+learned adversary remains a lower bound on the optimal one, and the headline is the worst over all attacks.
 """
 
 from __future__ import annotations
