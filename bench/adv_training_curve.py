@@ -23,8 +23,6 @@ Results: runs/bench/adv_training_curve__<seed>__<time>/results.csv, report.md, c
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import tempfile
 import time
 from pathlib import Path
@@ -33,7 +31,7 @@ import torch
 
 import attacks
 from _smoke import parse_args
-from rlab.runs import RunDir, atomic_write_text
+from rlab.runs import RunDir, atomic_write_text, write_csv
 from rlab.runtime import seed_everything, set_threads
 
 
@@ -182,11 +180,7 @@ def write_report(out: RunDir, rows: list[dict], args, options: dict, eps: float,
     report = "\n".join(lines) + "\n"
     columns = ["epoch", "train_seconds", "train_cpu_seconds", "test_accuracy_full", "clean", "pgd20", "auto",
                "auto_seconds", "auto_cpu_seconds", "pgd20_seconds", "pgd20_cpu_seconds", "warnings"]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({c: r.get(c, "") for c in columns} for r in rows)
-    atomic_write_text(out.path / "results.csv", buf.getvalue())
+    write_csv(out.path / "results.csv", rows, columns)
     atomic_write_text(out.path / "report.md", report)
     plot_curve(rows, out.path / "curve.png", f"{options.get('model')} / {options.get('dataset')}, eps {eps:g}")
     last = rows[-1]

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import json
 import time
 from pathlib import Path
@@ -36,7 +35,7 @@ import torch
 
 import attacks
 from _smoke import parse_args, peer_available
-from rlab.runs import RunDir, atomic_write_text
+from rlab.runs import RunDir, atomic_write_text, write_csv
 from rlab.runtime import seed_everything, set_threads
 
 
@@ -212,11 +211,7 @@ def write_report(run: RunDir, rows: list[dict], victim: str, header: str, summar
                  "thread does not.")
     report = "\n".join(lines) + "\n"
     columns = ["attack", "robust_accuracy", "seconds", "cpu_seconds", "grad_steps", "queries", "fooled_by", "warnings"]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({c: r.get(c, "") for c in columns} for r in rows)
-    atomic_write_text(run.path / "results.csv", buf.getvalue())
+    write_csv(run.path / "results.csv", rows, columns)
     atomic_write_text(run.path / "report.md", report)
     run.write_summary({**summary, **{f"{r['attack']}/{k}": float(r[k]) for r in rows
                                      for k in ("robust_accuracy", "seconds", "cpu_seconds")}})
