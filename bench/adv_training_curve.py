@@ -163,7 +163,7 @@ def write_report(out: RunDir, rows: list[dict], args, options: dict, eps: float,
     name = "auto (smoke budget)" if args.smoke else f"auto ({args.version})"
     lines = [f"# Accuracy against training time: `{args.classifier}`", "",
              f"{options.get('model')} on {options.get('dataset')}, adversarial training {options.get('adv')} at eps "
-             f"{options.get('eps')}, {options.get('epochs')} epochs; evaluated on {n} test images (seeded draw "
+             f"{float(options.get('eps') or 0):g}, {options.get('epochs')} epochs; evaluated on {n} test images (seeded draw "
              f"{args.seed}) at L-inf eps {eps:g}, {args.threads} torch thread(s).", "",
              f"| epoch | train wall s | train CPU s | clean (whole test set) | clean ({n} images) | PGD-20 | {name} | "
              "eval CPU s |", "|---|---|---|---|---|---|---|---|"]
