@@ -170,6 +170,26 @@ def test_sac_temperature_falls_when_the_policy_is_more_random_than_the_target():
     assert fixed.log_alpha.exp().item() == pytest.approx(0.05) and "losses/alpha" not in fixed.update(_batch(8), 8)[0]
 
 
+def test_ou_noise_restarts_from_zero_when_an_episode_ends():
+    """SB3 resets an env's OU process at its episode end; mid-episode the state carries on (it is correlated)."""
+    o = DDPGOptions(steps=400, hidden=[8], batch_size=8, buffer_size=400, learning_starts=0, log_every=100,
+                    action_noise="ornstein-uhlenbeck", noise_std=0.5)
+    learner = OffPolicyLearner(o, make_envs("Pendulum-v1", 1), CPU, 0, DeterministicActorCritic)
+    learner.start(seed=0)
+    learner.iterate(1.0)  # 100 steps into the first 200-step episode
+    assert learner.core.ou.x.abs().item() > 1e-3
+    learner.iterate(1.0)  # stops right after step 200, where the episode was truncated
+    assert learner.core.ou.x.abs().item() == 0.0
+    learner.close()
+    noise = DeterministicActorCritic(DDPGOptions(n_envs=3, hidden=[8], action_noise="ornstein-uhlenbeck"),
+                                     OBS, PENDULUM_ACTIONS, CPU, torch.Generator().manual_seed(0)).ou
+    for _ in range(50):
+        noise(torch.Generator().manual_seed(1))
+    before = noise.x.clone()
+    noise.reset(np.array([False, True, False]))
+    assert torch.equal(noise.x[[0, 2]], before[[0, 2]]) and before[1].abs().item() > 0 and noise.x[1].abs().item() == 0
+
+
 @pytest.mark.parametrize("algo", ["ddpg-ou", "sac"])
 def test_continuous_off_policy_state_round_trips_through_a_checkpoint(tmp_path, algo):
     """Two learners built with different seeds continue identically from one checkpoint: actor, critics, targets,

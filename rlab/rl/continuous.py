@@ -137,7 +137,7 @@ def frozen(module: nn.Module) -> Iterator[nn.Module]:
 class OrnsteinUhlenbeckNoise:
     """x <- x + theta (0 - x) dt + sigma sqrt(dt) N(0, I), per env and action dim (Uhlenbeck & Ornstein, 1930):
     the temporally correlated exploration of the DDPG paper (theta 0.15, dt 0.01 as in SB3). Its state `x`
-    is saved for resume; it is not reset at episode ends (the loop's cores do not see them)."""
+    is saved for resume; an env's row restarts from 0 when its episode ends (`reset`, as SB3's)."""
 
     def __init__(self, shape: tuple[int, ...], sigma: float, theta: float = 0.15, dt: float = 1e-2):
         self.sigma, self.theta, self.dt = sigma, theta, dt
@@ -147,6 +147,10 @@ class OrnsteinUhlenbeckNoise:
         xi = torch.randn(self.x.shape, generator=generator)
         self.x = self.x - self.theta * self.x * self.dt + self.sigma * math.sqrt(self.dt) * xi
         return self.x
+
+    def reset(self, done: np.ndarray) -> None:
+        """x <- 0 for the envs whose episode just ended (done: a bool per env)."""
+        self.x[torch.from_numpy(np.asarray(done, dtype=bool))] = 0.0
 
 
 def relu_mlp(sizes: list[int]) -> nn.Sequential:

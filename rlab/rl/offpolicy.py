@@ -12,6 +12,7 @@ algorithm (rlab/rl/algos/dqn.py; DDPG, TD3 and SAC next) supplies an
         s', r, terminated, truncated = envs.step(a)
         buffer.add(s, s', a, r, terminated, truncated)      (reset steps dropped: rlab/rl/replay.py)
         core.after_env_steps(...)                            (e.g. copy Q into the target network)
+        core.episodes_ended(terminated | truncated)          (where any episode ended: e.g. reset OU noise)
         every train_freq env steps after learning_starts: core.update(gradient_steps minibatches)
 
 Env steps count all envs together (SB3 counts train_freq in vector steps; with
@@ -87,6 +88,8 @@ class OffPolicyCore(Protocol):
     def update(self, batch: ReplayBatch, minibatch_size: int) -> tuple[dict[str, Tensor], Tensor]: ...
 
     def after_env_steps(self, before: int, after: int) -> None: ...  # target networks on an env-step schedule
+
+    def episodes_ended(self, done: np.ndarray) -> None: ...  # per env: its episode ended (e.g. reset OU noise)
 
     def log_values(self, env_steps: int) -> dict[str, float]: ...  # e.g. the exploration rate
 
@@ -191,6 +194,7 @@ class OffPolicyLearner:
             self.ep_length += valid
             self.prev_done = terminated | truncated
             if self.prev_done.any():
+                self.core.episodes_ended(self.prev_done)
                 returns += self.ep_return[self.prev_done].tolist()
                 lengths += self.ep_length[self.prev_done].tolist()
                 self.ep_return[self.prev_done], self.ep_length[self.prev_done] = 0.0, 0

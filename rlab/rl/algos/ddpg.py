@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -135,6 +136,10 @@ class DeterministicActorCritic:
             for name, value in values.items():
                 sums[name] = sums.get(name, 0.0) + value
         return sums, torch.cat(td_errors)
+
+    def episodes_ended(self, done: np.ndarray) -> None:
+        if self.ou is not None:
+            self.ou.reset(done)
 
     def after_env_steps(self, before: int, after: int) -> None:
         pass  # the targets follow gradient steps (Polyak in `update`)

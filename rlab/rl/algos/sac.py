@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -114,6 +115,9 @@ class SAC:
             for name, value in values.items():
                 sums[name] = sums.get(name, 0.0) + value
         return sums, torch.cat(td_errors)
+
+    def episodes_ended(self, done: np.ndarray) -> None:
+        pass  # the policy's own noise keeps no per-episode state
 
     def after_env_steps(self, before: int, after: int) -> None:
         pass  # the targets follow gradient steps (Polyak in `update`)
