@@ -110,15 +110,18 @@ def linear_schedule(start: float, end: float, fraction: float, progress: float) 
 
 
 @torch.no_grad()
-def polyak_update(online: nn.Module, target: nn.Module, tau: float) -> None:
-    """theta' <- tau theta + (1 - tau) theta' for parameters (tau = 1: a hard copy); buffers are copied."""
-    params, targets = list(online.parameters()), list(target.parameters())
+def polyak_update(online: nn.Module | list[Tensor], target: nn.Module | list[Tensor], tau: float) -> None:
+    """theta' <- tau theta + (1 - tau) theta' for parameters (tau = 1: a hard copy); buffers are copied. Lists of
+    tensors (no buffers) spare walking the modules on every gradient step (the continuous agents keep them)."""
+    params = online if isinstance(online, list) else list(online.parameters())
+    targets = target if isinstance(target, list) else list(target.parameters())
     if tau < 1.0:
         torch._foreach_lerp_(targets, params, tau)  # one fused op for all tensors (off-policy updates call it often)
     else:
         torch._foreach_copy_(targets, params)
-    for b, b_target in zip(online.buffers(), target.buffers()):
-        b_target.copy_(b)
+    if isinstance(online, nn.Module):
+        for b, b_target in zip(online.buffers(), target.buffers()):
+            b_target.copy_(b)
 
 
 def random_actions(space: gym.Space, n: int, generator: torch.Generator) -> Tensor:
