@@ -49,9 +49,12 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "ppo": dict(steps=200_000, n_envs=4, n_steps=1024, gamma=0.9, minibatch_size=64, lr=1e-3, log_std_init=-0.5),
         "a2c": dict(steps=1_000_000, n_steps=8, gamma=0.9, gae_lambda=0.9),
         # zoo ddpg.yml / td3.yml: 2e4 steps, gamma 0.98, buffer 2e5, learning_starts 1e4, normal noise 0.1, lr 1e-3,
-        # net 400x300 (noise and lr: the lab's defaults), train_freq 1 episode with gradient_steps -1 (= 200 gradient steps after each 200-step episode)
-        **{m: dict(steps=20_000, gamma=0.98, buffer_size=200_000, learning_starts=10_000, train_freq=200,
-                   gradient_steps=200) for m in ("ddpg", "td3")},
+        # net 400x300 (noise and lr: the lab's defaults), train_freq 1 episode with gradient_steps -1 (= 200 gradient
+        # steps after each 200-step episode). The lab's own: 64x64 nets and 1k random steps instead of 10k, measured
+        # (seeds 0-2, -200 over 20 deterministic episodes, eval every 1k): DDPG 6k/5k/5k steps, TD3 7k x3, against
+        # the zoo recipe's 13k and 16k (SB3) at a quarter of the CPU per gradient step
+        **{m: dict(steps=20_000, gamma=0.98, buffer_size=200_000, learning_starts=1_000, train_freq=200,
+                   gradient_steps=200, hidden=[64, 64]) for m in ("ddpg", "td3")},
         # zoo sac.yml: 2e4 steps, lr 1e-3, the SAC defaults otherwise
         "sac": dict(steps=20_000, lr=1e-3),
     },
