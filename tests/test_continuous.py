@@ -246,8 +246,8 @@ def test_continuous_off_policy_state_round_trips_through_a_checkpoint(tmp_path, 
 # SAC on Pendulum-v1 with a small network: a random policy averages about -1,200 (the zoo's SAC reaches -200
 # in ~10k steps with 256x256 nets); a broken log-prob, target or temperature stays far below -700 at this budget
 SAC_PENDULUM = ["train", "--algo", "sac", "--env", "Pendulum-v1", "--steps", "5000", "--hidden", "64,64",
-                "--batch-size", "64", "--lr", "2e-3", "--learning-starts", "500", "--eval-episodes", "10",
-                "--no-progress", "--device", "cpu", "--threads", "1"]
+                "--batch-size", "64", "--lr", "2e-3", "--learning-starts", "500", "--gradient-steps", "1",
+                "--eval-episodes", "10", "--no-progress", "--device", "cpu", "--threads", "1"]
 
 
 @pytest.mark.slow

@@ -186,7 +186,8 @@ class EnsembleMLP(nn.Module):
 
     def __init__(self, k: int, sizes: list[int]):
         super().__init__()
-        self.weights = nn.ParameterList(nn.Parameter(torch.empty(k, n_in, n_out)) for n_in, n_out in zip(sizes, sizes[1:]))
+        self.weights = nn.ParameterList(nn.Parameter(torch.empty(k, n_in, n_out))
+                                        for n_in, n_out in zip(sizes, sizes[1:]))
         self.biases = nn.ParameterList(nn.Parameter(torch.empty(k, 1, n_out)) for n_out in sizes[1:])
         with torch.no_grad():
             for w, b in zip(self.weights, self.biases):

@@ -36,8 +36,7 @@ from torch import Tensor
 
 from rlab.config import check, opt
 from rlab.rl.continuous import (ContinuousQAgent, OrnsteinUhlenbeckNoise, critic_loss, ddpg_target, from_box, frozen,
-                                joint_step,
-                                make_continuous_agent, smoothed_target_action, to_box)
+                                joint_step, make_continuous_agent, smoothed_target_action, to_box)
 from rlab.rl.offpolicy import OffPolicyOptions, off_policy, polyak_update
 from rlab.rl.onpolicy import make_optimizer
 from rlab.rl.replay import ReplayBatch

@@ -33,8 +33,8 @@ from torch import Tensor
 
 from rlab.config import check, opt
 from rlab.rl.algos.ddpg import ContinuousOffPolicyOptions
-from rlab.rl.continuous import (ContinuousQAgent, critic_loss, from_box, frozen, joint_step, make_continuous_agent, min_q,
-                                sac_target, to_box)
+from rlab.rl.continuous import (ContinuousQAgent, critic_loss, from_box, frozen, joint_step, make_continuous_agent,
+                                min_q, sac_target, to_box)
 from rlab.rl.offpolicy import off_policy, polyak_update
 from rlab.rl.onpolicy import make_optimizer
 from rlab.rl.replay import ReplayBatch
