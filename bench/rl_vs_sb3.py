@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -235,8 +236,9 @@ def main() -> None:
     if args.stop_at is not None and args.stop_at < args.eval_every:
         p.error(f"--stop-at must be at least --eval-every ({args.eval_every}): runs end at an evaluation; got {args.stop_at}")
     torch.set_num_threads(1)
-    import torch._dynamo  # noqa: F401  (a torch optimizer's first construction imports it, ~2 s of CPU: done here,
-    # before any clock, so that the first agent of the process does not carry a one-time import)
+    # a torch optimizer's first construction imports torch._dynamo, ~2 s of CPU: done here, before any clock, so
+    # that the first agent of the process does not carry a one-time import
+    importlib.import_module("torch._dynamo")
     envs = [e.strip() for e in args.env.split(",") if e.strip()]
     unknown = [e for e in envs if e not in THRESHOLDS]
     if unknown:
