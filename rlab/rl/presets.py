@@ -49,7 +49,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # zoo ppo.yml: 1e5 steps, n_envs 4, n_steps 1024, gae 0.95, gamma 0.9, 10 epochs, batch 64, lr 1e-3 and clip 0.2
         # constant, no normalisation, gSDE drawn every 4 steps. The former preset here (state-independent std from
         # log std -0.5, running obs normalisation, lr and clip annealed) climbed to -524 at 90k steps and fell back to
-        # -774 at 150k (seed 0, 20 deterministic episodes); this one: -211 at 20k, -119 to -198 from 61k to 100k
+        # -774 at 150k (seed 0, 20 deterministic episodes); the same without obs normalisation did not fall back
+        # (-163 at 90k, -137 at 150k); this one (gSDE): -211 at 20k, -119 to -198 from 61k to 100k
         "ppo": dict(steps=100_000, n_envs=4, n_steps=1024, gamma=0.9, minibatch_size=64, lr=1e-3, anneal_lr=False,
                     obs_norm=False, sde_sample_freq=4),
         "a2c": dict(steps=1_000_000, n_steps=8, gamma=0.9, gae_lambda=0.9),
