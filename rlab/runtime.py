@@ -44,7 +44,13 @@ def default_threads(workload: str = "cnn") -> int:
     Measured on a 2-core CPU (bench/threads.py): small MLPs (RL, workload "rl")
     are fastest on 1 thread (300 updates: 0.29 s on 1, 0.32 s on 2); a small
     CNN gains 1.9x from 2 threads. Image models use every core up to 8.
+    `OMP_NUM_THREADS`, when set to a positive integer, wins over both (as it does
+    for torch itself): processes that share the cores, such as test workers or
+    sweep cells, pin one thread each that way.
     """
+    pinned = os.environ.get("OMP_NUM_THREADS", "")
+    if pinned.isdigit() and int(pinned) >= 1:
+        return int(pinned)
     if workload == "rl":
         return 1
     return max(1, min(8, os.cpu_count() or 1))

@@ -4,9 +4,41 @@ import sys
 import pytest
 import torch
 
-# Tests are small; one thread each avoids oversubscribing 2-core CI machines.
+# Tests are small; one thread each avoids oversubscribing 2-core CI machines (two pytest workers). The
+# environment variable reaches the commands that tests run in-process or as subprocesses (rlab.runtime's
+# default_threads honours it).
+os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """Under `make test` (pytest-xdist, --dist loadgroup) a test marked xdist_group must carry its group in its node
+    id, or xdist spreads the group over both workers (Ray twice at once, a shared fixture built twice). pytest 9.2
+    broke that silently (pytest-xdist#1386): fail loudly instead."""
+    if not (os.environ.get("PYTEST_XDIST_WORKER") and getattr(config.option, "loadgroup", False)):
+        return
+    for item in items:
+        if item.get_closest_marker("xdist_group") and "@" not in item.nodeid.rsplit("]", 1)[-1]:
+            raise pytest.UsageError(f"pytest-xdist did not group {item.nodeid} (pytest-xdist#1386 with pytest 9.2); "
+                                    "install the dev extra's pytest (pytest<9.2)")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def sb3_log_folder(tmp_path_factory):
+    """Stable-Baselines3 makes a /tmp/SB3-<time> folder per learn() unless SB3_LOGDIR names one: keep the tests'
+    (and the bench smokes' subprocesses') inside pytest's temporary tree."""
+    os.environ["SB3_LOGDIR"] = str(tmp_path_factory.mktemp("sb3-log"))
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Every test ends on one torch thread and without flush-to-zero, whatever `--threads N` or workload mode a
+    command it ran in-process chose, so the worker's next test does not inherit it."""
+    yield
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(False)
 
 
 @pytest.fixture

@@ -238,16 +238,24 @@ PEERS = {("attack_speed", "torchattacks"): "torchattacks PGD", ("attack_speed", 
 
 @pytest.fixture(scope="module")
 def smoke(request, tmp_path_factory):
-    """script -> its Smoke; the scripts this session selected start at once, two at a time, in test order."""
-    wanted = []
-    for item in request.session.items:
-        params = getattr(getattr(item, "callspec", None), "params", {})
-        if item.module is request.module and params.get("script") and params["script"] not in wanted:
-            wanted.append(params["script"])
+    """script -> its Smoke, each script run once per process. Alone (one pytest process), the scripts this
+    session selected start at once, two at a time, in test order; under pytest-xdist (`make test`) each starts
+    when its first test asks, on the worker that its xdist group (one per script) was given."""
     cache = tmp_path_factory.mktemp("rlab-cache")  # shared: MNIST-5k is decoded once
     pool = ThreadPoolExecutor(max_workers=2)
-    started = {s: pool.submit(run_script, s, tmp_path_factory.mktemp(s), cache) for s in wanted}
-    yield lambda script: started[script].result()
+    started = {}
+
+    def start(script: str):
+        if script not in started:
+            started[script] = pool.submit(run_script, script, tmp_path_factory.mktemp(script), cache)
+        return started[script]
+
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        for item in request.session.items:
+            params = getattr(getattr(item, "callspec", None), "params", {})
+            if item.module is request.module and params.get("script"):
+                start(params["script"])
+    yield lambda script: start(script).result()
     pool.shutdown(cancel_futures=True)
 
 
@@ -269,8 +277,14 @@ def test_every_bench_script_has_a_smoke_check():
             or f"{script}.py" in open(where).read(), f"{where} no longer runs {script}"
 
 
-# sweep_speedup starts a local Ray instance: under pytest-xdist it shares the "ray" worker with the other Ray tests
-SMOKE_PARAMS = [pytest.param(s, marks=pytest.mark.xdist_group("ray")) if s == "sweep_speedup" else s for s in CHECKS]
+def on_one_worker(*args):
+    """A pytest.param whose tests share one pytest-xdist worker with every other test of the same script (so
+    the script runs once); sweep_speedup starts a local Ray instance and shares the "ray" worker instead."""
+    group = "ray" if args[0] == "sweep_speedup" else f"bench-smoke-{args[0]}"
+    return pytest.param(*args, marks=pytest.mark.xdist_group(group))
+
+
+SMOKE_PARAMS = [on_one_worker(s) for s in CHECKS]
 
 
 @pytest.mark.parametrize("script", SMOKE_PARAMS)
@@ -278,7 +292,7 @@ def test_smoke(smoke, script):
     CHECKS[script](smoke(script).ok())
 
 
-@pytest.mark.parametrize("script, peer", list(PEERS))
+@pytest.mark.parametrize("script, peer", [on_one_worker(*pair) for pair in PEERS])
 def test_smoke_runs_the_optional_peer(smoke, script, peer):
     s = smoke(script).ok()
     if importlib.util.find_spec(peer) is None:
@@ -288,7 +302,7 @@ def test_smoke_runs_the_optional_peer(smoke, script, peer):
     assert float(seconds) > 0 and 0 <= float(success) <= 1
 
 
-@pytest.mark.parametrize("script", ["autoattack_vs_peers"])
+@pytest.mark.parametrize("script", [on_one_worker("autoattack_vs_peers")])
 def test_autoattack_bench_runs_torchattacks_beside_the_lab(smoke, script):
     s = smoke(script).ok()
     if importlib.util.find_spec("torchattacks") is None:

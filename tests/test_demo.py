@@ -14,6 +14,9 @@ import rlab.runs
 from rlab.cli import main
 
 
+pytestmark = pytest.mark.xdist_group(__name__)  # one worker runs the shared demo (under pytest-xdist)
+
+
 @pytest.fixture(scope="module")
 def quick_demo(tmp_path_factory) -> tuple[Path, str]:
     """One `rlab demo --quick` for every test here: (its folder, what it printed on stdout)."""

@@ -101,6 +101,7 @@ def cartpole_dqn(tmp_path_factory):
     return run
 
 
+@pytest.mark.xdist_group("dqn-cartpole")  # one worker trains the shared agent (under pytest-xdist)
 def test_dqn_learns_cartpole_far_above_random(cartpole_dqn):
     summary = json.loads((cartpole_dqn / "summary.json").read_text())
     assert summary["env_steps"] == 5000
@@ -112,6 +113,7 @@ def test_dqn_learns_cartpole_far_above_random(cartpole_dqn):
     assert {"losses/td", "losses/q_values", "charts/buffer_size"} <= set(rows[-1])
 
 
+@pytest.mark.xdist_group("dqn-cartpole")  # one worker trains the shared agent (under pytest-xdist)
 def test_rl_attack_bench_and_eval_run_on_a_dqn_agent(cartpole_dqn, runs_root, capsys):
     bench = _run(capsys, "bench", "rl-attack", str(cartpole_dqn), "--eps", "0,0.05", "--episodes", "3",
                  "--methods", "none,fgsm,pgd", "--pgd-steps", "3", "--device", "cpu")
