@@ -5,7 +5,8 @@ Each agent trains until the mean of `--eval-episodes` deterministic episodes
 both sides, its time excluded from the clock) reaches the threshold, or the
 budget runs out. SB3 uses rl-baselines3-zoo's hyperparameters (hyperparams/
 ppo.yml, a2c.yml, dqn.yml, ddpg.yml, td3.yml, sac.yml); this lab uses its presets (rlab/rl/presets.py),
-which copy them except PPO on LunarLander-v3 (retuned: 16x256 rollouts, minibatch 256, 10 epochs, lr 1e-3).
+which copy them except PPO on LunarLander-v3 (retuned: 16x256 rollouts, minibatch 256, 10 epochs, lr 1e-3) and
+DDPG/TD3/SAC on Pendulum-v1 (the lab's: smaller nets, DDPG/TD3 1k random steps instead of 10k; see the preset).
 The off-policy agents run the zoo's budget (ZOO_BUDGETS: DQN CartPole-v1 50k, LunarLander-v3 100k; DDPG,
 TD3, SAC Pendulum-v1 20k; DQN's exploration schedule is a fraction of it) unless --budget is given, and
 the lab's off-policy agents log (and so are evaluated) every --eval-every steps, before the update due at
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -234,6 +236,9 @@ def main() -> None:
     if args.stop_at is not None and args.stop_at < args.eval_every:
         p.error(f"--stop-at must be at least --eval-every ({args.eval_every}): runs end at an evaluation; got {args.stop_at}")
     torch.set_num_threads(1)
+    # a torch optimizer's first construction imports torch._dynamo, ~2 s of CPU: done here, before any clock, so
+    # that the first agent of the process does not carry a one-time import
+    importlib.import_module("torch._dynamo")
     envs = [e.strip() for e in args.env.split(",") if e.strip()]
     unknown = [e for e in envs if e not in THRESHOLDS]
     if unknown:

@@ -29,6 +29,11 @@ toward failure fastest. Hence the default: commit, depth 3. The sum form replace
 network cloned from a linear controller (the tests' agent, eps 0.05, 3 episodes) the max form left 213
 (it steered toward a slow drift of the cart whenever x was the nearer limit), the sum form 120, theta
 alone 120, pgd-worst 121; on another plain PPO agent (eps 0.016) all three forms left 12.7.
+Tried and dropped (12-02, plain PPO seeds 1 / 3 of the README's table, eps 0.016, 5 episodes): scoring a branch
+as doomed when the victim still falls within 10 or 30 clean steps after the committed look-ahead: depth 3
+108 / 55 with or without it (the same episodes), depth 5 252 / 51, depth 8 500 / 48, depth 1 500 / 233. Along
+those agents' clean trajectories both actions are reachable at every step, so the planner's limit is its
+short horizon, not the ball.
 
 The simulator needs the env's state from the observation: for CartPole the observation *is* the state
 (x, x_dot, theta, theta_dot), rounded to float32, and envs.cartpole.cartpole_step is its physics, so the

@@ -29,6 +29,7 @@ from rlab.errors import UserError  # noqa: E402
 from rlab.runs import RunDir, atomic_write_bytes, find_run_dirs  # noqa: E402
 
 RETURN_COLUMN = "charts/episode_return"
+EVAL_COLUMN = "eval/mean_return"  # `rlab train --eval-every`: mean of --eval-episodes deterministic episodes
 WALL_COLUMN = "time/train_seconds"  # what every trainer logs as its training clock (evaluation excluded)
 
 
@@ -115,14 +116,16 @@ def returns_by_variant(run_dirs: list[Path], x_axis: str = "steps", column: str 
 
 
 def plot_returns(run_dirs: list[str | Path], out_png: str | Path, x_axis: str = "steps", window: int = 5,
-                 title: str | None = None) -> Path:
+                 title: str | None = None, column: str = RETURN_COLUMN) -> Path:
     """Return against environment steps (or wall seconds), mean ± 1 std over seeds, one line per variant.
 
     `run_dirs` may name Stable-Baselines3 logs too (rl-baselines3-zoo folders, a model .zip with its Monitor
     files): their training episodes are drawn beside the lab's, one line per SB3 algorithm.
     """
     runs = find_curve_dirs(list(run_dirs))
-    curves = returns_by_variant(runs, x_axis, window=window)
+    if column != RETURN_COLUMN and any(not (r / "config.json").is_file() for r in runs):
+        raise UserError(f"{column} is logged by the lab's runs only; Stable-Baselines3 logs plot training episodes")
+    curves = returns_by_variant(runs, x_axis, column, window=window)
     envs = sorted({_training_curve(r, x_axis, RETURN_COLUMN)[1] for r in runs} - {""})
     fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
     for label, c in curves.items():  # in the order the runs were given
@@ -132,7 +135,8 @@ def plot_returns(run_dirs: list[str | Path], out_png: str | Path, x_axis: str = 
         if n > 1:
             ax.fill_between(c["x"], c["mean"] - c["std"], c["mean"] + c["std"], color=line.get_color(), alpha=0.18, lw=0)
     ax.set_xlabel("environment steps" if x_axis == "steps" else "wall-clock time (s)")
-    ax.set_ylabel("episode return (undiscounted)")
+    ax.set_ylabel("episode return (undiscounted)" if column == RETURN_COLUMN else
+                  "deterministic evaluation: mean return (undiscounted)")
     ax.set_title(title or f"{', '.join(envs) or 'training'}: mean ± 1 std over seeds (moving average of {window})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best", framealpha=0.85)
@@ -266,6 +270,8 @@ class PlotReturnsConfig:
     out: str = opt("", "output PNG (default: a new run folder under runs/plots/)")
     x: str = opt("steps", "x axis", choices=["steps", "wall"])
     smooth: int = opt(5, "moving-average window over logged points")
+    metric: str = opt("episode", "training episodes' returns, or the deterministic evaluations of "
+                                 "`rlab train --eval-every` (lab runs only)", choices=["episode", "eval"])
 
     def __post_init__(self) -> None:
         check(self.smooth >= 1, f"--smooth must be >= 1, got {self.smooth}")
@@ -280,7 +286,8 @@ class PlotRobustnessConfig:
 def plot_returns_cmd(cfg: PlotReturnsConfig) -> Path:
     runs = find_curve_dirs(cfg.run_dirs)  # refuse bad paths before making an output folder
     out = Path(cfg.out) if cfg.out else RunDir.create("plots", "returns", None, cfg).path / "returns.png"
-    return plot_returns(runs, out, x_axis=cfg.x, window=cfg.smooth)
+    return plot_returns(runs, out, x_axis=cfg.x, window=cfg.smooth,
+                        column=EVAL_COLUMN if cfg.metric == "eval" else RETURN_COLUMN)
 
 
 def plot_robustness_cmd(cfg: PlotRobustnessConfig) -> Path:

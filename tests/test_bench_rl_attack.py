@@ -126,3 +126,11 @@ def test_agents_with_equal_labels_get_the_options_that_tell_them_apart():
     assert labels[2] == "ppo (adv-obs pgd-worst eps 0.0175)"
     # identical options: the run folders tell them apart
     assert agent_labels([plain, dict(plain)], ["runs/x__1", "runs/y__2"]) == ["ppo (x__1)", "ppo (y__2)"]
+
+
+def test_adversaries_option_needs_the_learned_attack_and_a_folder(tmp_path):
+    with pytest.raises(UserError, match="--adversaries is read only by --methods learned"):
+        RLAttackConfig(run_dir="x", adversaries=str(tmp_path))
+    with pytest.raises(UserError, match="--adversaries must be the folder"):
+        RLAttackConfig(run_dir="x", methods=["none", "learned"], adversaries=str(tmp_path / "missing"))
+    assert RLAttackConfig(run_dir="x", methods=["learned"], adversaries=str(tmp_path)).adversaries == str(tmp_path)

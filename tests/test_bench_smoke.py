@@ -211,6 +211,17 @@ def check_autoattack_vs_peers(s: Smoke) -> None:
     assert "20 test images" in report and "| lab auto (fast) |" in report
 
 
+def check_adv_training_curve(s: Smoke) -> None:
+    run = s.run_dir("adv_training_curve__0")
+    rows = rows_of(run / "results.csv")
+    assert [int(r["epoch"]) for r in rows] == [1, 2]  # one row per kept epoch of the 2-epoch smoke run
+    for r in rows:
+        assert fraction(r["auto"]) <= fraction(r["clean"]) and float(r["train_cpu_seconds"]) > 0
+        assert 0 <= fraction(r["test_accuracy_full"]) <= 1 and float(r["auto_seconds"]) > 0
+    assert float(rows[0]["train_cpu_seconds"]) < float(rows[1]["train_cpu_seconds"])
+    assert "| 2 |" in (run / "report.md").read_text() and (run / "curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def check_poison_detection(s: Smoke) -> None:
     run = s.run_dir("poison_detection__0")
     rows = {r["detector"]: r for r in rows_of(run / "results.csv")}
@@ -231,6 +242,7 @@ CHECKS = {
     "adv_training_mnist": check_adv_training_mnist, "defense_table": check_defense_table,
     "cartpole_speed": check_cartpole_speed, "sweep_speedup": check_sweep_speedup,
     "autoattack_vs_peers": check_autoattack_vs_peers, "poison_detection": check_poison_detection,
+    "adv_training_curve": check_adv_training_curve,
 }
 # optional peers of a script: module -> the row it adds
 PEERS = {("attack_speed", "torchattacks"): "torchattacks PGD", ("attack_speed", "art"): "ART ProjectedGradientDescent"}

@@ -105,6 +105,37 @@ def test_adversarial_training_goes_through_defenses(runs_root, capsys, monkeypat
     assert [e for _, e in calls] == pytest.approx([1e-3, 0.05, 0.1, 0.1])
 
 
+def test_kept_checkpoints_are_the_models_after_each_epoch(runs_root, capsys):
+    run = train_cli(capsys, "--epochs", "2", "--keep-checkpoints", "--precision", "bf16")
+    assert classifier.kept_epochs(run) == [1, 2]
+    first, second = load_classifier(run, epoch=1)[0], load_classifier(run, epoch=2)[0]
+    last = load_classifier(run)[0].state_dict()
+    assert all(torch.equal(second.state_dict()[k], last[k]) for k in last)
+    assert not all(torch.equal(first.state_dict()[k], last[k]) for k in last)
+    rows = [r.split(",") for r in (run / "metrics.csv").read_text().splitlines()]
+    logged = [dict(zip(rows[0], r)) for r in rows[1:]]
+    test = load_dataset("mnist5k", "test")
+    for epoch, model in ((1, first), (2, second)):  # each file is the model that epoch's row was measured on
+        logits = classifier.predict_logits(model, test, torch.device("cpu"), precision="bf16")
+        assert (logits.argmax(1) == test.labels).float().mean().item() == pytest.approx(
+            float(logged[epoch - 1]["test/accuracy"]), abs=1e-6)
+    cpu = [float(r["time/train_cpu_seconds"]) for r in logged]
+    assert 0 < cpu[0] < cpu[1] and summary(run)["train_cpu_seconds"] == pytest.approx(cpu[1])
+    with pytest.raises(UserError, match="kept no checkpoint of epoch 3 \\(kept: 1, 2\\)"):
+        load_classifier(run, epoch=3)
+    plain = train_cli(capsys, "--epochs", "1")
+    with pytest.raises(UserError, match="train it with --keep-checkpoints"):
+        load_classifier(plain, epoch=1)
+
+
+def test_bf16_precision_is_asked_for_on_cpu_and_the_default_on_cuda():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert [classifier.uses_bf16(cpu, p) for p in ("auto", "fp32", "bf16")] == [False, False, True]
+    assert [classifier.uses_bf16(cuda, p) for p in ("auto", "fp32", "bf16")] == [True, False, True]
+    with pytest.raises(ValueError, match="precision must be one of auto, fp32, bf16"):
+        classifier.uses_bf16(cpu, "fp16")
+
+
 @pytest.mark.parametrize("args, message", [
     (["--adv", "pgd"], "--eps"),
     (["--eps", "0.1"], "together with --adv"),
@@ -114,6 +145,7 @@ def test_adversarial_training_goes_through_defenses(runs_root, capsys, monkeypat
     (["--adv", "pgd", "--eps", "0.3", "--adv-ramp", "2"], "--adv-ramp must be in [0, 1]"),
     (["--optimizer", "rmsprop"], "not allowed"),
     (["--model", "resnet"], "not allowed"),
+    (["--precision", "fp16"], "not allowed"),
 ])
 def test_user_errors_are_one_line_exit_2(runs_root, capsys, args, message):
     assert main(["classifier", "train", *SMALL, *args]) == 2

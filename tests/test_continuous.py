@@ -18,7 +18,7 @@ from rlab.cli import main
 from rlab.rl.algos.ddpg import DDPGOptions, DeterministicActorCritic
 from rlab.rl.algos.sac import SAC, SACOptions
 from rlab.rl.algos.td3 import TD3Options, make_core as td3_core
-from rlab.rl.continuous import (SquashedNormal, ddpg_target, from_box, make_continuous_agent, sac_target,
+from rlab.rl.continuous import (EnsembleMLP, SquashedNormal, ddpg_target, from_box, make_continuous_agent, sac_target,
                                 smoothed_target_action, squashed_gaussian_log_prob, squashed_gaussian_sample, to_box)
 from rlab.rl.environments import make_envs
 from rlab.rl.offpolicy import OffPolicyLearner, polyak_update
@@ -137,12 +137,27 @@ def _batch(n: int, seed: int = 0) -> ReplayBatch:
                        weights=torch.ones(n), indices=torch.arange(n))
 
 
+def test_ensemble_critics_are_independent_mlps_in_one_pass():
+    torch.manual_seed(0)
+    ens = EnsembleMLP(3, [4, 6, 5, 1])
+    x = torch.randn(7, 4)
+    for k in range(3):
+        h = x
+        for i, (w, b) in enumerate(zip(ens.weights, ens.biases)):
+            h = h @ w[k] + b[k]
+            h = torch.relu(h) if i < 2 else h
+        assert torch.allclose(ens(x)[k], h, atol=1e-6)
+    ens(x)[1].sum().backward()  # a member's output reaches its own weights only
+    assert ens.weights[1].grad[[0, 2]].abs().sum() == 0 and ens.weights[1].grad[1].abs().sum() > 0
+    assert ens.weights[0].abs().max() <= 1 / math.sqrt(4) and ens.weights[1].abs().max() <= 1 / math.sqrt(6)
+
+
 def test_td3_moves_the_actor_and_the_targets_every_policy_delay_critic_steps():
     core = td3_core(TD3Options(hidden=[8], policy_delay=2), OBS, PENDULUM_ACTIONS, CPU, torch.Generator())
 
     def snapshot():
-        return (core.agent.actor[0].weight.clone(), core.agent.critics[0][0].weight.clone(),
-                core.target.actor[0].weight.clone(), core.target.critics[1][0].weight.clone())
+        return (core.agent.actor[0].weight.clone(), core.agent.critics.weights[0][0].clone(),
+                core.target.actor[0].weight.clone(), core.target.critics.weights[0][1].clone())
 
     s0 = snapshot()
     core.update(_batch(8), 8)  # critic step 1: the critics move, nothing else
@@ -161,13 +176,33 @@ def test_sac_temperature_falls_when_the_policy_is_more_random_than_the_target():
     -1; the temperature's gradient step must lower alpha, and the critics and actor must move."""
     core = SAC(SACOptions(hidden=[8], target_entropy_per_dim=-1.0), OBS, PENDULUM_ACTIONS, CPU,
                torch.Generator().manual_seed(0))
-    actor, critic = core.agent.actor[0].weight.clone(), core.agent.critics[1][0].weight.clone()
+    actor, critic = core.agent.actor[0].weight.clone(), core.agent.critics.weights[0][1].clone()
     losses, _ = core.update(_batch(64), 64)
     assert core.log_alpha.item() < 0 and losses["losses/entropy"].item() > -1.0
-    assert not torch.equal(actor, core.agent.actor[0].weight) and not torch.equal(critic, core.agent.critics[1][0].weight)
+    assert not torch.equal(actor, core.agent.actor[0].weight) and not torch.equal(critic, core.agent.critics.weights[0][1])
     fixed = SAC(SACOptions(hidden=[8], alpha=0.05), OBS, PENDULUM_ACTIONS, CPU, torch.Generator())
     fixed.update(_batch(64), 64)
     assert fixed.log_alpha.exp().item() == pytest.approx(0.05) and "losses/alpha" not in fixed.update(_batch(8), 8)[0]
+
+
+def test_ou_noise_restarts_from_zero_when_an_episode_ends():
+    """SB3 resets an env's OU process at its episode end; mid-episode the state carries on (it is correlated)."""
+    o = DDPGOptions(steps=400, hidden=[8], batch_size=8, buffer_size=400, learning_starts=0, log_every=100,
+                    action_noise="ornstein-uhlenbeck", noise_std=0.5)
+    learner = OffPolicyLearner(o, make_envs("Pendulum-v1", 1), CPU, 0, DeterministicActorCritic)
+    learner.start(seed=0)
+    learner.iterate(1.0)  # 100 steps into the first 200-step episode
+    assert learner.core.ou.x.abs().item() > 1e-3
+    learner.iterate(1.0)  # stops right after step 200, where the episode was truncated
+    assert learner.core.ou.x.abs().item() == 0.0
+    learner.close()
+    noise = DeterministicActorCritic(DDPGOptions(n_envs=3, hidden=[8], action_noise="ornstein-uhlenbeck"),
+                                     OBS, PENDULUM_ACTIONS, CPU, torch.Generator().manual_seed(0)).ou
+    for _ in range(50):
+        noise(torch.Generator().manual_seed(1))
+    before = noise.x.clone()
+    noise.reset(np.array([False, True, False]))
+    assert torch.equal(noise.x[[0, 2]], before[[0, 2]]) and before[1].abs().item() > 0 and noise.x[1].abs().item() == 0
 
 
 @pytest.mark.parametrize("algo", ["ddpg-ou", "sac"])
@@ -191,8 +226,8 @@ def test_continuous_off_policy_state_round_trips_through_a_checkpoint(tmp_path, 
         a.iterate(1.0)
     save_checkpoint(tmp_path / "c.pt", {"learner": a.state_dict()})
     state = load_checkpoint(tmp_path / "c.pt")["learner"]  # weights_only=True
-    assert state["env_steps"] == 300 and not torch.equal(state["core"]["target"]["critics.0.0.weight"],
-                                                         state["agent"]["critics.0.0.weight"])
+    assert state["env_steps"] == 300 and not torch.equal(state["core"]["target"]["critics.weights.0"],
+                                                         state["agent"]["critics.weights.0"])
     runs = []
     for seed in (1, 2):
         b = learner(seed)
@@ -211,8 +246,8 @@ def test_continuous_off_policy_state_round_trips_through_a_checkpoint(tmp_path, 
 # SAC on Pendulum-v1 with a small network: a random policy averages about -1,200 (the zoo's SAC reaches -200
 # in ~10k steps with 256x256 nets); a broken log-prob, target or temperature stays far below -700 at this budget
 SAC_PENDULUM = ["train", "--algo", "sac", "--env", "Pendulum-v1", "--steps", "5000", "--hidden", "64,64",
-                "--batch-size", "64", "--lr", "2e-3", "--learning-starts", "500", "--eval-episodes", "10",
-                "--no-progress", "--device", "cpu", "--threads", "1"]
+                "--batch-size", "64", "--lr", "2e-3", "--learning-starts", "500", "--gradient-steps", "1",
+                "--eval-episodes", "10", "--no-progress", "--device", "cpu", "--threads", "1"]
 
 
 @pytest.mark.slow

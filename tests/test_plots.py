@@ -65,3 +65,17 @@ def test_plot_errors_are_user_errors(tmp_path, capsys):
         plot_returns([tmp_path / "nope"], tmp_path / "x.png")
     assert main(["plot", "robustness", str(tmp_path / "missing.csv")]) == 2
     assert "results file not found" in capsys.readouterr().err
+
+
+def test_plot_returns_draws_the_evaluations_when_asked(runs_root, tmp_path, monkeypatch):
+    import rlab.plots
+
+    run = RunDir.create("rl", "Pendulum-v1__ppo", 0, {"variant": "ppo gSDE", "env": "Pendulum-v1", "algo": "ppo"})
+    for k in range(1, 6):  # episodes every 1k steps, evaluations every 2k, on another scale
+        run.log(k * 1000, **{"charts/episode_return": -1000.0 + k, **({"eval/mean_return": -200.0 * k} if k % 2 == 0 else {})})
+    run.flush()
+    figures = []
+    monkeypatch.setattr(rlab.plots, "save_figure", lambda fig, out: figures.append(fig) or out)
+    assert main(["plot", "returns", str(run.path), "--metric", "eval", "--smooth", "1", "--out", str(tmp_path / "e.png")]) == 0
+    line = figures[0].axes[0].lines[0]
+    assert list(line.get_xdata()[[0, -1]]) == [2000, 4000] and list(line.get_ydata()[[0, -1]]) == [-400, -800]

@@ -45,7 +45,7 @@ def test_robust_run_saves_every_choice_and_its_source(runs_root, capsys):
                  "--hidden", "16", "--no-progress", "--eval-episodes", "1", "--device", "cpu"]) == 0
     run = Path(capsys.readouterr().out.strip().splitlines()[-1])
     options = json.loads((run / "config.json").read_text())["options"]
-    assert options["algo"] == "sa-ppo" and options["robust"] is True and options["kappa"] == 0.1
+    assert options["algo"] == "sa-ppo" and options["robust"] is True and options["kappa"] == 1.0
     assert options["option_sources"]["kappa"] == "robust preset" and options["option_sources"]["hidden"] == "command line"
     assert run.name.startswith("CartPole-v1__sa-ppo__0__")
 

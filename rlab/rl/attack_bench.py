@@ -17,7 +17,8 @@ replaced by
     planning   the reachable action (targeted PGD, checked on the policy) whose simulated look-ahead ends
                nearest to failure (envs.planning_attack; envs the lab simulates: CartPole)
     learned    a PA-AD adversary (Sun et al., 2022) trained by PPO against this agent at this eps for
-               `--learned-steps` steps, played greedily (rlab.rl.adversary)
+               `--learned-steps` steps, played greedily (rlab.rl.adversary); saved as
+               adversaries/<agent>__eps<eps>.pt in the bench run, and reused by `--adversaries BENCH_RUN`
 
 and the headline: worst = the lowest mean return over every attack run at that eps (an attacker that
 knows the agent picks its strongest attack; "none" does not count).
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import io
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +65,10 @@ class RLAttackConfig:
     pgd_steps: int = opt(10, help="PGD iterations per observation")
     plan_depth: int = opt(3, help="planning: look-ahead steps per reachable action (see envs.planning_attack)")
     learned_steps: int = opt(32_768, help="learned: adversary training steps per (agent, eps)")
+    learned_shaping: bool = opt(True, help="learned: shape the adversary's reward with the env's margin to failure "
+                                           "where the lab has one (CartPole; rlab.rl.adversary)")
+    adversaries: str = opt("", help="learned: reuse the adversaries saved by an earlier bench run (its folder) "
+                                    "instead of training them")
     seed: int = opt(0, help="seed of the episodes and the random noise")
     device: str = opt("auto", help="auto, cpu, cuda or cuda:N")
     threads: int = opt(0, help="torch threads (0: 1, RL-sized networks)")
@@ -82,11 +88,18 @@ class RLAttackConfig:
         check(self.learned_steps >= 1, f"--learned-steps must be >= 1, got {self.learned_steps}")
         check(self.seed >= 0, f"--seed must be >= 0, got {self.seed}")
         check_env_option(self.env, self.run_dir)
+        check(not self.adversaries or "learned" in self.methods,
+              "--adversaries is read only by --methods learned; add learned or drop --adversaries")
+        check(not self.adversaries or Path(self.adversaries).is_dir(),
+              f"--adversaries must be the folder of an earlier `rlab bench rl-attack --methods ... learned` run, "
+              f"got {self.adversaries!r}")
 
 
 def _perturbation(policy, env_id: str, method: str, eps: float, scale: torch.Tensor, pgd_steps: int,
-                  generator: torch.Generator, plan_depth: int, learned_steps: int, seed: int, device: torch.device):
-    """obs -> what the agent sees under `method` at `eps` (the learned adversary is trained here first)."""
+                  generator: torch.Generator, plan_depth: int, learned_steps: int, seed: int, device: torch.device,
+                  learned: Callable[[float], Any] | None = None):
+    """obs -> what the agent sees under `method` at `eps` (the learned adversary comes from `learned(eps)`, or is
+    trained here first)."""
     from envs.observation_attacks import perturb_observations, worst_action_rule
     from envs.planning_attack import planning_attack, simulator_for
 
@@ -100,7 +113,8 @@ def _perturbation(policy, env_id: str, method: str, eps: float, scale: torch.Ten
 
             if eps == 0:
                 return lambda obs: obs
-
+            if learned is not None:
+                return learned(eps).perturb
             adversary = train_adversary(policy, env_id, eps, steps=learned_steps, seed=seed, pgd_steps=pgd_steps,
                                         device=device)
             return adversary.perturb
@@ -113,9 +127,10 @@ def _perturbation(policy, env_id: str, method: str, eps: float, scale: torch.Ten
 
 def attack_curve(policy, env_id: str, eps_list: list[float], methods: list[str], episodes: int, seed: int,
                  pgd_steps: int, device: torch.device, plan_depth: int = 3,
-                 learned_steps: int = 32_768) -> list[dict[str, Any]]:
+                 learned_steps: int = 32_768, learned: Callable[[float], Any] | None = None) -> list[dict[str, Any]]:
     """One row per (method, eps): mean, std, min and max return over the episodes; then one "worst" row per eps
-    (the attack with the lowest mean return there) when two or more attacks ran."""
+    (the attack with the lowest mean return there) when two or more attacks ran. `learned(eps)`: the learned
+    adversary at eps (default: trained here for learned_steps, not kept)."""
     from envs.observation_attacks import observation_scale
 
     scale = observation_scale(env_id).to(device)
@@ -126,7 +141,7 @@ def attack_curve(policy, env_id: str, eps_list: list[float], methods: list[str],
         for eps in (eps_list if method != "none" else [0.0]):
             generator.manual_seed(seed)
             perturb = _perturbation(policy, env_id, method, eps, scale, pgd_steps, generator, plan_depth,
-                                    learned_steps, seed, device)
+                                    learned_steps, seed, device, learned)
             returns = run_episodes(act, env_id, episodes, seed, device, perturb=perturb)
             stats = {"mean_return": float(returns.mean()), "std_return": float(returns.std()),
                      "min_return": float(returns.min()), "max_return": float(returns.max())}
@@ -243,7 +258,8 @@ def run(cfg: RLAttackConfig) -> Path:
     rows, summary = [], {}
     for (path, policy, options), label in zip(agents, agent_labels([o for _, _, o in agents], cfg.run_dir)):
         curve = attack_curve(policy, options["env"], cfg.eps, cfg.methods, cfg.episodes, cfg.seed, cfg.pgd_steps, device,
-                             cfg.plan_depth, cfg.learned_steps)
+                             cfg.plan_depth, cfg.learned_steps,
+                             _learned_adversaries(cfg, bench.path, path, policy, options["env"], device))
         variant = options.get("variant") or options.get("algo", "agent")
         rows += [{"run": str(path), "label": label, "variant": variant, "env": options["env"], **r,
                   "episodes": cfg.episodes} for r in curve]
@@ -263,6 +279,35 @@ def run(cfg: RLAttackConfig) -> Path:
                       file=sys.stderr)
     bench.write_summary(summary)
     return bench.path
+
+
+def _learned_adversaries(cfg: RLAttackConfig, bench_dir: Path, run_dir: str, policy, env_id: str,
+                         device: torch.device) -> Callable[[float], Any]:
+    """eps -> the learned adversary of this agent: loaded from --adversaries, else trained and saved in
+    bench_dir/adversaries/<agent>__eps<eps>.pt."""
+    from rlab.rl.adversary import load_adversary, save_adversary, train_adversary
+
+    name = f"{Path(str(run_dir).rstrip('/')).name}__eps{{:g}}.pt"
+
+    def adversary(eps: float):
+        if cfg.adversaries:
+            folder = Path(cfg.adversaries)
+            folder = folder / "adversaries" if (folder / "adversaries").is_dir() else folder
+            path = folder / name.format(eps)
+            if not path.exists():
+                there = sorted(p.name for p in folder.glob("*.pt"))
+                raise UserError(f"--adversaries {cfg.adversaries} has no adversary for {run_dir} at eps {eps:g} "
+                                f"(looked for {path.name}; it holds {', '.join(there) or 'none'})")
+            try:
+                return load_adversary(path, policy, env_id, eps, device)
+            except ValueError as e:
+                raise UserError(str(e)) from None
+        trained = train_adversary(policy, env_id, eps, steps=cfg.learned_steps, seed=cfg.seed,
+                                  pgd_steps=cfg.pgd_steps, device=device, shaping=cfg.learned_shaping)
+        save_adversary(trained, bench_dir / "adversaries" / name.format(eps), run_dir)
+        return trained
+
+    return adversary
 
 
 def seeds_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

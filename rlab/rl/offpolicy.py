@@ -12,6 +12,7 @@ algorithm (rlab/rl/algos/dqn.py; DDPG, TD3 and SAC next) supplies an
         s', r, terminated, truncated = envs.step(a)
         buffer.add(s, s', a, r, terminated, truncated)      (reset steps dropped: rlab/rl/replay.py)
         core.after_env_steps(...)                            (e.g. copy Q into the target network)
+        core.episodes_ended(terminated | truncated)          (where any episode ended: e.g. reset OU noise)
         every train_freq env steps after learning_starts: core.update(gradient_steps minibatches)
 
 Env steps count all envs together (SB3 counts train_freq in vector steps; with
@@ -88,6 +89,8 @@ class OffPolicyCore(Protocol):
 
     def after_env_steps(self, before: int, after: int) -> None: ...  # target networks on an env-step schedule
 
+    def episodes_ended(self, done: np.ndarray) -> None: ...  # per env: its episode ended (e.g. reset OU noise)
+
     def log_values(self, env_steps: int) -> dict[str, float]: ...  # e.g. the exploration rate
 
     def state_dict(self) -> dict[str, Any]: ...  # target networks, optimizers (the agent is saved by the learner)
@@ -107,15 +110,18 @@ def linear_schedule(start: float, end: float, fraction: float, progress: float) 
 
 
 @torch.no_grad()
-def polyak_update(online: nn.Module, target: nn.Module, tau: float) -> None:
-    """theta' <- tau theta + (1 - tau) theta' for parameters (tau = 1: a hard copy); buffers are copied."""
-    params, targets = list(online.parameters()), list(target.parameters())
+def polyak_update(online: nn.Module | list[Tensor], target: nn.Module | list[Tensor], tau: float) -> None:
+    """theta' <- tau theta + (1 - tau) theta' for parameters (tau = 1: a hard copy); buffers are copied. Lists of
+    tensors (no buffers) spare walking the modules on every gradient step (the continuous agents keep them)."""
+    params = online if isinstance(online, list) else list(online.parameters())
+    targets = target if isinstance(target, list) else list(target.parameters())
     if tau < 1.0:
         torch._foreach_lerp_(targets, params, tau)  # one fused op for all tensors (off-policy updates call it often)
     else:
         torch._foreach_copy_(targets, params)
-    for b, b_target in zip(online.buffers(), target.buffers()):
-        b_target.copy_(b)
+    if isinstance(online, nn.Module):
+        for b, b_target in zip(online.buffers(), target.buffers()):
+            b_target.copy_(b)
 
 
 def random_actions(space: gym.Space, n: int, generator: torch.Generator) -> Tensor:
@@ -191,6 +197,7 @@ class OffPolicyLearner:
             self.ep_length += valid
             self.prev_done = terminated | truncated
             if self.prev_done.any():
+                self.core.episodes_ended(self.prev_done)
                 returns += self.ep_return[self.prev_done].tolist()
                 lengths += self.ep_length[self.prev_done].tolist()
                 self.ep_return[self.prev_done], self.ep_length[self.prev_done] = 0.0, 0

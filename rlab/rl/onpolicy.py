@@ -92,6 +92,7 @@ class Collector:
         first_is_reset = torch.from_numpy(self.prev_done.copy())
         obs, prev_done = self.obs, self.prev_done
         ep_return, ep_length = self.ep_return, self.ep_length
+        agent.reset_noise(N)  # gSDE: fresh exploration matrices per rollout (a no-op otherwise)
         for t in range(n_steps):
             obs_t = torch.from_numpy(obs).to(dev)
             if self.attack is not None:
@@ -173,7 +174,7 @@ Update = Callable[[Any, ActorCritic, torch.optim.Optimizer, Batch, float, torch.
 
 def make_agent(options: Any, observation_space: gym.Space, action_space: gym.Space) -> ActorCritic:
     return make_actor_critic(observation_space, action_space, tuple(options.hidden), bool(options.obs_norm),
-                             float(options.log_std_init))
+                             float(options.log_std_init), int(options.sde_sample_freq))
 
 
 class OnPolicyLearner:

@@ -75,29 +75,61 @@ class ActorCritic(nn.Module):
     """pi(obs) -> distribution over actions, v(obs) -> V(s). `forward` is `pi`.
 
     obs are raw environment observations (N, obs_dim); normalisation is inside.
+
+    Box actions: a Gaussian N(mu(s), sigma^2) whose log std is one free parameter per action dim, or, with
+    sde_sample_freq > 0, generalized state-dependent exploration (gSDE; Raffin et al., 2022, "Smooth
+    Exploration for Robotic Reinforcement Learning", as in Stable-Baselines3): the noise is
+    z(s)^T E, with z(s) the actor's last hidden layer and E ~ N(0, exp(L)^2) a (latent x action) matrix per
+    env, drawn at each rollout start and every sde_sample_freq steps. Between draws the noise is a smooth
+    function of the state; its marginal is N(mu(s), sigma(s)^2) with sigma_i(s)^2 = sum_j z_j(s)^2 exp(2 L_ji)
+    (z detached, as SB3's learn_features=False), which gives log pi and the entropy.
     """
+
+    SDE_EPS = 1e-6  # added to sigma(s)^2 (SB3's epsilon)
 
     def __init__(self, obs_dim: int, action_dim: int, discrete: bool, hidden: tuple[int, ...] = (64, 64),
                  normalize_obs: bool = True, log_std_init: float = 0.0,
-                 action_low: Tensor | None = None, action_high: Tensor | None = None):
+                 action_low: Tensor | None = None, action_high: Tensor | None = None, sde_sample_freq: int = 0):
         super().__init__()
         self.discrete = discrete
+        self.sde_sample_freq = sde_sample_freq
         self.obs_norm = ObsNorm(obs_dim, enabled=normalize_obs)
         self.actor = mlp([obs_dim, *hidden, action_dim], out_gain=0.01)
         self.critic = mlp([obs_dim, *hidden, 1], out_gain=1.0)
         if not discrete:
-            self.log_std = nn.Parameter(torch.full((action_dim,), float(log_std_init)))
+            shape = (hidden[-1], action_dim) if sde_sample_freq > 0 else (action_dim,)
+            self.log_std = nn.Parameter(torch.full(shape, float(log_std_init)))
             self.register_buffer("action_low", action_low if action_low is not None else torch.full((action_dim,), -math.inf))
             self.register_buffer("action_high", action_high if action_high is not None else torch.full((action_dim,), math.inf))
+            # gSDE's exploration matrices (n_envs, latent, action_dim) and the steps since they were drawn; drawn
+            # again at every rollout start, so they need no checkpoint
+            self.sde_matrices: Tensor | None = None
+            self.sde_age = 0
 
-    def distribution(self, actor_out: Tensor) -> Distribution:
+    def mean_std(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """(mu(s), sigma(s), z(s)) of normalised observations (Box actions); z only with gSDE."""
+        if self.sde_sample_freq <= 0:
+            mu = self.actor(x)
+            return mu, self.log_std.exp().expand_as(mu), None
+        z = self.actor[:-1](x)
+        var = z.detach().square() @ (2 * self.log_std).exp()
+        return self.actor[-1](z), (var + self.SDE_EPS).sqrt(), z
+
+    def reset_noise(self, n_envs: int) -> None:
+        """gSDE: draw fresh exploration matrices for n_envs envs (the collector calls it at each rollout start)."""
+        if not self.discrete and self.sde_sample_freq > 0:
+            self.sde_matrices = torch.randn((n_envs, *self.log_std.shape), device=self.log_std.device) \
+                * self.log_std.detach().exp()
+            self.sde_age = 0
+
+    def distribution(self, x: Tensor) -> Distribution:
         if self.discrete:
-            return Categorical(logits=actor_out, validate_args=False)
-        return Independent(Normal(actor_out, self.log_std.exp().expand_as(actor_out), validate_args=False), 1,
-                           validate_args=False)
+            return Categorical(logits=self.actor(x), validate_args=False)
+        mu, std, _ = self.mean_std(x)
+        return Independent(Normal(mu, std, validate_args=False), 1, validate_args=False)
 
     def pi(self, obs: Tensor) -> Distribution:
-        return self.distribution(self.actor(self.obs_norm(obs)))
+        return self.distribution(self.obs_norm(obs))
 
     def v(self, obs: Tensor) -> Tensor:
         return self.critic(self.obs_norm(obs)).squeeze(-1)
@@ -113,31 +145,47 @@ class ActorCritic(nn.Module):
         `with_entropy=False` returns None for the entropy and spares its ops (entropy bonus 0).
         """
         x = obs if normalized else self.obs_norm(obs)
-        out = self.actor(x)
         value = self.critic(x).squeeze(-1)
         if self.discrete:
-            logp_all = torch.log_softmax(out, -1)
+            logp_all = torch.log_softmax(self.actor(x), -1)
             logp = logp_all.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
             return logp, -(logp_all.exp() * logp_all).sum(-1) if with_entropy else None, value
-        std = self.log_std.exp()
-        logp = (-((actions - out) ** 2) / (2 * std**2) - self.log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
-        entropy = (0.5 + 0.5 * math.log(2 * math.pi) + self.log_std).sum().expand(len(obs)) if with_entropy else None
+        if self.sde_sample_freq <= 0:  # one log std per action dim: fewer ops than the general case
+            out = self.actor(x)
+            std = self.log_std.exp()
+            logp = (-((actions - out) ** 2) / (2 * std**2) - self.log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+            entropy = (0.5 + 0.5 * math.log(2 * math.pi) + self.log_std).sum().expand(len(obs)) if with_entropy else None
+            return logp, entropy, value
+        mu, std, _ = self.mean_std(x)
+        log_std = std.log()
+        logp = (-((actions - mu) ** 2) / (2 * std**2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+        entropy = (0.5 + 0.5 * math.log(2 * math.pi) + log_std).sum(-1) if with_entropy else None
         return logp, entropy, value
 
     @torch.no_grad()
     def sample(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor]:
-        """(action, log pi(a|s)) for a batch: the actor alone, with few tensor ops (the collect loop's hot path)."""
-        out = self.actor(self.obs_norm(obs))
+        """(action, log pi(a|s)) for a batch: the actor alone, with few tensor ops (the collect loop's hot path).
+        gSDE: the noise z(s)^T E of each env's matrix (drawn again every sde_sample_freq calls) when the batch is
+        one obs per env, else a draw of N(mu(s), sigma(s)^2), its marginal."""
+        x = self.obs_norm(obs)
         if self.discrete:
-            logp_all = torch.log_softmax(out, -1)
+            logp_all = torch.log_softmax(self.actor(x), -1)
             # sampling by the Gumbel-max trick, argmax(log pi - log E) with E ~ Exp(1): three times
             # cheaper than torch.multinomial for a few envs, the same distribution
             action = logp_all if deterministic else logp_all - torch.empty_like(logp_all).exponential_().log_()
             action = action.argmax(-1)
             return action, logp_all.gather(-1, action.unsqueeze(-1)).squeeze(-1)
-        std = self.log_std.exp()
-        action = out if deterministic else out + std * torch.randn_like(out)
-        logp = (-((action - out) ** 2) / (2 * std**2) - self.log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+        mu, std, z = self.mean_std(x)
+        if deterministic:
+            action = mu
+        elif z is not None and self.sde_matrices is not None and len(self.sde_matrices) == len(obs):
+            if self.sde_age and self.sde_age % self.sde_sample_freq == 0:
+                self.reset_noise(len(obs))
+            self.sde_age += 1
+            action = mu + torch.einsum("nl,nla->na", z, self.sde_matrices)
+        else:
+            action = mu + std * torch.randn_like(mu)
+        logp = (-((action - mu) ** 2) / (2 * std**2) - std.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
         return action, logp
 
     @torch.no_grad()
@@ -153,17 +201,20 @@ class ActorCritic(nn.Module):
 
 
 def make_actor_critic(observation_space: gym.Space, action_space: gym.Space, hidden: tuple[int, ...] = (64, 64),
-                      normalize_obs: bool = True, log_std_init: float = 0.0) -> ActorCritic:
+                      normalize_obs: bool = True, log_std_init: float = 0.0, sde_sample_freq: int = 0) -> ActorCritic:
     """Factory: Categorical policy for Discrete actions, Gaussian for Box actions."""
     if not isinstance(observation_space, gym.spaces.Box) or len(observation_space.shape) != 1:
         raise ValueError(f"policies here take flat Box observations, got {observation_space}")
     obs_dim = int(observation_space.shape[0])
     if isinstance(action_space, gym.spaces.Discrete):
+        if sde_sample_freq > 0:
+            raise ValueError(f"gSDE (--sde-sample-freq) explores continuous actions; {action_space} is discrete")
         return ActorCritic(obs_dim, int(action_space.n), True, tuple(hidden), normalize_obs)
     if isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1:
         low = torch.as_tensor(action_space.low, dtype=torch.float32)
         high = torch.as_tensor(action_space.high, dtype=torch.float32)
-        return ActorCritic(obs_dim, int(action_space.shape[0]), False, tuple(hidden), normalize_obs, log_std_init, low, high)
+        return ActorCritic(obs_dim, int(action_space.shape[0]), False, tuple(hidden), normalize_obs, log_std_init, low, high,
+                           sde_sample_freq)
     raise ValueError(f"unsupported action space {action_space}; allowed: Discrete or a flat Box")
 
 

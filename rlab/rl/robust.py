@@ -12,6 +12,12 @@ A preset per env, applied on top of the algorithm's defaults and the env's prese
 The agents are judged by the worst of all attacks of `rlab bench rl-attack` (random, pgd, pgd-timed,
 pgd-worst, planning, learned). ATLA (Zhang et al., 2021: alternating training against a learned adversary,
 rlab.rl.adversary) is not part of the preset yet.
+
+How CartPole-v1's values were chosen (eps 0.016, seed 3, the seed that kept least; worst attack, 10 episodes):
+kappa 0.1 and adv_frac 0.5 kept 52% (pgd-worst 262); kappa 0.3, adv_frac 0.75 kept 75% (pgd-worst rose to
+476, untargeted pgd fell to 374); kappa 1.0, adv_frac 0.75 kept 77% (pgd-worst 384, pgd 461). Under pgd-worst
+its episodes end with the cart off the track and the pole upright: the agent holds the pole against the
+push but drifts. The five-seed figures are the README's.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from rlab.errors import UserError
 from rlab.rl import algos
 
 ROBUST_PRESETS: dict[str, dict[str, Any]] = {
-    "CartPole-v1": dict(algo="sa-ppo", adv_obs="pgd-worst", adv_frac=0.5, kappa=0.1, sa_steps=5,
+    "CartPole-v1": dict(algo="sa-ppo", adv_obs="pgd-worst", adv_frac=0.75, kappa=1.0, sa_steps=5,
                         hidden=[128, 128], steps=200_000, gamma=0.995, gae_lambda=0.95),
 }
 ROBUST_PRESETS["rlab/TorchCartPole-v1"] = ROBUST_PRESETS["CartPole-v1"]

@@ -109,10 +109,13 @@ class OnPolicyOptions(CommonOptions):
     n_steps: int = opt(128, help="steps per env per rollout")
     anneal_lr: bool = opt(False, help="anneal the learning rate linearly to 0 (ppo: the clip range too)")
     log_std_init: float = opt(0.0, help="Gaussian policies (Box actions): initial log std")
+    sde_sample_freq: int = opt(0, help="Box actions: gSDE, state-dependent noise whose exploration matrix is drawn "
+                                       "again every this many steps (0: off, a state-independent std)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check(self.n_steps >= 1, f"--n-steps must be >= 1, got {self.n_steps}")
+        check(self.sde_sample_freq >= 0, f"--sde-sample-freq must be >= 0 (0: off), got {self.sde_sample_freq}")
 
 
 @dataclass

@@ -10,6 +10,11 @@ Q (the deterministic policy gradient, Silver et al., 2014):
     actor loss  = -mean_i Q(s_i, mu(s_i))                     grad_theta = grad_a Q * grad_theta mu
     theta'     <- tau theta + (1 - tau) theta'                 (Polyak, after each actor step)
 
+Critic and actor losses take one backward and one Adam step (rlab/rl/continuous.py
+`joint_step`: the actor's loss reaches the actor only, through frozen critics, so the
+gradients are those of two steps; the actor climbs the critic of before this step's
+update, where SB3 steps the critic first).
+
 Exploration adds Gaussian or Ornstein-Uhlenbeck noise to mu(s) in the unit box and
 clips to it; the env receives the Box image (`to_box`). TD3 (rlab/rl/algos/td3.py)
 is this core with its three changes switched on: twin critics, a delayed actor and
@@ -25,14 +30,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
 import torch
 from torch import Tensor
 
 from rlab.config import check, opt
 from rlab.rl.continuous import (ContinuousQAgent, OrnsteinUhlenbeckNoise, critic_loss, ddpg_target, from_box, frozen,
-                                make_continuous_agent, smoothed_target_action, to_box)
+                                joint_step, make_continuous_agent, smoothed_target_action, to_box)
 from rlab.rl.offpolicy import OffPolicyOptions, off_policy, polyak_update
-from rlab.rl.onpolicy import gradient_step, make_optimizer
+from rlab.rl.onpolicy import make_optimizer
 from rlab.rl.replay import ReplayBatch
 
 ACTION_NOISES = ("normal", "ornstein-uhlenbeck")
@@ -91,8 +97,11 @@ class DeterministicActorCritic:
         self.agent = make_agent(o, observation_space, action_space, n_critics).to(device)
         self.target = copy.deepcopy(self.agent).requires_grad_(False)
         self.target.obs_norm = self.agent.obs_norm  # one normaliser: the targets see the online inputs
-        self.actor_optimizer = make_optimizer(self.agent.actor.parameters(), o.lr)
-        self.critic_optimizer = make_optimizer(self.agent.critics.parameters(), o.lr)
+        self.optimizer = make_optimizer(self.agent.parameters(), o.lr)  # actor and critics: `joint_step`
+        # parameter lists walked once (every gradient step freezes the critics and moves the targets)
+        self.critic_params = list(self.agent.critics.parameters())
+        self.online_params = [*self.agent.actor.parameters(), *self.critic_params]
+        self.target_params = [*self.target.actor.parameters(), *self.target.critics.parameters()]
         self.ou = OrnsteinUhlenbeckNoise((o.n_envs, *action_space.shape), o.noise_std) \
             if o.action_noise == "ornstein-uhlenbeck" else None
         self.critic_updates = 0
@@ -121,20 +130,25 @@ class DeterministicActorCritic:
                 y = ddpg_target(mb.returns, mb.discounts, target.q_values(mb.next_obs, next_action))
             q = agent.q_values(mb.obs, from_box(mb.actions, low, high))
             loss = critic_loss(q, y, mb.weights)
-            gradient_step(agent.critics.parameters(), self.critic_optimizer, loss, self.o.max_grad_norm)
-            td_errors.append((q[0] - y).detach())
             values = {"losses/critic": loss.detach(), "losses/q_values": q[0].detach().mean()}
+            td_errors.append((q[0] - y).detach())
             self.critic_updates += 1
-            if self.critic_updates % self.policy_delay == 0:
-                with frozen(agent.critics):
+            actor_step = self.critic_updates % self.policy_delay == 0
+            if actor_step:
+                with frozen(self.critic_params):
                     actor_loss = -agent.q_values(mb.obs, agent.actor_head(mb.obs))[0].mean()
-                gradient_step(agent.actor.parameters(), self.actor_optimizer, actor_loss, self.o.max_grad_norm)
                 values["losses/actor"] = actor_loss.detach() * self.policy_delay  # averages back over all steps
-                polyak_update(agent.actor, target.actor, self.o.tau)
-                polyak_update(agent.critics, target.critics, self.o.tau)
+                loss = loss + actor_loss
+            joint_step(self.optimizer, loss, (agent.actor, agent.critics), self.o.max_grad_norm)
+            if actor_step:
+                polyak_update(self.online_params, self.target_params, self.o.tau)
             for name, value in values.items():
                 sums[name] = sums.get(name, 0.0) + value
         return sums, torch.cat(td_errors)
+
+    def episodes_ended(self, done: np.ndarray) -> None:
+        if self.ou is not None:
+            self.ou.reset(done)
 
     def after_env_steps(self, before: int, after: int) -> None:
         pass  # the targets follow gradient steps (Polyak in `update`)
@@ -143,14 +157,13 @@ class DeterministicActorCritic:
         return {}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"target": self.target.state_dict(), "actor_optimizer": self.actor_optimizer.state_dict(),
-                "critic_optimizer": self.critic_optimizer.state_dict(), "critic_updates": self.critic_updates,
+        return {"target": self.target.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "critic_updates": self.critic_updates,
                 "ou": None if self.ou is None else self.ou.x.clone()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.target.load_state_dict(state["target"])
-        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
-        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        self.optimizer.load_state_dict(state["optimizer"])
         self.critic_updates = int(state["critic_updates"])
         if self.ou is not None:
             self.ou.x = state["ou"].clone()

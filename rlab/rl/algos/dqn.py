@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -127,6 +128,9 @@ class DQN:
             for name, value in (("losses/td", loss.detach()), ("losses/q_values", q.detach().mean())):
                 sums[name] = sums.get(name, 0.0) + value
         return sums, torch.cat(td_errors)
+
+    def episodes_ended(self, done: np.ndarray) -> None:
+        pass  # epsilon-greedy keeps no per-episode state
 
     def after_env_steps(self, before: int, after: int) -> None:
         interval = self.o.target_update_interval

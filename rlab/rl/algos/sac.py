@@ -11,8 +11,10 @@ rlab/rl/continuous.py) and twin critics, per minibatch:
     actor loss  = mean_i alpha log pi(a~_i|s_i) - min_k Q_k(s_i, a~_i)
     theta'_k   <- tau theta_k + (1 - tau) theta'_k                     (critics only; the actor has no target)
 
-in Stable-Baselines3's order (alpha, critics, actor, targets; the alpha of the step
-is the one before its update). Exploration is the policy itself; evaluation plays
+with one backward and one Adam step for the three losses (`joint_step`: each loss reaches
+only its own parameters; alpha, critics and actor all move from the same point, as in the
+SAC authors' implementation, where SB3 steps them one after another), then the targets;
+the alpha of the step is the one before its update. Exploration is the policy itself; evaluation plays
 tanh(mu(s)). Defaults follow SB3's SAC (net 256x256, lr 3e-4, batch 256, tau 0.005,
 alpha automatic from 1, learning starts 100, one gradient step per env step).
 """
@@ -25,14 +27,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
 import torch
 from torch import Tensor
 
 from rlab.config import check, opt
 from rlab.rl.algos.ddpg import ContinuousOffPolicyOptions
-from rlab.rl.continuous import ContinuousQAgent, critic_loss, from_box, frozen, make_continuous_agent, min_q, sac_target, to_box
+from rlab.rl.continuous import (ContinuousQAgent, critic_loss, from_box, frozen, joint_step, make_continuous_agent,
+                                min_q, sac_target, to_box)
 from rlab.rl.offpolicy import off_policy, polyak_update
-from rlab.rl.onpolicy import gradient_step, make_optimizer
+from rlab.rl.onpolicy import make_optimizer
 from rlab.rl.replay import ReplayBatch
 
 
@@ -67,12 +71,14 @@ class SAC:
         self.agent = make_agent(o, observation_space, action_space).to(device)
         self.target = copy.deepcopy(self.agent).requires_grad_(False)
         self.target.obs_norm = self.agent.obs_norm  # one normaliser: the targets see the online inputs
-        self.actor_optimizer = make_optimizer(self.agent.actor.parameters(), o.lr)
-        self.critic_optimizer = make_optimizer(self.agent.critics.parameters(), o.lr)
         self.auto_alpha = o.alpha == 0
         self.log_alpha = torch.tensor(math.log(o.alpha if o.alpha > 0 else o.alpha_init), device=device,
                                       requires_grad=self.auto_alpha)
-        self.alpha_optimizer = make_optimizer([self.log_alpha], o.lr) if self.auto_alpha else None
+        self.critic_params = list(self.agent.critics.parameters())  # walked once, used every gradient step
+        self.target_params = list(self.target.critics.parameters())
+        # actor, critics and log alpha: one optimizer, one step per minibatch (`joint_step`)
+        self.optimizer = make_optimizer([*self.agent.parameters(), *([self.log_alpha] if self.auto_alpha else [])],
+                                        o.lr)
         self.target_entropy = o.target_entropy_per_dim * int(action_space.shape[0])
 
     def noise(self, shape: torch.Size) -> Tensor:
@@ -92,28 +98,30 @@ class SAC:
             mb = batch[start:start + minibatch_size]
             action, log_prob = agent.unit_action(mb.obs, self.noise((len(mb), len(low))))
             alpha = self.log_alpha.detach().exp()
-            values: dict[str, Tensor] = {}
-            if self.auto_alpha:
-                alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
-                gradient_step([self.log_alpha], self.alpha_optimizer, alpha_loss, 0.0)
-                values["losses/alpha"] = alpha_loss.detach()
             with torch.no_grad():
                 next_action, next_log_prob = agent.unit_action(mb.next_obs, self.noise((len(mb), len(low))))
                 y = sac_target(mb.returns, mb.discounts, self.target.q_values(mb.next_obs, next_action),
                                next_log_prob, alpha)
             q = agent.q_values(mb.obs, from_box(mb.actions, low, high))
             loss = critic_loss(q, y, mb.weights)
-            gradient_step(agent.critics.parameters(), self.critic_optimizer, loss, self.o.max_grad_norm)
-            with frozen(agent.critics):
+            with frozen(self.critic_params):
                 actor_loss = (alpha * log_prob - min_q(agent.q_values(mb.obs, action))).mean()
-            gradient_step(agent.actor.parameters(), self.actor_optimizer, actor_loss, self.o.max_grad_norm)
-            polyak_update(agent.critics, self.target.critics, self.o.tau)
+            values = {"losses/critic": loss.detach(), "losses/actor": actor_loss.detach()}
+            loss = loss + actor_loss
+            if self.auto_alpha:
+                alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
+                values["losses/alpha"] = alpha_loss.detach()
+                loss = loss + alpha_loss
+            joint_step(self.optimizer, loss, (agent.actor, agent.critics), self.o.max_grad_norm)
+            polyak_update(self.critic_params, self.target_params, self.o.tau)
             td_errors.append((q[0] - y).detach())
-            values.update({"losses/critic": loss.detach(), "losses/actor": actor_loss.detach(),
-                           "losses/q_values": q[0].detach().mean(), "losses/entropy": -log_prob.detach().mean()})
+            values.update({"losses/q_values": q[0].detach().mean(), "losses/entropy": -log_prob.detach().mean()})
             for name, value in values.items():
                 sums[name] = sums.get(name, 0.0) + value
         return sums, torch.cat(td_errors)
+
+    def episodes_ended(self, done: np.ndarray) -> None:
+        pass  # the policy's own noise keeps no per-episode state
 
     def after_env_steps(self, before: int, after: int) -> None:
         pass  # the targets follow gradient steps (Polyak in `update`)
@@ -122,18 +130,14 @@ class SAC:
         return {"charts/alpha": float(self.log_alpha.detach().exp())}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"target": self.target.state_dict(), "actor_optimizer": self.actor_optimizer.state_dict(),
-                "critic_optimizer": self.critic_optimizer.state_dict(), "log_alpha": self.log_alpha.detach().clone(),
-                "alpha_optimizer": None if self.alpha_optimizer is None else self.alpha_optimizer.state_dict()}
+        return {"target": self.target.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "log_alpha": self.log_alpha.detach().clone()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.target.load_state_dict(state["target"])
-        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
-        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        self.optimizer.load_state_dict(state["optimizer"])
         with torch.no_grad():
             self.log_alpha.copy_(state["log_alpha"])
-        if self.alpha_optimizer is not None:
-            self.alpha_optimizer.load_state_dict(state["alpha_optimizer"])
 
 
 ALGORITHM = off_policy("sac", "SAC: squashed Gaussian actor, twin critics, automatic entropy temperature",
