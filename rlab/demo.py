@@ -2,7 +2,8 @@
 
     1. the lecture's ladder on CartPole-v1, a few seeds each: immediate reward (v0),
        reward-to-go (v1), discounted reward-to-go (v2), baselines (v3), actor-critic
-       with a TD critic, A2C and PPO, and a short DQN rung -> ladder.png
+       with a TD critic, A2C and PPO, and a short DQN rung -> ladder.png; and the
+       critic for continuous actions: SAC (Haarnoja et al. 2018) on Pendulum-v1 -> continuous.png
     2. MNIST-5k classifiers: a CNN with standard training, and one with PGD
        adversarial training at eps 0.3 (Madry et al. 2018)
     3. the attack/defense benchmark on both (FGSM and PGD against no defense, blur,
@@ -83,6 +84,8 @@ class DemoConfig:
             "defenses": ["none", "jpeg", "resize-pad"] if quick else ["none", "blur", "median", "jpeg", "bitdepth", "resize-pad"],
             "eot_samples": 2 if quick else 4,
             "ladder": [v for v in LADDER if not quick or v[0] in QUICK_LADDER],
+            # SAC's Pendulum-v1 preset passes -200 after ~2k steps (bench/rl_vs_sb3.py); ~20 s of CPU
+            "sac_steps": 600 if quick else 3000,
             # beyond the eps-ball: one patch size per budget, the backdoor at one poison rate
             # MNIST-5k's CNN shrugs off small patches (towards 0: 0.3% at 5%, 1.3% at 10%, 15% at 20%, 500 steps)
             "patch_sizes": [0.1] if quick else [0.1, 0.2],
@@ -113,6 +116,14 @@ ADVERSARIAL = {"model": "mnist_small", "adv": "pgd", "eps": 0.3, "adv_steps": 7,
                "optimizer": "adam", "lr": 5e-3, "warmup": 0.5, "label_smoothing": 0.0, "weight_decay": 0.0,
                "augment": "none", "batch_size": 100}
 ADVERSARIAL_LABEL = "adversarial (PGD-7, ε=0.3)"
+
+
+def _continuous(b: dict[str, Any], cfg: DemoConfig) -> Path:
+    """SAC with its Pendulum-v1 preset, one seed: the Q-critic that a policy climbs, for continuous actions."""
+    from rlab.rl.trainer import TrainConfig, train
+
+    return train(make_config(TrainConfig, algo="sac", env="Pendulum-v1", steps=b["sac_steps"], seed=cfg.seed,
+                             variant="SAC", device=cfg.device, eval_episodes=5 if cfg.quick else 10))
 
 
 def _classifiers(b: dict[str, Any], cfg: DemoConfig) -> dict[str, Path]:
@@ -175,6 +186,12 @@ def run(cfg: DemoConfig) -> Path:
         timings["rl_ladder"] = time.perf_counter() - t
 
         t = time.perf_counter()
+        continuous = _continuous(b, cfg)
+        plot_returns([continuous], root / "continuous.png", window=3,
+                     title=f"Pendulum-v1: SAC, {b['sac_steps']} environment steps, seed {cfg.seed}")
+        timings["continuous"] = time.perf_counter() - t
+
+        t = time.perf_counter()
         classifiers = _classifiers(b, cfg)
         timings["classifiers"] = time.perf_counter() - t
 
@@ -191,6 +208,7 @@ def run(cfg: DemoConfig) -> Path:
         timings["patch_and_backdoor"] = time.perf_counter() - t
 
     summary = _summary(ladder_runs, classifiers, benches, beyond, timings, time.perf_counter() - start)
+    summary["continuous/sac/eval_mean_return"] = read_json(continuous / "summary.json")["eval/mean_return"]
     demo.write_summary(summary)
     _write_report(root, b, ladder_runs, classifiers, benches, beyond, summary)
     print(f"\nrlab demo finished in {summary['wall_seconds']:.0f} s. Report: {root / 'report.md'} and {root / 'index.html'}")
@@ -250,7 +268,11 @@ def _write_report(root: Path, b, ladder_runs, classifiers, benches, beyond, summ
           "return of a deterministic evaluation at the end (mean over seeds):", "",
           "| variant | eval return |", "|---|---|"]
     md += [f"| {k} | {v:.1f} |" for k, v in summary["ladder/eval_mean_return"].items()]
-    md += ["", "![ladder](ladder.png)", "", "## 2. MNIST-5k classifiers", "", "| training | test accuracy (1,000 digits) |",
+    md += ["", "![ladder](ladder.png)", "", "### Continuous actions: SAC on Pendulum-v1", "",
+           f"The critic as Q(s, a) for a continuous action: SAC's squashed-Gaussian actor climbs twin critics "
+           f"({b['sac_steps']} environment steps, its Pendulum-v1 preset). Deterministic evaluation: "
+           f"{summary['continuous/sac/eval_mean_return']:.0f} (a random policy: about -1,200; solved: above -200).", "",
+           "![continuous](continuous.png)", "", "## 2. MNIST-5k classifiers", "", "| training | test accuracy (1,000 digits) |",
            "|---|---|"]
     md += [f"| {label} | {100 * summary[f'classifier/{label}/test_accuracy']:.1f}% |" for label in classifiers]
     md += [""] + [f"![{label} learning curve]({_rel(root, p / 'learning_curve.png')})" for label, p in classifiers.items()

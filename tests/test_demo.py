@@ -48,6 +48,8 @@ def test_demo_quick_writes_report_plots_and_rows(quick_demo):
     summary = json.loads((root / "summary.json").read_text())
     assert set(summary["ladder/eval_mean_return"]) == {"v0 immediate reward", "v2 discounted reward-to-go", "PPO-clip"}
     assert 0.0 <= summary["classifier/standard/test_accuracy"] <= 1.0
+    assert -2000 < summary["continuous/sac/eval_mean_return"] <= 0  # Pendulum's returns (600 SAC steps: no threshold)
+    assert "### Continuous actions: SAC on Pendulum-v1" in report and "continuous.png" in names
     (bench,) = [p for p in (root / "bench").iterdir() if "jpeg" in (p / "report.md").read_text()]
     with open(bench / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
