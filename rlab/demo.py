@@ -207,21 +207,21 @@ def run(cfg: DemoConfig) -> Path:
         beyond = {"patch": _patch(classifiers["standard"], b, cfg), "backdoor": _backdoor(b, cfg)}
         timings["patch_and_backdoor"] = time.perf_counter() - t
 
-    summary = _summary(ladder_runs, classifiers, benches, beyond, timings, time.perf_counter() - start)
-    summary["continuous/sac/eval_mean_return"] = read_json(continuous / "summary.json")["eval/mean_return"]
+    summary = _summary(ladder_runs, continuous, classifiers, benches, beyond, timings, time.perf_counter() - start)
     demo.write_summary(summary)
     _write_report(root, b, ladder_runs, classifiers, benches, beyond, summary)
     print(f"\nrlab demo finished in {summary['wall_seconds']:.0f} s. Report: {root / 'report.md'} and {root / 'index.html'}")
     return root
 
 
-def _summary(ladder_runs, classifiers, benches, beyond, timings, wall) -> dict[str, Any]:
+def _summary(ladder_runs, continuous, classifiers, benches, beyond, timings, wall) -> dict[str, Any]:
     ladder: dict[str, list[float]] = {}
     for p in ladder_runs:
         s = read_json(p / "summary.json")
         ladder.setdefault(s.get("variant") or p.name, []).append(s["eval/mean_return"])
     out: dict[str, Any] = {"wall_seconds": wall, "seconds": timings,
-                           "ladder/eval_mean_return": {k: sum(v) / len(v) for k, v in ladder.items()}}
+                           "ladder/eval_mean_return": {k: sum(v) / len(v) for k, v in ladder.items()},
+                           "continuous/sac/eval_mean_return": read_json(continuous / "summary.json")["eval/mean_return"]}
     for label, p in classifiers.items():
         out[f"classifier/{label}/test_accuracy"] = read_json(p / "summary.json")["test/accuracy"]
     for label, p in benches.items():
