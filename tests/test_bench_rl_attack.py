@@ -112,6 +112,26 @@ def test_adv_frac_validates_and_attacks_that_fraction_of_the_training_observatio
     assert 0.25 < changed[0.3] < 0.35, "about 30% of the observations are attacked, the rest left exactly as they are"
 
 
+def test_pgd_mix_attacks_each_training_observation_with_pgd_or_pgd_worst():
+    from envs.observation_attacks import observation_scale, worst_action_rule
+    from rlab.rl.trainer import TrainConfig, _observation_attack
+
+    torch.manual_seed(0)
+    obs = (torch.rand(2000, 4) - 0.5) * torch.tensor([0.2, 0.5, 0.1, 0.5])
+    # where the clean action already is the worst one, pgd-worst has nothing to do and pgd still pushes
+    idle = balancing_policy(obs).logits.argmax(-1) == worst_action_rule("CartPole-v1")(obs)
+    assert 500 < idle.sum() < 1500
+    changed = {}
+    for method in ("pgd", "pgd-worst", "pgd-mix"):
+        attack = _observation_attack(TrainConfig(env="CartPole-v1", adv_obs=method, adv_eps=0.05), balancing_policy,
+                                     torch.device("cpu"))
+        seen = attack(obs)
+        assert ((seen - obs).abs() <= 0.05 * observation_scale("CartPole-v1") + 1e-6).all()
+        changed[method] = (seen[idle] != obs[idle]).any(1).float().mean().item()
+    assert changed["pgd"] > 0.95 and changed["pgd-worst"] == 0.0
+    assert 0.4 < changed["pgd-mix"] < 0.6, "half the observations get pgd, the other half pgd-worst"
+
+
 def test_agents_with_equal_labels_get_the_options_that_tell_them_apart():
     from rlab.rl.attack_bench import agent_labels
 

@@ -59,7 +59,7 @@ class TrainShell:
     progress: bool = opt(True, help="show a progress bar")
     variant: str | None = opt(None, help="label of the run in plots (default: from the algorithm's options)")
     adv_obs: str = opt("none", help="attack the observations the agent sees while training (needs --adv-eps)",
-                       choices=["none", "fgsm", "pgd", "pgd-worst"])
+                       choices=["none", "fgsm", "pgd", "pgd-worst", "pgd-mix"])
     adv_eps: float | None = opt(None, help="with --adv-obs: attack budget, a fraction of each observation's range")
     adv_frac: float | None = opt(None, help="with --adv-obs: fraction of the training observations attacked (default 1)")
     robust: bool = opt(False, help="the lab's robust recipe for --env at --adv-eps (rlab/rl/robust.py); options given win")
@@ -78,7 +78,7 @@ class TrainShell:
                   f"got {self.adv_eps}")
         elif self.adv_obs == "none":
             check(self.adv_eps is None and self.adv_frac is None,
-                  "--adv-eps and --adv-frac configure --adv-obs; give --adv-obs fgsm|pgd|pgd-worst too, or drop them")
+                  "--adv-eps and --adv-frac configure --adv-obs; give --adv-obs fgsm|pgd|pgd-worst|pgd-mix too, or drop them")
         else:
             check(self.adv_eps is not None and 0.0 < self.adv_eps <= 1.0,
                   f"--adv-obs {self.adv_obs} needs --adv-eps in (0, 1] (a fraction of each observation's range), "
@@ -324,13 +324,25 @@ def _observation_attack(cfg: Any, agent: Any, device: Any) -> Callable:
 
     try:
         scale = observation_scale(cfg.env).to(device)
-        worst_action = worst_action_rule(cfg.env) if cfg.adv_obs == "pgd-worst" else None
+        worst_action = worst_action_rule(cfg.env) if cfg.adv_obs in ("pgd-worst", "pgd-mix") else None
     except ValueError as e:
         raise UserError(f"--adv-obs {cfg.adv_obs}: {e}") from None
     frac = 1.0 if cfg.adv_frac is None else cfg.adv_frac
 
+    def perturb(obs: torch.Tensor, method: str) -> torch.Tensor:
+        return perturb_observations(agent, obs, eps=cfg.adv_eps, method=method, scale=scale, worst_action=worst_action)
+
     def attack(obs: torch.Tensor) -> torch.Tensor:
-        return perturb_observations(agent, obs, eps=cfg.adv_eps, method=cfg.adv_obs, scale=scale, worst_action=worst_action)
+        if cfg.adv_obs != "pgd-mix":
+            return perturb(obs, cfg.adv_obs)
+        # pgd-mix: each observation attacked by untargeted pgd or by pgd-worst, half and half; training against
+        # one attacker moves the weakness to the other (ATLA's lesson, Zhang et al., 2021)
+        worst = torch.rand(len(obs), device=obs.device) < 0.5  # global RNG: seeded and checkpointed
+        seen = obs.clone()
+        for rows, method in ((worst, "pgd-worst"), (~worst, "pgd")):
+            if rows.any():
+                seen[rows] = perturb(obs[rows], method)
+        return seen
 
     if frac >= 1.0:
         return attack
