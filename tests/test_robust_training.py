@@ -20,6 +20,7 @@ def test_robust_resolves_to_the_documented_configuration():
     cfg, sources = resolve_with_sources(TrainConfig(env="CartPole-v1", robust=True, adv_eps=0.016))
     preset = ROBUST_PRESETS["CartPole-v1"]
     assert cfg.algo == "sa-ppo" and cfg.adv_obs == "pgd-worst" and cfg.adv_eps == 0.016
+    assert (cfg.kappa, cfg.adv_frac, cfg.gamma, cfg.steps) == (1.0, 0.75, 0.999, 200_000), "the documented values"
     assert cfg.sa_eps == 0.016, "the regulariser's ball is the attack budget"
     for name, value in preset.items():
         assert getattr(cfg, name) == value, name
