@@ -12,7 +12,9 @@ A(p, x, l, t) pastes the patch, transformed by t, at location l through its mask
 
 Here t draws a rotation in ±`rotation` degrees, a scale of the side in
 [`min_scale`, 1], a sub-pixel shift in ±0.5 px, a rendering (nearest-neighbour,
-a crisp print, with probability `nearest`; else bilinear), a brightness shift in
+a crisp print, with probability `nearest`; else bilinear; with probability `canvas`
+instead through a canvas of the image's side, two nearest-neighbour resamplings as
+ART's AdversarialPatchPyTorch.apply_patch pastes, render_through_canvas), a brightness shift in
 ±`brightness`, a contrast factor in 1 ± `contrast` (the print's colours) and a
 Gaussian blur of sigma in [0, `blur`] pixels (the camera); l is uniform over the
 positions that keep the upright patch inside the image. The geometric
@@ -57,17 +59,43 @@ def patch_side(area: float, height: int, width: int) -> int:
     return side
 
 
+def render_through_canvas(ink: Tensor, height: int, width: int, centre: Tensor, angle: Tensor, scale: Tensor) -> Tensor:
+    """The patch and its mask `ink` (N, C + 1, s, s) rendered as a canvas-based paste does (ART's apply_patch):
+    upsampled by nearest neighbour to a canvas of the image's shorter side, centred in an H x W frame, then turned by
+    `angle` (degrees), scaled by `scale` (of the canvas) and moved to `centre` (N, 2) (x, y, pixels, continuous)
+    in one nearest-neighbour resampling. The two nearest-neighbour resamplings drop or double a row or column of
+    the patch depending on the sub-pixel phase: the aliasing a print-then-photograph at another pitch shows."""
+    n, side = ink.shape[0], ink.shape[-1]
+    m = min(height, width)
+    canvas = F.interpolate(ink, size=(m, m), mode="nearest")
+    top, left = (height - m) // 2, (width - m) // 2
+    canvas = F.pad(canvas, (left, width - m - left, top, height - m - top))
+    # output pixel -> input pixel, both relative to the frame's centre: in = (R S)^-1 (out - t)
+    theta = torch.deg2rad(angle.to(ink.dtype))
+    cos, sin = torch.cos(theta) / scale, torch.sin(theta) / scale
+    t = centre.to(ink.dtype) - ink.new_tensor([(width - 1) / 2, (height - 1) / 2])
+    inverse = torch.stack([torch.stack([cos, sin], 1), torch.stack([-sin, cos], 1)], 1)  # (N, 2, 2)
+    ys, xs = torch.meshgrid(torch.arange(height, dtype=ink.dtype, device=ink.device) - (height - 1) / 2,
+                            torch.arange(width, dtype=ink.dtype, device=ink.device) - (width - 1) / 2, indexing="ij")
+    out = torch.stack([xs, ys], -1).view(1, -1, 2) - t[:, None, :]  # (N, HW, 2)
+    grid = (out @ inverse.transpose(1, 2)) / ink.new_tensor([width / 2, height / 2])
+    return F.grid_sample(canvas, grid.view(n, height, width, 2), mode="nearest", padding_mode="zeros",
+                         align_corners=False)
+
+
 def paste_patch(x: Tensor, patch: Tensor, rows: Tensor, cols: Tensor, angle: Tensor | None = None,
                 scale: Tensor | None = None, shift: Tensor | None = None, nearest: Tensor | None = None,
                 brightness: Tensor | None = None, contrast: Tensor | None = None,
-                blur: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                blur: Tensor | None = None, canvas: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """A(p, x, l, t): paste `patch` (C, s, s) on every image of x, return (x_adv, mask (N, 1, H, W)).
 
     rows, cols (N,) are the upright patch's top-left corners; the optional per-image
     transforms are: angle (N,) (degrees, about the patch centre), scale (N,) (of the
     side), shift (N, 2) (sub-pixel x, y offset), nearest (N,) bool (render by
     nearest-neighbour sampling, a crisp print, instead of bilinear), brightness (N,)
-    (added), contrast (N,) (factor about 0.5), blur (N,) (Gaussian sigma, pixels).
+    (added), contrast (N,) (factor about 0.5), blur (N,) (Gaussian sigma, pixels), canvas (N,) bool (render
+    through a canvas of the image's side instead, as ART's apply_patch does: render_through_canvas, at the same
+    centre, angle and scale).
     x_adv = (1 - m) * x + m * t(p), so x_adv == x wherever the mask is 0.
     """
     from kornia.filters import gaussian_blur2d
@@ -82,6 +110,14 @@ def paste_patch(x: Tensor, patch: Tensor, rows: Tensor, cols: Tensor, angle: Ten
         p = p + brightness.view(-1, 1, 1, 1)
     p = p.clamp(0, 1)
     ink = torch.cat([p, torch.ones_like(p[:, :1])], 1)  # the patch premultiplied by its mask, and the mask
+    through_canvas = None
+    if canvas is not None and bool(canvas.any()):
+        centre = torch.stack([cols, rows], 1).to(x.dtype) + (side - 1) / 2
+        if shift is not None:
+            centre = centre + shift.to(x.dtype)
+        turn = angle if angle is not None else x.new_zeros(n)
+        size = (scale if scale is not None else x.new_ones(n)).to(x.dtype) * side / min(height, width)
+        through_canvas = render_through_canvas(ink, height, width, centre, turn, size)
     ink = torch.stack([F.pad(ink[i], (int(cols[i]), width - side - int(cols[i]), int(rows[i]), height - side - int(rows[i])))
                        for i in range(n)])
     if angle is not None or scale is not None or shift is not None:
@@ -96,6 +132,8 @@ def paste_patch(x: Tensor, patch: Tensor, rows: Tensor, cols: Tensor, angle: Ten
             crisp = warp_affine(ink, matrix, (height, width), mode="nearest", padding_mode="zeros", align_corners=True)
             warped = torch.where(nearest.view(-1, 1, 1, 1), crisp, warped)
         ink = warped
+    if through_canvas is not None:
+        ink = torch.where(canvas.view(-1, 1, 1, 1), through_canvas, ink)
     if blur is not None:
         sigma = blur.to(x.dtype).clamp_min(1e-3)[:, None].expand(n, 2)
         size = 2 * math.ceil(3 * float(sigma.max())) + 1
@@ -136,6 +174,7 @@ class AdversarialPatch:
     contrast: float = 0.1
     blur: float = 0.5
     nearest: float = 0.5
+    canvas: float = 0.0
     loss: str = "ce"
     seed: int | None = None
 
@@ -153,22 +192,24 @@ class AdversarialPatch:
         for name in ("brightness", "contrast"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
-        if not 0 <= self.nearest <= 1:
-            raise ValueError(f"nearest must be a probability in [0, 1], got {self.nearest!r}")
+        for name in ("nearest", "canvas"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(self, name)!r}")
         if not 0 <= self.blur <= 5:
             raise ValueError(f"blur must be a Gaussian sigma in [0, 5] pixels, got {self.blur!r}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
 
     def transforms(self, n: int, like: Tensor, generator: torch.Generator | None) -> dict[str, Tensor]:
-        """One draw t ~ T per image: angle, scale, shift, nearest, brightness, contrast, blur."""
+        """One draw t ~ T per image: angle, scale, shift, nearest, brightness, contrast, blur, canvas."""
         return {"angle": _uniform(n, -self.rotation, self.rotation, generator, like),
                 "scale": _uniform(n, self.min_scale, 1.0, generator, like),
                 "shift": _uniform(2 * n, -0.5, 0.5, generator, like).view(n, 2),
                 "nearest": torch.rand(n, generator=generator, device=like.device) < self.nearest,
                 "brightness": _uniform(n, -self.brightness, self.brightness, generator, like),
                 "contrast": _uniform(n, 1 - self.contrast, 1 + self.contrast, generator, like),
-                "blur": _uniform(n, 0.0, self.blur, generator, like) if self.blur > 0 else None}
+                "blur": _uniform(n, 0.0, self.blur, generator, like) if self.blur > 0 else None,
+                "canvas": torch.rand(n, generator=generator, device=like.device) < self.canvas if self.canvas > 0 else None}
 
     def fit(self, model: nn.Module, x: Tensor, target: int, area: float,
             generator: torch.Generator | None = None) -> tuple[Tensor, int]:

@@ -122,6 +122,26 @@ class Reprogrammed(nn.Module):
         return logits[:, self.program.label_map]
 
 
+def jitter_sources(x: Tensor, shift: float, scale: float, generator: torch.Generator | None) -> Tensor:
+    """Each source image moved by up to `shift` pixels along each axis and zoomed by a factor in [1 - scale, 1 + scale]
+    (uniform draws, one per image; bilinear, zero outside, which is an MNIST digit's own background).
+
+    The training-time augmentation of AdversarialReprogramming: Elsayed et al. trained on all 60,000 MNIST digits
+    without one; with a few thousand digits the program otherwise learns the training digits' exact positions
+    (a translation and scale jitter is the usual MNIST augmentation, e.g. Simard et al. 2003).
+    """
+    if shift == 0 and scale == 0:
+        return x
+    n, side = x.shape[0], x.shape[-1]
+    draw = torch.rand(n, 3, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1
+    zoom = 1 + scale * draw[:, 0]  # > 1: a larger digit
+    theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1 / zoom  # output -> input coordinates
+    theta[:, :, 2] = -draw[:, 1:] * shift * 2 / side / zoom[:, None]  # a move of `shift` pixels is 2 * shift / side
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
 @dataclass
 class ReprogrammingResult:
     """program: the learned AdversarialProgram; accuracy: source-task accuracy on the training inputs after each
@@ -139,7 +159,10 @@ class AdversarialReprogramming:
     Adam on the program (W, and A for the affine form), its learning rate `lr`
     decayed to 0 along a cosine over `epochs` passes over (x, y) in minibatches
     (Elsayed et al. decay theirs too, exponentially), L2 penalty `weight_decay`
-    (the paper's lambda). source_size defaults to the host's side for the full and
+    (the paper's lambda). With `shift` or `scale` > 0 every training minibatch of
+    source images is jittered first (jitter_sources: moved by up to `shift` source
+    pixels, zoomed by up to +-`scale`); scoring uses the images as they are.
+    source_size defaults to the host's side for the full and
     affine forms and to the source's own side for the frame; label_map to the
     identity (source class k -> victim class k).
     """
@@ -151,6 +174,8 @@ class AdversarialReprogramming:
     source_size: int | None = None
     label_map: Sequence[int] | None = None
     form: str = "affine"
+    shift: float = 0.0
+    scale: float = 0.0
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -164,6 +189,10 @@ class AdversarialReprogramming:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         if self.form not in PROGRAM_FORMS:
             raise ValueError(f"form must be one of {', '.join(PROGRAM_FORMS)}, got {self.form!r}")
+        if not self.shift >= 0:
+            raise ValueError(f"shift must be >= 0 (source pixels), got {self.shift!r}")
+        if not 0 <= self.scale < 1:
+            raise ValueError(f"scale must be in [0, 1) (a relative zoom), got {self.scale!r}")
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, host_shape: Sequence[int]) -> ReprogrammingResult:
         check_batch(x, y)
@@ -188,7 +217,7 @@ class AdversarialReprogramming:
                 correct = 0
                 for begin in range(0, x.shape[0], self.batch_size):
                     idx = order[begin:begin + self.batch_size]
-                    logits = reprogrammed(x[idx])
+                    logits = reprogrammed(jitter_sources(x[idx], self.shift, self.scale, generator))
                     loss = F.cross_entropy(logits, y[idx]) + self.weight_decay * sum(p.square().sum() for p in params)
                     grads = torch.autograd.grad(loss, params)  # never the victim's weights
                     for p, grad in zip(params, grads):

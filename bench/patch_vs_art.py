@@ -10,9 +10,12 @@ number of Adam steps (ART: max_iter passes over the `--n-fit` training images, e
 pass `n_fit / batch_size` steps), with the same batch size, learning rate and
 training images, and the same geometric EOT: rotation in ±`--rotation` degrees and
 a side scaled by [`--min-scale`, 1]. ART renders by nearest-neighbour sampling and has
-no photometric or blur transformation, so ours runs twice: with ART's
-transformations (nearest-neighbour rendering, no brightness, contrast or blur), and
-with its own defaults (half the draws bilinear; brightness, contrast, blur). Every patch is then pasted at full size on the
+no photometric or blur transformation, so ours runs two or three times: with ART's
+transformations (nearest-neighbour rendering, no brightness, contrast or blur),
+with its own defaults (half the draws bilinear; brightness, contrast, blur), and
+(`--canvas P`) with its defaults plus ART's own rendering in a share P of the draws
+(the patch upsampled to a canvas of the image's side and resampled, both by nearest
+neighbour: attacks.patch.render_through_canvas, pixel-exact to ART's). Every patch is then pasted at full size on the
 same `--n` held-out test images of the other classes by two rules, each with the
 same random draws for every patch: ours (a random location and rotation, bilinear)
 and ART's `apply_patch` (the same, nearest neighbour; our patches enter it upsampled by nearest neighbour, and ART renders
@@ -44,8 +47,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from attacks.patch import AdversarialPatch, patch_side  # noqa: E402
 
 
-def import_art_patch():
-    """ART's AdversarialPatchPyTorch and PyTorchClassifier; SystemExit(2) naming what to install when missing."""
+def import_torchvision():
+    """torchvision, importable even where its wheel was built for another torch (its compiled ops then fail to load;
+    the two operator schemas its import registers are declared first). SystemExit naming the install when missing."""
     try:
         import torchvision  # noqa: F401
     except ImportError:
@@ -59,8 +63,13 @@ def import_art_patch():
         library = torch.library.Library("torchvision", "DEF")
         for op in ("nms", "qnms"):
             library.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        import_art_patch.library = library  # keep the declarations alive
+        import_torchvision.library = library  # keep the declarations alive
         import torchvision  # noqa: F401
+
+
+def import_art_patch():
+    """ART's AdversarialPatchPyTorch and PyTorchClassifier; SystemExit naming what to install when missing."""
+    import_torchvision()
     try:
         from art.attacks.evasion import AdversarialPatchPyTorch
         from art.estimators.classification import PyTorchClassifier
@@ -112,6 +121,9 @@ def main() -> None:
     parser.add_argument("--min-scale", type=float, default=0.8)
     parser.add_argument("--n-fit", type=int, default=2048, help="training images (a multiple of --batch-size)")
     parser.add_argument("--n", type=int, default=1000, help="held-out test images")
+    parser.add_argument("--canvas", type=float, default=0.5,
+                        help="a third patch of ours whose EOT renders this share of the draws through ART's canvas "
+                             "paste (attacks.patch.render_through_canvas); 0: skip it")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.smoke == bool(args.classifier):
@@ -146,8 +158,12 @@ def main() -> None:
                    min_scale=args.min_scale, seed=args.seed)
     placement.place(x[:2], torch.rand(channels, side, side))  # warm-up: kornia's lazy imports stay out of the timing
     ours_as_art = AdversarialPatch(brightness=0, contrast=0, blur=0, nearest=1.0, **matched)
-    for name, attack in [("ours, ART's transformations", ours_as_art),
-                         ("ours, full EOT (+ bilinear, brightness, contrast, blur)", AdversarialPatch(**matched))]:
+    variants = [("ours, ART's transformations", ours_as_art),
+                ("ours, full EOT (+ bilinear, brightness, contrast, blur)", AdversarialPatch(**matched))]
+    if args.canvas:
+        variants.append((f"ours, full EOT + ART's canvas paste ({args.canvas:g})",
+                         AdversarialPatch(canvas=args.canvas, **matched)))
+    for name, attack in variants:
         start, cpu = time.perf_counter(), time.process_time()
         patches[name], _ = attack.fit(model, x_fit, target, args.area, torch.Generator().manual_seed(args.seed))
         seconds[name], cpu_seconds[name] = time.perf_counter() - start, time.process_time() - cpu
@@ -205,7 +221,8 @@ def main() -> None:
 
         run = RunDir.create("bench", "patch_vs_art", args.seed, vars(args))
         write_csv(run.path / "results.csv", rows)
-        save_checkpoint(run.path / "checkpoints" / "patches.pt", dict(zip(("ours", "ours_full_eot", "art"), patches.values())))
+        keys = ("ours", "ours_full_eot") + (("ours_canvas",) if args.canvas else ()) + ("art",)
+        save_checkpoint(run.path / "checkpoints" / "patches.pt", dict(zip(keys, patches.values())))
         print(run.path)
 
 if __name__ == "__main__":

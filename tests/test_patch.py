@@ -1,12 +1,14 @@
 """Adversarial patch and adversarial reprogramming: properties, learning on tiny models, validation."""
 
+import importlib.util
+
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from attacks.patch import AdversarialPatch, paste_patch, patch_side, random_locations
-from attacks.reprogramming import AdversarialProgram, AdversarialReprogramming, reprogrammed_accuracy
+from attacks.patch import AdversarialPatch, paste_patch, patch_side, random_locations, render_through_canvas
+from attacks.reprogramming import AdversarialProgram, AdversarialReprogramming, jitter_sources, reprogrammed_accuracy
 from test_attacks_models import mnist_14, trained_mlp
 
 
@@ -43,6 +45,53 @@ def test_patch_changes_the_image_only_inside_its_mask_and_stays_in_bounds():
         assert ((x_adv != x) <= (mask > 0)).all(), "a pixel outside the mask changed"
         assert (mask.sum((1, 2, 3)) <= 25 + 1).all(), "a transformed patch exceeds its budget (by more than an edge pixel)"
         assert (mask > 0).float().sum((1, 2, 3)).min() > 0
+
+
+def test_canvas_paste_is_the_patch_itself_where_the_pitches_agree_and_stays_in_its_mask():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 3, 16, 16, generator=g)
+    patch = torch.rand(3, 4, 4, generator=g)
+    rows, cols = random_locations(6, 4, 16, 16, g, x.device)
+    upright, _ = paste_patch(x, patch, rows, cols)
+    # a 4x4 patch on a 16x16 canvas is 4x4 blocks: at scale 1, no turn and an integer location both resamplings agree
+    aligned, mask = paste_patch(x, patch, rows, cols, scale=torch.ones(6), canvas=torch.ones(6, dtype=torch.bool))
+    assert torch.equal(aligned, upright) and (mask.sum((1, 2, 3)) == 16).all()
+    eot = AdversarialPatch(rotation=45, min_scale=0.5, brightness=0, contrast=0, blur=0, canvas=1.0)
+    draws = eot.transforms(6, x, g)
+    assert draws["canvas"].all()
+    x_adv, mask = paste_patch(x, patch, rows, cols, **draws)
+    assert set(mask.unique().tolist()) <= {0.0, 1.0}, "nearest-neighbour rendering leaves no partial mask"
+    assert ((x_adv != x) <= (mask > 0)).all() and x_adv.min() >= 0 and x_adv.max() <= 1
+    colours = {tuple(v) for v in patch.flatten(1).T.tolist()}
+    inside = x_adv.permute(0, 2, 3, 1)[mask[:, 0] > 0]
+    assert all(tuple(v) in colours for v in inside.tolist()), "every pasted pixel is one of the patch's pixels"
+    none = paste_patch(x, patch, rows, cols, **{**draws, "canvas": torch.zeros(6, dtype=torch.bool)})[0]
+    assert not torch.equal(none, x_adv)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torchvision") is None, reason="compares with torchvision's affine")
+def test_canvas_rendering_matches_arts_apply_patch_pixel_for_pixel():
+    """ART's AdversarialPatchPyTorch._random_overlay: the patch on a canvas of the image's side, then
+    torchvision.transforms.functional.affine(angle, translate, scale, nearest) about the image's centre."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bench.patch_vs_art import import_torchvision
+
+    import_torchvision()  # also where the wheel was built for another torch
+    import torchvision.transforms.functional as TF
+    g = torch.Generator().manual_seed(0)
+    ink = torch.cat([torch.rand(3, 10, 10, generator=g), torch.ones(1, 10, 10)])[None]
+    canvas = F.interpolate(ink, size=(32, 32), mode="nearest")[0]
+    for _ in range(10):
+        tx, ty, turn = (torch.rand(3, generator=g) * torch.tensor([20, 20, 45]) - torch.tensor([10, 10, 22.5])).tolist()
+        scale = 0.25 + 0.0625 * float(torch.rand(1, generator=g))
+        art = TF.affine(canvas, angle=turn, translate=[tx, ty], scale=scale, shear=[0, 0],
+                        interpolation=TF.InterpolationMode.NEAREST)
+        ours = render_through_canvas(ink, 32, 32, torch.tensor([[15.5 + tx, 15.5 + ty]]), torch.tensor([turn]),
+                                     torch.tensor([scale]))[0]
+        assert torch.equal(ours, art)
 
 
 def test_patch_result_has_one_row_per_area_and_reports_its_budget():
@@ -98,6 +147,7 @@ def test_patch_refuses_bad_calls(kwargs, error, match):
 @pytest.mark.parametrize("kwargs, match", [
     ({"steps": 0}, "steps must be an integer >= 1"), ({"rotation": 200}, r"rotation must be in \[0, 180\]"),
     ({"min_scale": 1.5}, "min_scale must be in"), ({"blur": -1}, "blur must be"), ({"loss": "l2"}, "loss must be one of"),
+    ({"canvas": 1.5}, r"canvas must be a probability in \[0, 1\]"),
 ])
 def test_patch_refuses_bad_options(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -172,7 +222,25 @@ def test_program_learns_a_new_task_on_a_tiny_victim(form):
     assert learned > 0.35 and learned > untouched + 0.15
 
 
+def test_jitter_moves_and_zooms_each_source_image_within_its_bounds():
+    x = torch.zeros(200, 1, 28, 28)
+    x[:, :, 12:16, 12:16] = 1  # a 4x4 blob at the centre
+    assert jitter_sources(x, 0, 0, None) is x
+    g = torch.Generator().manual_seed(0)
+    moved = jitter_sources(x, 3, 0, g)
+    mass = moved[:, 0].sum((1, 2))
+    grid = torch.arange(28.0)
+    centre = torch.stack([(moved[:, 0].sum(2) * grid).sum(1), (moved[:, 0].sum(1) * grid).sum(1)], 1) / mass[:, None]
+    offset = centre - 13.5
+    assert torch.allclose(mass, torch.full_like(mass, 16.0), atol=1e-4), "a move keeps the blob's ink"
+    assert offset.abs().max() <= 3 + 1e-4 and offset.abs().max() > 2.5 and offset.std(0).min() > 1
+    zoomed = jitter_sources(x, 0, 0.5, g)[:, 0].sum((1, 2)) / 16
+    assert zoomed.min() >= 0.25 - 1e-3 and zoomed.max() <= 2.25 + 1e-3 and zoomed.max() - zoomed.min() > 1.0
+
+
 @pytest.mark.parametrize("call, match", [
+    (lambda a: AdversarialReprogramming(shift=-1), "shift must be >= 0"),
+    (lambda a: AdversarialReprogramming(scale=1.0), r"scale must be in \[0, 1\)"),
     (lambda a: AdversarialProgram((1, 8, 8), 10, [0, 1], "full"), r"source_size must be in \[1, 8\]"),
     (lambda a: AdversarialProgram((1, 8, 8), 4, [0, 0], "frame"), "distinct victim classes"),
     (lambda a: AdversarialProgram((1, 8, 8), 8, [0, 1], "frame"), "a frame program has no pixels left"),

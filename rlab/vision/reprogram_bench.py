@@ -58,6 +58,10 @@ class ReprogramConfig:
     batch_size: int = opt(AdversarialReprogramming.batch_size, "source images per Adam step")
     lr: float = opt(AdversarialReprogramming.lr, "Adam learning rate on the program W")
     weight_decay: float = opt(AdversarialReprogramming.weight_decay, "L2 penalty lambda on W (Elsayed et al.'s regulariser)")
+    shift: float = opt(AdversarialReprogramming.shift, "training-time jitter: move each training digit by up to this "
+                                                       "many source pixels per axis (0: none; never at scoring)")
+    scale: float = opt(AdversarialReprogramming.scale, "training-time jitter: zoom each training digit by a factor in "
+                                                       "[1 - scale, 1 + scale] (0: none; never at scoring)")
     control: bool = opt(True, "also train the program against an untrained network of the victim's shape")
     gallery: int = opt(8, "reprogrammed digits in the gallery (0: none)")
     data_dir: str | None = opt(None, "folder holding the dataset files")
@@ -81,7 +85,8 @@ class ReprogramConfig:
         try:
             return AdversarialReprogramming(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
                                             weight_decay=self.weight_decay, source_size=self.source_size or None,
-                                            label_map=self.label_map, form=self.form, seed=self.seed)
+                                            label_map=self.label_map, form=self.form, shift=self.shift,
+                                            scale=self.scale, seed=self.seed)
         except ValueError as e:
             raise UserError(f"--{str(e).replace('_', '-')}") from None
 
