@@ -54,12 +54,17 @@ class AdversarialProgram(nn.Module):
 
     host_shape: (C, H, W) of the victim's inputs; source_size: side of the embedded
     input (a source image of another size is resized to it); label_map[k]: the
-    victim's class that stands for source class k (h_g); form: frame, full or affine.
+    victim's class that stands for source class k (h_g); form: frame, full or affine; crop: source pixels cut off
+    each border before the resize (an MNIST digit sits in a 20x20 box inside its 28x28 image: crop 4 lets the
+    digit itself, not its empty margin, fill the embedding).
     W starts at 0: a mid-grey frame (frame), the bare input (full), grey paper and ink (affine).
     """
 
-    def __init__(self, host_shape: Sequence[int], source_size: int, label_map: Sequence[int], form: str):
+    def __init__(self, host_shape: Sequence[int], source_size: int, label_map: Sequence[int], form: str,
+                 crop: int = 0):
         super().__init__()
+        if not isinstance(crop, int) or crop < 0:
+            raise ValueError(f"crop must be an integer >= 0 (source pixels off each border), got {crop!r}")
         channels, height, width = (int(v) for v in host_shape)
         if form not in PROGRAM_FORMS:
             raise ValueError(f"form must be one of {', '.join(PROGRAM_FORMS)}, got {form!r}")
@@ -71,7 +76,7 @@ class AdversarialProgram(nn.Module):
                              f"left (use form full or affine)")
         if len(label_map) < 2 or len(set(label_map)) != len(label_map) or min(label_map) < 0:
             raise ValueError(f"label_map must list >= 2 distinct victim classes (one per source class), got {list(label_map)}")
-        self.form, self.source_size = form, source_size
+        self.form, self.source_size, self.crop = form, source_size, crop
         self.top, self.left = (height - source_size) // 2, (width - source_size) // 2
         self.weight = nn.Parameter(torch.zeros(channels, height, width))  # W
         self.ink = nn.Parameter(torch.zeros(channels, height, width)) if form == "affine" else None  # A
@@ -89,6 +94,10 @@ class AdversarialProgram(nn.Module):
     def embed(self, x: Tensor) -> Tensor:
         """emb(x~): the source images resized to source_size, grey to the host's channels, zero-padded to the host size."""
         channels, height, width = self.weight.shape
+        if self.crop:
+            if 2 * self.crop >= x.shape[-1]:
+                raise ValueError(f"crop {self.crop} leaves nothing of a {x.shape[-1]}x{x.shape[-1]} source image")
+            x = x[..., self.crop:x.shape[-2] - self.crop, self.crop:x.shape[-1] - self.crop]
         if x.shape[-2:] != (self.source_size, self.source_size):
             x = F.interpolate(x, size=(self.source_size, self.source_size), mode="bilinear", align_corners=False,
                               antialias=True).clamp(0, 1)
@@ -159,7 +168,8 @@ class AdversarialReprogramming:
     Adam on the program (W, and A for the affine form), its learning rate `lr`
     decayed to 0 along a cosine over `epochs` passes over (x, y) in minibatches
     (Elsayed et al. decay theirs too, exponentially), L2 penalty `weight_decay`
-    (the paper's lambda). With `shift` or `scale` > 0 every training minibatch of
+    (the paper's lambda). `crop` cuts source pixels off each border before the
+    embedding (AdversarialProgram). With `shift` or `scale` > 0 every training minibatch of
     source images is jittered first (jitter_sources: moved by up to `shift` source
     pixels, zoomed by up to +-`scale`); scoring uses the images as they are.
     source_size defaults to the host's side for the full and
@@ -174,6 +184,7 @@ class AdversarialReprogramming:
     source_size: int | None = None
     label_map: Sequence[int] | None = None
     form: str = "affine"
+    crop: int = 0
     shift: float = 0.0
     scale: float = 0.0
     seed: int | None = None
@@ -189,6 +200,8 @@ class AdversarialReprogramming:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         if self.form not in PROGRAM_FORMS:
             raise ValueError(f"form must be one of {', '.join(PROGRAM_FORMS)}, got {self.form!r}")
+        if not isinstance(self.crop, int) or self.crop < 0:
+            raise ValueError(f"crop must be an integer >= 0 (source pixels off each border), got {self.crop!r}")
         if not self.shift >= 0:
             raise ValueError(f"shift must be >= 0 (source pixels), got {self.shift!r}")
         if not 0 <= self.scale < 1:
@@ -203,7 +216,9 @@ class AdversarialReprogramming:
         if len(label_map) < classes:
             raise ValueError(f"label_map maps {len(label_map)} source classes but the labels go up to {classes - 1}")
         source_size = self.source_size or (x.shape[-1] if self.form == "frame" else min(int(v) for v in host_shape[1:]))
-        program = AdversarialProgram(host_shape, source_size, label_map, self.form).to(x.device, x.dtype)
+        if 2 * self.crop >= x.shape[-1]:
+            raise ValueError(f"crop {self.crop} leaves nothing of the {x.shape[-1]}x{x.shape[-1]} source images")
+        program = AdversarialProgram(host_shape, source_size, label_map, self.form, self.crop).to(x.device, x.dtype)
         reprogrammed = Reprogrammed(model, program)
         params = list(program.parameters())
         optimizer = torch.optim.Adam(params, lr=self.lr)

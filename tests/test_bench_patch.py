@@ -105,6 +105,10 @@ def test_bench_reprogram_validate_holds_out_training_digits_and_never_reads_the_
     (["--validate", "5000"], "--validate 5000 holds out too many of the 4000 training images: at most 3999"),
     (["--form", "tile"], "--form"),
     (["--epochs", "0"], "--epochs must be an integer >= 1"),
+    (["--source-crop", "-1"], "--source-crop must be >= 0"),
+    (["--source-crop", "14"], "--source-crop 14 leaves nothing of the 28x28 mnist5k images"),
+    (["--shift", "-2"], "--shift must be >= 0"),
+    (["--scale", "1.5"], "--scale must be in [0, 1)"),
 ])
 def test_bench_reprogram_bad_input_is_one_line_exit_2(tiny_classifier, runs_root, capsys, args, message):
     assert main(["bench", "reprogram", "--classifier", str(tiny_classifier), *args]) == 2

@@ -238,7 +238,20 @@ def test_jitter_moves_and_zooms_each_source_image_within_its_bounds():
     assert zoomed.min() >= 0.25 - 1e-3 and zoomed.max() <= 2.25 + 1e-3 and zoomed.max() - zoomed.min() > 1.0
 
 
+def test_crop_embeds_the_sources_centre_only():
+    x = torch.zeros(2, 1, 28, 28)
+    x[0, :, :4] = 1  # ink in the top margin only
+    x[1, :, 4:24, 4:24] = 1  # the 20x20 box a digit sits in
+    program = AdversarialProgram((3, 32, 32), 32, [0, 1], "full", crop=4)
+    embedded = program.embed(x)
+    assert embedded.shape == (2, 3, 32, 32)
+    assert embedded[0].max() == 0 and embedded[1].min() == 1, "crop 4 keeps the 20x20 centre, resized over the host"
+    assert AdversarialProgram((3, 32, 32), 32, [0, 1], "full").embed(x)[1, :, 0].max() == 0  # uncropped: a margin
+
+
 @pytest.mark.parametrize("call, match", [
+    (lambda a: AdversarialReprogramming(crop=-1), "crop must be an integer >= 0"),
+    (lambda a: AdversarialProgram((1, 8, 8), 4, [0, 1], "full", crop=2)(torch.rand(1, 1, 4, 4)), "crop 2 leaves nothing"),
     (lambda a: AdversarialReprogramming(shift=-1), "shift must be >= 0"),
     (lambda a: AdversarialReprogramming(scale=1.0), r"scale must be in \[0, 1\)"),
     (lambda a: AdversarialProgram((1, 8, 8), 10, [0, 1], "full"), r"source_size must be in \[1, 8\]"),

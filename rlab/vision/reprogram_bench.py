@@ -50,6 +50,8 @@ class ReprogramConfig:
                                                    "a learned gain on the input)", choices=list(PROGRAM_FORMS))
     source_size: int = opt(0, "side in pixels of the embedded source image (0: the host's side for the full and "
                               "affine forms, the source's own side for frame, 28 for MNIST: a 2-pixel frame)")
+    source_crop: int = opt(AdversarialReprogramming.crop, "source pixels cut off each border before the resize "
+                                                          "(MNIST digits sit in a 20x20 box inside 28x28; 0: none)")
     label_map: list[int] | None = opt(None, "victim class for each source class, e.g. 3,1,0,... (default: class k -> k)")
     n_train: int = opt(0, "train the program on N source training images only, a fixed random draw (0: all)")
     validate: int = opt(0, "hold out N of the source's training images, train on the rest and score on those, never "
@@ -72,6 +74,7 @@ class ReprogramConfig:
     def __post_init__(self) -> None:
         check(self.classifier is not None, "--classifier RUN_DIR is required (a run folder of `rlab classifier train`)")
         check(self.source_size >= 0, f"--source-size must be >= 0 (0: the source's own size), got {self.source_size}")
+        check(self.source_crop >= 0, f"--source-crop must be >= 0 (source pixels off each border), got {self.source_crop}")
         check(self.gallery >= 0, f"--gallery must be >= 0, got {self.gallery}")
         check(self.n_train >= 0, f"--n-train must be >= 0 (0: all), got {self.n_train}")
         check(self.validate >= 0, f"--validate must be >= 0 (0: score on the test split), got {self.validate}")
@@ -85,7 +88,7 @@ class ReprogramConfig:
         try:
             return AdversarialReprogramming(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
                                             weight_decay=self.weight_decay, source_size=self.source_size or None,
-                                            label_map=self.label_map, form=self.form, shift=self.shift,
+                                            label_map=self.label_map, form=self.form, crop=self.source_crop, shift=self.shift,
                                             scale=self.scale, seed=self.seed)
         except ValueError as e:
             raise UserError(f"--{str(e).replace('_', '-')}") from None
@@ -196,6 +199,8 @@ def run(cfg: ReprogramConfig) -> Any:
           f"{len(train)} training images: at most {len(train) - max(cfg.n_train, 1)} with --n-train {cfg.n_train}")
     check(train.channels in (1, options["in_channels"]), f"{cfg.source} has {train.channels}-channel images; the victim "
                                                         f"takes {options['in_channels']}")
+    check(2 * cfg.source_crop < train.image_size, f"--source-crop {cfg.source_crop} leaves nothing of the "
+                                                  f"{train.image_size}x{train.image_size} {cfg.source} images")
     x_train, y_train, x_test, y_test, scored_on = split_source(train, test, cfg.n_train, cfg.validate, cfg.seed)
     x_train, y_train, x_test, y_test = x_train.to(device), y_train.to(device), x_test.to(device), y_test.to(device)
     run_dir = RunDir.create("bench", f"reprogram__{cfg.source.replace(':', '-')}__{options['model']}", cfg.seed, cfg, device)
@@ -203,7 +208,7 @@ def run(cfg: ReprogramConfig) -> Any:
     models = {"trained": victim}
     if cfg.control:
         models["untrained"] = untrained_twin(options, cfg.seed, device)
-    initial = AdversarialProgram(host_shape, source_size, label_map, cfg.form).to(device)  # W = 0
+    initial = AdversarialProgram(host_shape, source_size, label_map, cfg.form, cfg.source_crop).to(device)  # W = 0
     attack = dataclasses.replace(cfg.attack(), label_map=label_map, source_size=source_size)
     rows, results = [], {}
     for name, model in tqdm(models.items(), desc="victims", unit="victim"):
