@@ -247,14 +247,36 @@ class AdversarialReprogramming:
         return result
 
 
+MOVES = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))  # the source itself and its one-pixel moves
+
+
+def moved(x: Tensor, dx: int, dy: int) -> Tensor:
+    """x moved by dx columns and dy rows, zero (an MNIST digit's background) where it leaves its frame."""
+    pad = max(abs(dx), abs(dy))
+    if pad == 0:
+        return x
+    h, w = x.shape[-2:]
+    return F.pad(x, (pad, pad, pad, pad))[..., pad - dy:pad - dy + h, pad - dx:pad - dx + w]
+
+
+@torch.no_grad()
+def reprogrammed_log_probs(model: nn.Module, program: AdversarialProgram, x: Tensor, moves: bool = False) -> Tensor:
+    """log P(y~ | x~) over the source classes; with `moves`, averaged over x and its four one-pixel moves (a test-time
+    ensemble over translations, the transformations the victim's training augmentation taught it to ignore)."""
+    reprogrammed = Reprogrammed(model, program)
+    with eval_mode(model):
+        if not moves:
+            return reprogrammed(x).log_softmax(1)
+        return torch.stack([reprogrammed(moved(x, dx, dy)).log_softmax(1) for dx, dy in MOVES]).mean(0)
+
+
 @torch.no_grad()
 def reprogrammed_accuracy(model: nn.Module, program: AdversarialProgram, x: Tensor, y: Tensor,
-                          batch_size: int = 500) -> float:
-    """Share of source inputs x whose label y the reprogrammed victim gets right."""
+                          batch_size: int = 500, moves: bool = False) -> float:
+    """Share of source inputs x whose label y the reprogrammed victim gets right (`moves`: reprogrammed_log_probs)."""
     check_batch(x, y)
-    reprogrammed = Reprogrammed(model, program)
     correct = 0
-    with eval_mode(model):
-        for begin in range(0, x.shape[0], batch_size):
-            correct += int((reprogrammed(x[begin:begin + batch_size]).argmax(1) == y[begin:begin + batch_size]).sum())
+    for begin in range(0, x.shape[0], batch_size):
+        answers = reprogrammed_log_probs(model, program, x[begin:begin + batch_size], moves).argmax(1)
+        correct += int((answers == y[begin:begin + batch_size]).sum())
     return correct / max(1, x.shape[0])

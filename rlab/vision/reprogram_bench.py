@@ -12,7 +12,7 @@ trained, with the same budget, against an untrained network of the victim's
 shape (the control: how much of the result is the trained network's features,
 not the program's capacity). Writes into one run folder:
 
-    results.csv      victim, source, form, source_size, program_pixels, program_share, epochs, scored_on,
+    results.csv      victim, source, form, source_size, source_crop, shift, scale, test_moves, program_pixels, program_share, epochs, scored_on,
                      heldout_accuracy, train_accuracy, initial_program_accuracy, grad_steps, seconds, cpu_seconds
     accuracy.png     training accuracy per epoch, held-out accuracy at the end, both victims
     gallery.png      reprogrammed inputs of held-out digits with the victim's (mapped) answers
@@ -37,7 +37,7 @@ from rlab.errors import UserError
 from rlab.runs import RunDir, atomic_write_text, save_checkpoint, write_csv
 from rlab.runtime import DEVICES, resolve_device, seed_everything, set_threads
 
-RESULT_COLUMNS = ["victim", "source", "form", "source_size", "program_pixels", "program_share", "epochs", "scored_on",
+RESULT_COLUMNS = ["victim", "source", "form", "source_size", "source_crop", "shift", "scale", "test_moves", "program_pixels", "program_share", "epochs", "scored_on",
                   "heldout_accuracy", "train_accuracy", "initial_program_accuracy", "grad_steps", "seconds", "cpu_seconds"]
 
 
@@ -64,6 +64,8 @@ class ReprogramConfig:
                                                        "many source pixels per axis (0: none; never at scoring)")
     scale: float = opt(AdversarialReprogramming.scale, "training-time jitter: zoom each training digit by a factor in "
                                                        "[1 - scale, 1 + scale] (0: none; never at scoring)")
+    test_moves: bool = opt(False, "score each held-out digit by the victim's log-probabilities averaged over the digit "
+                                  "and its four one-pixel moves (a test-time ensemble; the same program)")
     control: bool = opt(True, "also train the program against an untrained network of the victim's shape")
     gallery: int = opt(8, "reprogrammed digits in the gallery (0: none)")
     data_dir: str | None = opt(None, "folder holding the dataset files")
@@ -220,12 +222,15 @@ def run(cfg: ReprogramConfig) -> Any:
             raise RuntimeError("reprogramming changed the victim's weights or batch-norm statistics")
         results[name] = result
         rows.append({"victim": name, "source": cfg.source, "form": cfg.form, "source_size": source_size,
+                     "source_crop": cfg.source_crop, "shift": cfg.shift, "scale": cfg.scale, "test_moves": cfg.test_moves,
                      "program_pixels": result.program.program_size,
                      "program_share": round(result.program.program_size / (host_shape[1] * host_shape[2]), 4),
                      "epochs": cfg.epochs, "scored_on": scored_on,
-                     "heldout_accuracy": round(reprogrammed_accuracy(model, result.program, x_test, y_test), 4),
+                     "heldout_accuracy": round(reprogrammed_accuracy(model, result.program, x_test, y_test,
+                                                                     moves=cfg.test_moves), 4),
                      "train_accuracy": round(result.accuracy[-1], 4),
-                     "initial_program_accuracy": round(reprogrammed_accuracy(model, initial, x_test, y_test), 4),
+                     "initial_program_accuracy": round(reprogrammed_accuracy(model, initial, x_test, y_test,
+                                                                             moves=cfg.test_moves), 4),
                      "grad_steps": result.grad_steps, "seconds": round(seconds, 2), "cpu_seconds": round(cpu_seconds, 2)})
     write_csv(run_dir.path / "results.csv", rows, RESULT_COLUMNS)
     save_checkpoint(run_dir.path / "checkpoints" / "programs.pt",
@@ -245,7 +250,12 @@ def run(cfg: ReprogramConfig) -> Any:
               f"(label_map {label_map}). Adam (lr {cfg.lr:g}, λ {cfg.weight_decay:g}), {cfg.epochs} epochs of "
               f"{len(x_train)} training images in batches of {cfg.batch_size}; scored on {scored_on}: {len(x_test)} "
               f"images not trained on. The victim's weights are frozen (checked after training). 'W = 0': the program "
-              f"before training.", "",
+              f"before training."
+              + (f" The source images lose {cfg.source_crop} pixels off each border before the resize." if cfg.source_crop else "")
+              + (f" Training digits jittered: moved by up to {cfg.shift:g} pixels, zoomed by up to ±{cfg.scale:g}."
+                 if cfg.shift or cfg.scale else "")
+              + (" Held-out scores average the victim's log-probabilities over each digit and its four one-pixel moves."
+                 if cfg.test_moves else ""), "",
               "| victim | program (pixels, share) | held-out accuracy | training accuracy (last epoch) | W = 0 | "
               "grad steps | seconds (CPU) |", "|---|---|---|---|---|---|---|"]
     report += [f"| {r['victim']} | {r['program_pixels']}, {100 * r['program_share']:.1f}% | "
