@@ -12,8 +12,9 @@ trained, with the same budget, against an untrained network of the victim's
 shape (the control: how much of the result is the trained network's features,
 not the program's capacity). Writes into one run folder:
 
-    results.csv      victim, source, form, source_size, source_crop, shift, scale, test_moves, program_pixels, program_share, epochs, scored_on,
-                     heldout_accuracy, train_accuracy, initial_program_accuracy, grad_steps, seconds, cpu_seconds
+    results.csv      victim, source, form, source_size, source_crop, shift, scale, test_moves, program_pixels,
+                     program_share, epochs, scored_on, heldout_accuracy, train_accuracy, initial_program_accuracy,
+                     grad_steps, seconds, cpu_seconds
     accuracy.png     training accuracy per epoch, held-out accuracy at the end, both victims
     gallery.png      reprogrammed inputs of held-out digits with the victim's (mapped) answers
     report.md        the table and both figures
