@@ -8,7 +8,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from attacks.patch import AdversarialPatch, paste_patch, patch_side, random_locations, render_through_canvas
-from attacks.reprogramming import AdversarialProgram, AdversarialReprogramming, jitter_sources, reprogrammed_accuracy
+from attacks.reprogramming import (MOVES, AdversarialProgram, AdversarialReprogramming, Reprogrammed, jitter_sources, moved,
+                                   reprogrammed_accuracy, reprogrammed_log_probs)
 from test_attacks_models import mnist_14, trained_mlp
 
 
@@ -236,6 +237,27 @@ def test_jitter_moves_and_zooms_each_source_image_within_its_bounds():
     assert offset.abs().max() <= 3 + 1e-4 and offset.abs().max() > 2.5 and offset.std(0).min() > 1
     zoomed = jitter_sources(x, 0, 0.5, g)[:, 0].sum((1, 2)) / 16
     assert zoomed.min() >= 0.25 - 1e-3 and zoomed.max() <= 2.25 + 1e-3 and zoomed.max() - zoomed.min() > 1.0
+
+
+def test_test_time_moves_average_the_victim_over_one_pixel_translations():
+    x = torch.zeros(1, 1, 6, 6)
+    x[0, 0, 0, 2] = x[0, 0, 3, 5] = 1
+    right, up = moved(x, 1, 0)[0, 0], moved(x, 0, -1)[0, 0]
+    assert torch.nonzero(right).tolist() == [[0, 3]], "the pixel on the right border leaves the frame"
+    assert torch.nonzero(up).tolist() == [[2, 5]], "the pixel on the top border leaves the frame"
+    victim = detector(channels=1)
+    program = AdversarialProgram((1, 16, 16), 12, list(range(10)), "affine")
+    with torch.no_grad():
+        program.weight.normal_()
+        program.ink.normal_()
+    digits = torch.rand(5, 1, 12, 12)
+    alone = Reprogrammed(victim, program)(digits).log_softmax(1)
+    assert torch.allclose(reprogrammed_log_probs(victim, program, digits), alone)
+    by_hand = torch.stack([Reprogrammed(victim, program)(moved(digits, dx, dy)).log_softmax(1) for dx, dy in MOVES])
+    averaged = reprogrammed_log_probs(victim, program, digits, moves=True)
+    assert torch.allclose(averaged, by_hand.mean(0)) and not torch.allclose(averaged, alone)
+    y = averaged.argmax(1)
+    assert reprogrammed_accuracy(victim, program, digits, y, moves=True) == 1.0
 
 
 def test_crop_embeds_the_sources_centre_only():
