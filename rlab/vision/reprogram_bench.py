@@ -7,7 +7,9 @@ around a small digit, Elsayed et al.'s form, or over the whole image around a
 digit resized to the host), and victim class label_map[k] stands for source
 class k. The program is trained on the source's training split and scored on
 its test split, or, with --validate N, on N training digits held out from it
-(to choose options without looking at the test digits); the same program is
+(to choose options without looking at the test digits); by default each held-out
+digit is scored by the victim's log-probabilities averaged over the digit and its
+four one-pixel moves (--no-test-moves: the digit alone); the same program is
 trained, with the same budget, against an untrained network of the victim's
 shape (the control: how much of the result is the trained network's features,
 not the program's capacity). Writes into one run folder:
@@ -31,8 +33,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from attacks.reprogramming import (PROGRAM_FORMS, AdversarialProgram, AdversarialReprogramming, Reprogrammed,
-                                   reprogrammed_accuracy)
+from attacks.reprogramming import (PROGRAM_FORMS, AdversarialProgram, AdversarialReprogramming, reprogrammed_accuracy,
+                                   reprogrammed_log_probs)
 from rlab.config import check, opt
 from rlab.errors import UserError
 from rlab.runs import RunDir, atomic_write_text, save_checkpoint, write_csv
@@ -65,8 +67,9 @@ class ReprogramConfig:
                                                        "many source pixels per axis (0: none; never at scoring)")
     scale: float = opt(AdversarialReprogramming.scale, "training-time jitter: zoom each training digit by a factor in "
                                                        "[1 - scale, 1 + scale] (0: none; never at scoring)")
-    test_moves: bool = opt(False, "score each held-out digit by the victim's log-probabilities averaged over the digit "
-                                  "and its four one-pixel moves (a test-time ensemble; the same program)")
+    test_moves: bool = opt(True, "score each held-out digit by the victim's log-probabilities averaged over the digit "
+                                  "and its four one-pixel moves (a test-time ensemble of the same program; --no-test-moves: "
+                                  "the digit alone)")
     control: bool = opt(True, "also train the program against an untrained network of the victim's shape")
     gallery: int = opt(8, "reprogrammed digits in the gallery (0: none)")
     data_dir: str | None = opt(None, "folder holding the dataset files")
@@ -147,8 +150,10 @@ def spread_over_classes(y: torch.Tensor, k: int) -> torch.Tensor:
     return torch.tensor(picks[:k], dtype=torch.long)
 
 
-def plot_gallery(models: dict[str, Any], results: dict[str, Any], x: torch.Tensor, y: torch.Tensor, k: int, out) -> Any:
-    """One row per victim: held-out digits through its program, titled with the reprogrammed answer."""
+def plot_gallery(models: dict[str, Any], results: dict[str, Any], x: torch.Tensor, y: torch.Tensor, k: int, out,
+                 moves: bool = False) -> Any:
+    """One row per victim: held-out digits through its program, titled with the reprogrammed answer (scored as the
+    table scores it: with `moves`, averaged over the digit's one-pixel moves)."""
     import matplotlib.pyplot as plt
 
     from rlab.plots import save_figure
@@ -159,7 +164,7 @@ def plot_gallery(models: dict[str, Any], results: dict[str, Any], x: torch.Tenso
     for row, (victim, result) in enumerate(results.items()):
         with torch.no_grad():
             host = result.program(xb)
-            answers = Reprogrammed(models[victim], result.program)(xb).argmax(1)
+            answers = reprogrammed_log_probs(models[victim], result.program, xb, moves).argmax(1)
         for i in range(k):
             ax = axes[row, i]
             ax.imshow(host[i].permute(1, 2, 0).cpu().numpy().clip(0, 1).squeeze(), cmap="gray" if host.shape[1] == 1 else None,
@@ -265,7 +270,7 @@ def run(cfg: ReprogramConfig) -> Any:
                f"({r['cpu_seconds']:.1f}) |" for r in rows]
     report += ["", "![accuracy](accuracy.png)", ""]
     if cfg.gallery:
-        plot_gallery(models, results, x_test, y_test, cfg.gallery, run_dir.path / "gallery.png")
+        plot_gallery(models, results, x_test, y_test, cfg.gallery, run_dir.path / "gallery.png", cfg.test_moves)
         report += ["## Gallery", "", "![gallery](gallery.png)", ""]
     atomic_write_text(run_dir.path / "report.md", "\n".join(report))
     summary: dict[str, Any] = {"source": cfg.source, "form": cfg.form, "source_size": source_size, "label_map": label_map,
