@@ -95,6 +95,21 @@ def test_canvas_rendering_matches_arts_apply_patch_pixel_for_pixel():
         assert torch.equal(ours, art)
 
 
+def test_full_resolution_patch_shows_at_most_its_budget_and_a_changing_subsample():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 3, 16, 16, generator=g)
+    stored = torch.rand(3, 16, 16, generator=g)  # kept at the image's resolution, pasted as a 4x4 square
+    eot = AdversarialPatch(rotation=0, min_scale=1.0, brightness=0, contrast=0, blur=0, full_resolution=True)
+    rows, cols = random_locations(64, 4, 16, 16, g, x.device)
+    x_adv, mask = paste_patch(x, stored, rows, cols, side=4, **eot.transforms(64, x, g))
+    assert (mask.sum((1, 2, 3)) <= 4 * 4 + 4).all() and (mask.sum((1, 2, 3)) >= 9).all()
+    assert ((x_adv != x) <= (mask > 0)).all()
+    pasted = [frozenset(map(tuple, x_adv[i].permute(1, 2, 0)[mask[i, 0] > 0].tolist())) for i in range(64)]
+    assert len(set(pasted)) > 10, "the sub-pixel location changes which of the stored pixels a paste shows"
+    with pytest.raises(ValueError, match="canvas 0.5 does not apply to a full_resolution patch"):
+        AdversarialPatch(full_resolution=True, canvas=0.5)
+
+
 def test_patch_result_has_one_row_per_area_and_reports_its_budget():
     model = detector()
     x = low_contrast_images(20)
@@ -113,7 +128,8 @@ def test_patch_result_has_one_row_per_area_and_reports_its_budget():
             assert torch.equal(result.success[k], model(result.x_adv[k]).argmax(1) == target)
 
 
-def test_patch_reaches_its_target_on_held_out_images_with_a_tiny_budget():
+@pytest.mark.parametrize("full_resolution", [False, True])
+def test_patch_reaches_its_target_on_held_out_images_with_a_tiny_budget(full_resolution):
     model = detector()
     x = low_contrast_images(400)
     with torch.no_grad():
@@ -121,11 +137,15 @@ def test_patch_reaches_its_target_on_held_out_images_with_a_tiny_budget():
     target = 7  # a class the model never answers on clean images
     assert not (y == target).any()
     x_fit, x_test, y_test = x[:200], x[200:], y[200:]
-    learned = AdversarialPatch(steps=20, batch_size=32, lr=0.1, seed=0)(model, x_test, y_test, area=0.07, target=target,
-                                                                          x_fit=x_fit)
+    # a full-resolution patch: 16x16 pixels, each paste trains only the 4x4 it shows, so it takes more steps
+    steps, lr = (40, 0.3) if full_resolution else (20, 0.1)
+    learned = AdversarialPatch(steps=steps, batch_size=32, lr=lr, full_resolution=full_resolution, seed=0)(
+        model, x_test, y_test, area=0.07, target=target, x_fit=x_fit)
     noise = AdversarialPatch(steps=1, lr=1e-12, seed=0)(model, x_test, y_test, area=0.07, target=target, x_fit=x_fit)
     assert noise.success.float().mean() < 0.2  # chance, or less
-    assert learned.info["patch"].shape == (3, 4, 4)
+    assert learned.info["patch"].shape == ((3, 16, 16) if full_resolution else (3, 4, 4))
+    assert ((learned.x_adv != x_test) <= (learned.info["mask"] > 0)).all()
+    assert learned.info["area_share"] <= 0.07
     assert learned.success.float().mean() > 0.5, "a 4x4 patch (6% of the image) should steer most held-out images"
 
 
