@@ -123,7 +123,10 @@ def test_patch_vs_art_smoke_runs_both_attacks():
     out = subprocess.run([sys.executable, str(ROOT / "bench" / "patch_vs_art.py"), "--smoke"], capture_output=True,
                          text=True, timeout=300, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "ART AdversarialPatchPyTorch" in out.stdout and "ours / ART" in out.stdout
+    assert "ART AdversarialPatchPyTorch" in out.stdout
+    for ours in ("ours, ART's transformations", "ours, full EOT", "ours, full resolution, ART's transformations"):
+        assert f"{ours}" in out.stdout and out.stdout.count(f"{ours}") >= 3, ours  # fit, table and ratio lines
+    assert out.stdout.count("/ ART: wall time") == 3
 
 
 def test_reprogram_gallery_takes_the_classes_in_turn_from_a_label_sorted_split():
