@@ -15,7 +15,7 @@ replaced by
     critic   `--pgd-steps` projected steps minimising the agent's own Q(s, mu(s + delta)) (Pattanaik et al.,
              2018; agents with a Q critic: ddpg, td3, sac)
     planning   the reachable action (targeted PGD, checked on the policy) whose simulated look-ahead ends
-               nearest to failure (envs.planning_attack; envs the lab simulates: CartPole)
+               worst for the agent (envs.planning_attack; envs the lab simulates: CartPole, Acrobot)
     learned    a PA-AD adversary (Sun et al., 2022) trained by PPO against this agent at this eps for
                `--learned-steps` steps, played greedily (rlab.rl.adversary); saved as
                adversaries/<agent>__eps<eps>.pt in the bench run, and reused by `--adversaries BENCH_RUN`
@@ -45,7 +45,7 @@ from envs.observation_attacks import OBSERVATION_ATTACKS
 from rlab.config import check, opt
 from rlab.errors import UserError
 from rlab.rl.environments import env_spec
-from rlab.rl.evaluation import check_env_option, greedy_actor, load_agent, run_episodes
+from rlab.rl.evaluation import check_env_option, greedy_actor, load_agent, return_floor, run_episodes
 from rlab.runs import RunDir, write_csv
 from rlab.runtime import resolve_device, seed_everything, set_threads
 
@@ -130,7 +130,8 @@ def attack_curve(policy, env_id: str, eps_list: list[float], methods: list[str],
                  learned_steps: int = 32_768, learned: Callable[[float], Any] | None = None) -> list[dict[str, Any]]:
     """One row per (method, eps): mean, std, min and max return over the episodes; then one "worst" row per eps
     (the attack with the lowest mean return there) when two or more attacks ran. `learned(eps)`: the learned
-    adversary at eps (default: trained here for learned_steps, not kept)."""
+    adversary at eps (default: trained here for learned_steps, not kept). relative_return is the share of clean
+    return kept, counted from the env's return floor (rlab.rl.evaluation.return_floor; 0 on CartPole)."""
     from envs.observation_attacks import observation_scale
 
     scale = observation_scale(env_id).to(device)
@@ -159,8 +160,11 @@ def attack_curve(policy, env_id: str, eps_list: list[float], methods: list[str],
             if at_eps:
                 strongest = min(at_eps, key=lambda r: r["mean_return"])
                 rows.append({**strongest, "method": WORST, "strongest": strongest["method"]})
+    floor, _ = return_floor(env_id, episodes, seed)
     for r in rows:
-        r["relative_return"] = r["mean_return"] / clean["mean_return"] if clean["mean_return"] else float("nan")
+        r["return_floor"] = floor
+        span = clean["mean_return"] - floor
+        r["relative_return"] = (r["mean_return"] - floor) / span if span else float("nan")
     return rows
 
 
