@@ -32,10 +32,11 @@ def read_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def test_bench_patch_writes_success_against_area(tiny_classifier, runs_root, capsys):
+@pytest.mark.parametrize("full_resolution", [False, True])
+def test_bench_patch_writes_success_against_area(tiny_classifier, runs_root, capsys, full_resolution):
     assert main(["bench", "patch", "--classifier", str(tiny_classifier), "--target", "3", "--sizes", "0.05,0.1",
                  "--steps", "3", "--batch-size", "16", "--n-fit", "48", "--n", "30", "--gallery", "3",
-                 "--device", "cpu", "--threads", "1"]) == 0
+                 "--device", "cpu", "--threads", "1"] + ["--full-resolution"] * full_resolution) == 0
     (bench,) = (runs_root / "bench").iterdir()
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(bench)
     rows = read_rows(bench / "results.csv")
@@ -48,6 +49,9 @@ def test_bench_patch_writes_success_against_area(tiny_classifier, runs_root, cap
         assert (bench / name).is_file()
     assert "| 10% | 8 |" in (bench / "report.md").read_text()
     assert json.loads((bench / "summary.json").read_text())["target"] == "3"
+    if full_resolution:  # kept at the image's 28x28, pasted at its budget's side
+        patches = torch.load(bench / "checkpoints" / "patches.pt")
+        assert {tuple(p.shape) for p in patches.values()} == {(1, 28, 28)}
 
 
 @pytest.mark.parametrize("args, message", [
