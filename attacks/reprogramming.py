@@ -177,7 +177,7 @@ class AdversarialReprogramming:
     identity (source class k -> victim class k).
     """
 
-    epochs: int = 20
+    epochs: int = 30
     batch_size: int = 8
     lr: float = 0.05
     weight_decay: float = 0.0
