@@ -233,7 +233,7 @@ def test_the_ensemble_attacks_only_the_survivors(monkeypatch):
     log = {"apgd-ce": [], "apgd-t": [], "square": []}
     fakes = [("apgd-ce", FoolEvery({2, 3, 4}, log["apgd-ce"])), ("apgd-t", FoolEvery({5, 0}, log["apgd-t"])),
              ("square", FoolEvery({6}, log["square"]))]
-    monkeypatch.setattr(AutoAttack, "parts", lambda self, classes, device="cpu": fakes)
+    monkeypatch.setattr(AutoAttack, "parts", lambda self, classes: fakes)
     result = AutoAttack()(PixelClassifier(), x, y, eps=[0.1, 0.3])
     assert log["apgd-ce"][0] == list(range(2, n))  # the clean errors are never attacked
     assert log["apgd-t"][0] == [i for i in range(2, n) if i not in (2, 3, 4)]
