@@ -37,7 +37,11 @@ short horizon, not the ball.
 
 The simulator needs the env's state from the observation: for CartPole the observation *is* the state
 (x, x_dot, theta, theta_dot), rounded to float32, and envs.cartpole.cartpole_step is its physics, so the
-look-ahead is exact up to that rounding. Environments the lab cannot simulate from an observation
+look-ahead is exact up to that rounding. Acrobot-v1 (envs.acrobot): the angles come back from their cosines
+and sines, envs.acrobot.acrobot_step is Gymnasium's RK4 step; there termination is the agent's goal (the free
+end above the bar), so a look-ahead that reaches it scores above every other (the attacker avoids it) and the
+margin is the agent's progress, its mechanical energy from hanging at rest (0) to standing up at rest (1): the
+swing-up is an energy pump, and the attacker induces the action that drains it fastest. Environments the lab cannot simulate from an observation
 are refused (SIMULATORS lists the known ones). Cost per step: |A| PGD runs of `steps` gradients and
 |A| * depth batched forward and backward passes of the policy.
 """
@@ -50,6 +54,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from envs.acrobot import ENERGY_DOWN, ENERGY_UP, acrobot_energy, acrobot_observation, acrobot_state, acrobot_step
 from envs.cartpole import FORCE_MAG, THETA_THRESHOLD, X_THRESHOLD, cartpole_step
 from envs.observation_attacks import _attack_seed, _env_family, _ScaledPolicyLogits
 
@@ -62,14 +67,17 @@ class Simulator:
     """What the planner needs of an env, batched over N observations (states are float64, (N, k)).
 
     state_of: obs (N, d) -> state (N, k);  observe: state -> obs the agent would see (float32);
-    step: (state, actions (N,)) -> (next state, terminated (N,));  margin: state -> (N,) distance to
-    failure, 1 at the safest state, <= 0 once the episode has terminated.
+    step: (state, actions (N,)) -> (next state, terminated (N,));  margin: state -> (N,) how well the agent
+    stands, higher is better for it (CartPole: distance to failure, 1 at the safest state, <= 0 once the
+    episode has terminated; Acrobot: its energy towards the swing-up). goal_terminates: termination is the
+    agent's success (Acrobot reaching the bar), not its failure (CartPole's pole falling).
     """
 
     state_of: Callable[[Tensor], Tensor]
     observe: Callable[[Tensor], Tensor]
     step: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
     margin: Callable[[Tensor], Tensor]
+    goal_terminates: bool = False
 
 
 def _cartpole_step(state: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
@@ -85,8 +93,17 @@ def _cartpole_margin(state: Tensor) -> Tensor:
 CARTPOLE = Simulator(state_of=lambda obs: obs.to(torch.float64), observe=lambda state: state.to(torch.float32),
                      step=_cartpole_step, margin=_cartpole_margin)
 
+
+def _acrobot_progress(state: Tensor) -> Tensor:
+    return (acrobot_energy(state) - ENERGY_DOWN) / (ENERGY_UP - ENERGY_DOWN)
+
+
+ACROBOT = Simulator(state_of=acrobot_state, observe=acrobot_observation, step=acrobot_step, margin=_acrobot_progress,
+                    goal_terminates=True)
+
 # env family (as envs.observation_attacks names them: 'CartPole-v1' -> 'CartPole') -> its simulator
-SIMULATORS: dict[str, Simulator] = {"CartPole": CARTPOLE}
+SIMULATORS: dict[str, Simulator] = {"CartPole": CARTPOLE, "Acrobot": ACROBOT}
+GOAL_SCORE = 1e9  # a look-ahead that reaches the agent's goal scores above every one that does not
 
 
 def simulator_for(env_id: str) -> Simulator:
@@ -150,7 +167,8 @@ def _fgsm_toward(policy, obs: Tensor, target: Tensor, radius: Tensor) -> Tensor:
 def lookahead_scores(policy, simulator: Simulator, obs: Tensor, first_actions: Tensor, depth: int,
                      radius: Tensor | None = None) -> Tensor:
     """(N,) score of taking first_actions now, then depth - 1 greedy victim steps on the simulated states:
-    the margin to failure of the last state, or (t_fail - 1) / depth - 1 < 0 if it terminates.
+    the margin of the last state, or, if the look-ahead terminates at step t, (t - 1) / depth - 1 < 0 where
+    that is the agent's failure and GOAL_SCORE + (depth - t) / depth where it is its goal (sooner is better).
 
     radius None: the victim sees clean observations after the first step. radius (d,): the attacker keeps
     pushing toward first_actions, with one targeted FGSM step of that radius, wherever that flips the victim.
@@ -158,7 +176,7 @@ def lookahead_scores(policy, simulator: Simulator, obs: Tensor, first_actions: T
     state = simulator.state_of(obs)
     state, terminated = simulator.step(state, first_actions)
     score = simulator.margin(state)
-    failed_at = torch.where(terminated, 1, 0)
+    ended_at = torch.where(terminated, 1, 0)
     alive = ~terminated
     for t in range(2, depth + 1):
         if not alive.any():
@@ -171,9 +189,11 @@ def lookahead_scores(policy, simulator: Simulator, obs: Tensor, first_actions: T
         next_state, terminated = simulator.step(state, actions)
         state = torch.where(alive[:, None], next_state, state)
         score = torch.where(alive, simulator.margin(state), score)
-        failed_at = torch.where(alive & terminated, t, failed_at)
+        ended_at = torch.where(alive & terminated, t, ended_at)
         alive = alive & ~terminated
-    return torch.where(failed_at > 0, (failed_at - 1) / depth - 1, score)
+    if simulator.goal_terminates:
+        return torch.where(ended_at > 0, GOAL_SCORE + (depth - ended_at) / depth, score)
+    return torch.where(ended_at > 0, (ended_at - 1) / depth - 1, score)
 
 
 def plan(policy, obs: Tensor, eps: float, scale: Tensor, simulator: Simulator, depth: int = DEFAULT_DEPTH,

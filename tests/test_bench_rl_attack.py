@@ -9,7 +9,7 @@ import torch
 from torch.distributions import Categorical
 
 from rlab.rl.attack_bench import RLAttackConfig, attack_curve
-from rlab.rl.evaluation import greedy_actor, run_episodes
+from rlab.rl.evaluation import greedy_actor, return_floor, run_episodes
 from rlab.cli import main
 from rlab.config import make_config
 from rlab.errors import UserError
@@ -37,6 +37,48 @@ def test_pgd_costs_a_good_controller_more_than_noise_of_the_same_size():
     assert got["pgd", 0.05]["relative_return"] == pytest.approx(got["pgd", 0.05]["mean_return"] / 500)
     for r in rows:
         assert r["min_return"] <= r["mean_return"] <= r["max_return"]
+
+
+def pumping_policy(obs: torch.Tensor) -> Categorical:
+    """Acrobot: torque along the second joint's angular velocity (pumps energy in; swings up in 64-121 steps)."""
+    score = 5 * torch.sign(obs[:, 5])
+    return Categorical(logits=torch.stack((-score, torch.zeros_like(score), score), -1))
+
+
+def test_kept_share_counts_from_the_lowest_possible_return_where_returns_are_negative():
+    assert return_floor("CartPole-v1", 3, 0) == (0.0, "lowest possible return")
+    assert return_floor("Acrobot-v1", 3, 0)[0] == -500
+    assert return_floor("Pendulum-v1", 3, 0)[0] == pytest.approx(-200 * 16.2736, abs=0.01)
+    rows = attack_curve(pumping_policy, "Acrobot-v1", [0.0, 0.5], ["none", "random"], episodes=3, seed=0,
+                        pgd_steps=1, device=torch.device("cpu"))
+    got = {(r["method"], r["eps"]): r for r in rows}
+    clean, noisy = got["none", 0.0]["mean_return"], got["random", 0.5]["mean_return"]
+    assert -300 < clean < -60  # the controller swings up, so the floor is not its return
+    assert got["random", 0.5]["return_floor"] == -500
+    assert got["random", 0.5]["relative_return"] == pytest.approx((noisy + 500) / (clean + 500))
+    assert got["none", 0.0]["relative_return"] == 1
+
+
+def test_return_floor_without_a_reward_bound_is_the_random_policy_on_the_same_episodes():
+    floor, how = return_floor("LunarLander-v3", 4, 1)
+    assert how.startswith("uniformly random") and -400 < floor < -50
+    assert return_floor("LunarLander-v3", 4, 1)[0] == floor  # seeded: the same episodes, the same actions
+    assert return_floor("LunarLander-v3", 4, 2)[0] != floor
+
+
+def test_sampled_play_draws_from_the_policy_and_replays_the_same_draws_under_every_attack():
+    def coin(obs):  # an even policy: its argmax is always "left", its samples are a fair coin
+        return Categorical(logits=torch.zeros(len(obs), 2))
+
+    greedy = attack_curve(coin, "CartPole-v1", [0.0], ["none"], episodes=20, seed=0, pgd_steps=1,
+                          device=torch.device("cpu"))
+    rows = attack_curve(coin, "CartPole-v1", [0.0, 0.05], ["none", "random"], episodes=20, seed=0, pgd_steps=1,
+                        device=torch.device("cpu"), sample=True)
+    got = {(r["method"], r["eps"]): r["mean_return"] for r in rows}
+    assert greedy[0]["mean_return"] < 11, "always pushing left drops the pole within ~10 steps"
+    assert 15 < got["none", 0.0] < 35, "a fair coin balances ~22 steps on average"
+    assert got["random", 0.0] == got["none", 0.0], "no perturbation and the same draws: the same episodes"
+    assert RLAttackConfig(run_dir="x", sample=True).sample
 
 
 def test_episode_returns_count_each_episode_once_and_are_seeded():

@@ -5,7 +5,7 @@ import torch
 from torch.distributions import Categorical
 
 from envs.observation_attacks import observation_scale
-from envs.planning_attack import CARTPOLE, lookahead_scores, plan, reachable_actions, simulator_for
+from envs.planning_attack import ACROBOT, CARTPOLE, GOAL_SCORE, lookahead_scores, plan, reachable_actions, simulator_for
 from rlab.rl.attack_bench import attack_curve
 
 SCALE = observation_scale("CartPole-v1")
@@ -55,8 +55,9 @@ def test_lookahead_scores_sooner_failure_lower():
 
 
 def test_planning_is_refused_where_the_lab_cannot_simulate():
+    assert simulator_for("Acrobot-v1") is ACROBOT
     with pytest.raises(ValueError, match="simulator"):
-        simulator_for("Acrobot-v1")
+        simulator_for("LunarLander-v3")
     with pytest.raises(ValueError, match="depth"):
         plan(lambda o: Categorical(logits=torch.zeros(len(o), 2)), near_upright(2), 0.1, SCALE, CARTPOLE, depth=0)
 
@@ -79,7 +80,46 @@ def test_rl_attack_offers_planning_and_learned_and_refuses_planning_without_a_si
     assert RLAttackConfig(run_dir="x", methods=["planning", "learned"]).methods == ["planning", "learned"]
     with pytest.raises(UserError, match="plan-depth"):
         RLAttackConfig(run_dir="x", plan_depth=0)
-    acrobot_policy = lambda obs: Categorical(logits=torch.zeros(len(obs), 3))
-    with pytest.raises(UserError, match="simulator of Acrobot-v1"):
-        attack_curve(acrobot_policy, "Acrobot-v1", [0.05], ["planning"], episodes=1, seed=0, pgd_steps=2,
+    lander_policy = lambda obs: Categorical(logits=torch.zeros(len(obs), 4))
+    with pytest.raises(UserError, match="simulator of LunarLander-v3"):
+        attack_curve(lander_policy, "LunarLander-v3", [0.05], ["planning"], episodes=1, seed=0, pgd_steps=2,
                      device=torch.device("cpu"))
+
+
+def test_acrobot_simulator_is_gymnasiums_step_and_reads_the_state_back_from_observations():
+    import gymnasium
+    import numpy as np
+
+    from envs.acrobot import acrobot_observation, acrobot_state, acrobot_step
+
+    env = gymnasium.make("Acrobot-v1").unwrapped
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    states = rng.uniform([-np.pi, -np.pi, -4 * np.pi, -9 * np.pi], [np.pi, np.pi, 4 * np.pi, 9 * np.pi], (300, 4))
+    actions = rng.integers(3, size=300)
+    ours, ours_done = acrobot_step(torch.tensor(states), torch.tensor(actions))
+    for state, action, mine, done in zip(states, actions, ours, ours_done):
+        env.state = state.copy()
+        obs, reward, terminated, _, _ = env.step(int(action))
+        assert bool(done) == terminated and reward == (0.0 if terminated else -1.0)
+        assert np.allclose(acrobot_observation(mine[None])[0].numpy(), obs, atol=1e-6)
+        assert np.allclose(acrobot_state(torch.tensor(obs)[None])[0].numpy(), env.state, atol=1e-5)
+    assert 10 < int(ours_done.sum()) < 290, "the draw should hold both ends"
+
+
+def test_acrobot_lookahead_scores_reaching_the_bar_above_everything_and_energy_below():
+    def torque(a):  # the victim's own action: always a
+        return lambda o: Categorical(logits=torch.nn.functional.one_hot(torch.full((len(o),), a), 3).float() * 9)
+
+    from envs.acrobot import acrobot_observation, acrobot_step
+
+    # the free end just below the bar, swinging up: only torque +1 lifts it over within one step
+    state = torch.tensor([[2.26, -0.53, 1.91, -1.74]], dtype=torch.float64).repeat(3, 1)
+    _, done = acrobot_step(state, torch.tensor([0, 1, 2]))
+    assert done.tolist() == [False, False, True]
+    scores = lookahead_scores(torque(1), ACROBOT, acrobot_observation(state), torch.tensor([0, 1, 2]), depth=1)
+    assert scores[2] >= GOAL_SCORE and (scores[:2] < GOAL_SCORE).all()
+    # hanging at rest the progress is 0; any push adds energy, none removes it
+    rest = torch.tensor([[1.0, 0.0, 1.0, 0.0, 0.0, 0.0]]).repeat(3, 1)
+    scores = lookahead_scores(torque(1), ACROBOT, rest, torch.tensor([0, 1, 2]), depth=1)
+    assert scores[1] == pytest.approx(0.0, abs=1e-9) and (scores[[0, 2]] > 0).all()

@@ -21,7 +21,8 @@ fixed victim at one eps; `LearnedAdversary.perturb` plays it greedily (the "lear
 Reward shaping. The adversary's reward -r_t = -1 per step on CartPole says nothing until the victim falls;
 against a victim that survives a whole episode under a random director, PPO sees a flat return and may never
 find the pushes that topple it (32k steps: no learning on 2 of 5 plain PPO agents). Where the lab has a
-margin to failure m(s) for the env (envs.planning_attack's simulator: CartPole), the director is trained on
+margin to failure m(s) for the env (envs.planning_attack's simulator: CartPole; not Acrobot, see
+shaping_for), the director is trained on
 
     r'_t = -r_t + gamma * Phi(s_{t+1}) - Phi(s_t),   Phi(s) = -m(s) / (1 - gamma),   Phi(terminal) = 0
 
@@ -130,10 +131,14 @@ class LearnedAdversary:
 
 
 def shaping_for(env_id: str) -> Simulator | None:
-    """The margin to failure the director's reward is shaped with, or None where the lab has none for env_id."""
+    """The margin to failure the director's reward is shaped with, or None where the lab has none for env_id.
+
+    None too where termination is the victim's goal (Acrobot): with Phi(terminal) = 0 the shaped reward would pay
+    the director for letting the victim reach it; there the director learns from the episode's length alone."""
     from envs.observation_attacks import _env_family
 
-    return SIMULATORS.get(_env_family(env_id))
+    simulator = SIMULATORS.get(_env_family(env_id))
+    return None if simulator is None or simulator.goal_terminates else simulator
 
 
 def train_adversary(victim, env_id: str, eps: float, steps: int = 32_768, seed: int = 0, pgd_steps: int = 10,

@@ -19,7 +19,7 @@ import torch
 
 from rlab.config import check, opt
 from rlab.errors import UserError, load_state_checked
-from rlab.rl.environments import episode_limit, make_envs
+from rlab.rl.environments import env_spec, episode_limit, make_envs
 from rlab.runs import RunDir, utc_stamp, write_json
 from rlab.runtime import resolve_device
 
@@ -79,9 +79,57 @@ def run_episodes(act: Callable[[torch.Tensor], np.ndarray], env_id: str, episode
         envs.close()
 
 
+# Per-step reward bounds of the envs whose returns are bounded below: (family, lowest reward of a step).
+# Pendulum-v1's cost is theta^2 + 0.1 theta_dot^2 + 0.001 u^2 with |theta| <= pi, |theta_dot| <= 8, |u| <= 2.
+LOWEST_STEP_REWARD = {"CartPole": 0.0, "Acrobot": -1.0, "MountainCar": -1.0,
+                      "Pendulum": -(np.pi ** 2 + 0.1 * 8 ** 2 + 0.001 * 2 ** 2)}
+
+
+def return_floor(env_id: str, episodes: int, seed: int) -> tuple[float, str]:
+    """(floor, how it was found): the return from which an attacked agent's share of its clean return is counted,
+    kept = (R - floor) / (R_clean - floor).
+
+    Where every step's reward is bounded below (LOWEST_STEP_REWARD), the floor is the lowest return an episode can
+    score: 0 for CartPole (so kept is the plain ratio R / R_clean), -500 for Acrobot-v1 (never swinging up). Elsewhere
+    (LunarLander) it is the mean return of the uniformly random policy on the same seeded episodes: the random-agent
+    baseline of the normalised scores of Mnih et al. (2015, "Human-level control through deep reinforcement
+    learning"); an attack can then keep less than 0%.
+    """
+    family = env_id.split("/")[-1].split("-v")[0].removeprefix("Torch")
+    if family in LOWEST_STEP_REWARD:
+        return LOWEST_STEP_REWARD[family] * (episode_limit(env_id) - 1), "lowest possible return"
+    env = env_spec(env_id).make()
+    space = env.action_space
+    env.close()
+    generator = np.random.default_rng(seed)
+    if isinstance(space, gym.spaces.Discrete):
+        act = lambda obs: space.start + generator.integers(space.n, size=len(obs))  # noqa: E731
+    else:
+        act = lambda obs: generator.uniform(space.low, space.high, size=(len(obs), *space.shape))  # noqa: E731
+    return float(run_episodes(act, env_id, episodes, seed).mean()), "uniformly random policy's mean return"
+
+
 def agent_actor(agent: Any, deterministic: bool = True) -> Callable[[torch.Tensor], np.ndarray]:
     """obs -> the env actions of the agent: its most likely action (deterministic) or a sample."""
     return lambda obs: agent.env_action(agent.sample(obs, deterministic=deterministic)[0])
+
+
+def sampling_actor(policy: Callable[[torch.Tensor], torch.distributions.Distribution], action_space: gym.Space,
+                   generator: torch.Generator) -> Callable[[torch.Tensor], np.ndarray]:
+    """obs -> an action drawn from the policy with `generator` (reseed it to replay the same draws): the agent as
+    it acts in training, for agents whose greedy action is not the policy (e.g. a PPO agent on Acrobot-v1 whose
+    argmax stalls at the bottom while its samples swing up)."""
+
+    def act(obs: torch.Tensor) -> np.ndarray:
+        with torch.no_grad():
+            dist = policy(obs)
+            if isinstance(dist, torch.distributions.Categorical):
+                return torch.multinomial(dist.probs, 1, generator=generator).squeeze(-1).cpu().numpy()
+            noise = torch.randn(dist.mean.shape, generator=generator, device=dist.mean.device)
+            sample = (dist.mean + dist.stddev * noise).cpu().numpy()
+        return np.clip(sample, action_space.low, action_space.high)
+
+    return act
 
 
 def greedy_actor(policy: Callable[[torch.Tensor], torch.distributions.Distribution],
