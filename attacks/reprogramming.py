@@ -54,12 +54,17 @@ class AdversarialProgram(nn.Module):
 
     host_shape: (C, H, W) of the victim's inputs; source_size: side of the embedded
     input (a source image of another size is resized to it); label_map[k]: the
-    victim's class that stands for source class k (h_g); form: frame, full or affine.
+    victim's class that stands for source class k (h_g); form: frame, full or affine; crop: source pixels cut off
+    each border before the resize (an MNIST digit sits in a 20x20 box inside its 28x28 image: crop 4 lets the
+    digit itself, not its empty margin, fill the embedding).
     W starts at 0: a mid-grey frame (frame), the bare input (full), grey paper and ink (affine).
     """
 
-    def __init__(self, host_shape: Sequence[int], source_size: int, label_map: Sequence[int], form: str):
+    def __init__(self, host_shape: Sequence[int], source_size: int, label_map: Sequence[int], form: str,
+                 crop: int = 0):
         super().__init__()
+        if not isinstance(crop, int) or crop < 0:
+            raise ValueError(f"crop must be an integer >= 0 (source pixels off each border), got {crop!r}")
         channels, height, width = (int(v) for v in host_shape)
         if form not in PROGRAM_FORMS:
             raise ValueError(f"form must be one of {', '.join(PROGRAM_FORMS)}, got {form!r}")
@@ -71,7 +76,7 @@ class AdversarialProgram(nn.Module):
                              f"left (use form full or affine)")
         if len(label_map) < 2 or len(set(label_map)) != len(label_map) or min(label_map) < 0:
             raise ValueError(f"label_map must list >= 2 distinct victim classes (one per source class), got {list(label_map)}")
-        self.form, self.source_size = form, source_size
+        self.form, self.source_size, self.crop = form, source_size, crop
         self.top, self.left = (height - source_size) // 2, (width - source_size) // 2
         self.weight = nn.Parameter(torch.zeros(channels, height, width))  # W
         self.ink = nn.Parameter(torch.zeros(channels, height, width)) if form == "affine" else None  # A
@@ -89,6 +94,10 @@ class AdversarialProgram(nn.Module):
     def embed(self, x: Tensor) -> Tensor:
         """emb(x~): the source images resized to source_size, grey to the host's channels, zero-padded to the host size."""
         channels, height, width = self.weight.shape
+        if self.crop:
+            if 2 * self.crop >= x.shape[-1]:
+                raise ValueError(f"crop {self.crop} leaves nothing of a {x.shape[-1]}x{x.shape[-1]} source image")
+            x = x[..., self.crop:x.shape[-2] - self.crop, self.crop:x.shape[-1] - self.crop]
         if x.shape[-2:] != (self.source_size, self.source_size):
             x = F.interpolate(x, size=(self.source_size, self.source_size), mode="bilinear", align_corners=False,
                               antialias=True).clamp(0, 1)
@@ -122,6 +131,26 @@ class Reprogrammed(nn.Module):
         return logits[:, self.program.label_map]
 
 
+def jitter_sources(x: Tensor, shift: float, scale: float, generator: torch.Generator | None) -> Tensor:
+    """Each source image moved by up to `shift` pixels along each axis and zoomed by a factor in [1 - scale, 1 + scale]
+    (uniform draws, one per image; bilinear, zero outside, which is an MNIST digit's own background).
+
+    The training-time augmentation of AdversarialReprogramming: Elsayed et al. trained on all 60,000 MNIST digits
+    without one; with a few thousand digits the program otherwise learns the training digits' exact positions
+    (a translation and scale jitter is the usual MNIST augmentation, e.g. Simard et al. 2003).
+    """
+    if shift == 0 and scale == 0:
+        return x
+    n, side = x.shape[0], x.shape[-1]
+    draw = torch.rand(n, 3, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1
+    zoom = 1 + scale * draw[:, 0]  # > 1: a larger digit
+    theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1 / zoom  # output -> input coordinates
+    theta[:, :, 2] = -draw[:, 1:] * shift * 2 / side / zoom[:, None]  # a move of `shift` pixels is 2 * shift / side
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
 @dataclass
 class ReprogrammingResult:
     """program: the learned AdversarialProgram; accuracy: source-task accuracy on the training inputs after each
@@ -139,18 +168,25 @@ class AdversarialReprogramming:
     Adam on the program (W, and A for the affine form), its learning rate `lr`
     decayed to 0 along a cosine over `epochs` passes over (x, y) in minibatches
     (Elsayed et al. decay theirs too, exponentially), L2 penalty `weight_decay`
-    (the paper's lambda). source_size defaults to the host's side for the full and
+    (the paper's lambda). `crop` cuts source pixels off each border before the
+    embedding (AdversarialProgram). With `shift` or `scale` > 0 every training minibatch of
+    source images is jittered first (jitter_sources: moved by up to `shift` source
+    pixels, zoomed by up to +-`scale`); scoring uses the images as they are.
+    source_size defaults to the host's side for the full and
     affine forms and to the source's own side for the frame; label_map to the
     identity (source class k -> victim class k).
     """
 
-    epochs: int = 10
+    epochs: int = 30
     batch_size: int = 8
     lr: float = 0.05
     weight_decay: float = 0.0
     source_size: int | None = None
     label_map: Sequence[int] | None = None
     form: str = "affine"
+    crop: int = 0
+    shift: float = 0.0
+    scale: float = 0.0
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -164,6 +200,12 @@ class AdversarialReprogramming:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         if self.form not in PROGRAM_FORMS:
             raise ValueError(f"form must be one of {', '.join(PROGRAM_FORMS)}, got {self.form!r}")
+        if not isinstance(self.crop, int) or self.crop < 0:
+            raise ValueError(f"crop must be an integer >= 0 (source pixels off each border), got {self.crop!r}")
+        if not self.shift >= 0:
+            raise ValueError(f"shift must be >= 0 (source pixels), got {self.shift!r}")
+        if not 0 <= self.scale < 1:
+            raise ValueError(f"scale must be in [0, 1) (a relative zoom), got {self.scale!r}")
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, host_shape: Sequence[int]) -> ReprogrammingResult:
         check_batch(x, y)
@@ -174,7 +216,9 @@ class AdversarialReprogramming:
         if len(label_map) < classes:
             raise ValueError(f"label_map maps {len(label_map)} source classes but the labels go up to {classes - 1}")
         source_size = self.source_size or (x.shape[-1] if self.form == "frame" else min(int(v) for v in host_shape[1:]))
-        program = AdversarialProgram(host_shape, source_size, label_map, self.form).to(x.device, x.dtype)
+        if 2 * self.crop >= x.shape[-1]:
+            raise ValueError(f"crop {self.crop} leaves nothing of the {x.shape[-1]}x{x.shape[-1]} source images")
+        program = AdversarialProgram(host_shape, source_size, label_map, self.form, self.crop).to(x.device, x.dtype)
         reprogrammed = Reprogrammed(model, program)
         params = list(program.parameters())
         optimizer = torch.optim.Adam(params, lr=self.lr)
@@ -188,7 +232,7 @@ class AdversarialReprogramming:
                 correct = 0
                 for begin in range(0, x.shape[0], self.batch_size):
                     idx = order[begin:begin + self.batch_size]
-                    logits = reprogrammed(x[idx])
+                    logits = reprogrammed(jitter_sources(x[idx], self.shift, self.scale, generator))
                     loss = F.cross_entropy(logits, y[idx]) + self.weight_decay * sum(p.square().sum() for p in params)
                     grads = torch.autograd.grad(loss, params)  # never the victim's weights
                     for p, grad in zip(params, grads):
@@ -203,14 +247,36 @@ class AdversarialReprogramming:
         return result
 
 
+MOVES = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))  # the source itself and its one-pixel moves
+
+
+def moved(x: Tensor, dx: int, dy: int) -> Tensor:
+    """x moved by dx columns and dy rows, zero (an MNIST digit's background) where it leaves its frame."""
+    pad = max(abs(dx), abs(dy))
+    if pad == 0:
+        return x
+    h, w = x.shape[-2:]
+    return F.pad(x, (pad, pad, pad, pad))[..., pad - dy:pad - dy + h, pad - dx:pad - dx + w]
+
+
+@torch.no_grad()
+def reprogrammed_log_probs(model: nn.Module, program: AdversarialProgram, x: Tensor, moves: bool = False) -> Tensor:
+    """log P(y~ | x~) over the source classes; with `moves`, averaged over x and its four one-pixel moves (a test-time
+    ensemble over translations, the transformations the victim's training augmentation taught it to ignore)."""
+    reprogrammed = Reprogrammed(model, program)
+    with eval_mode(model):
+        if not moves:
+            return reprogrammed(x).log_softmax(1)
+        return torch.stack([reprogrammed(moved(x, dx, dy)).log_softmax(1) for dx, dy in MOVES]).mean(0)
+
+
 @torch.no_grad()
 def reprogrammed_accuracy(model: nn.Module, program: AdversarialProgram, x: Tensor, y: Tensor,
-                          batch_size: int = 500) -> float:
-    """Share of source inputs x whose label y the reprogrammed victim gets right."""
+                          batch_size: int = 500, moves: bool = False) -> float:
+    """Share of source inputs x whose label y the reprogrammed victim gets right (`moves`: reprogrammed_log_probs)."""
     check_batch(x, y)
-    reprogrammed = Reprogrammed(model, program)
     correct = 0
-    with eval_mode(model):
-        for begin in range(0, x.shape[0], batch_size):
-            correct += int((reprogrammed(x[begin:begin + batch_size]).argmax(1) == y[begin:begin + batch_size]).sum())
+    for begin in range(0, x.shape[0], batch_size):
+        answers = reprogrammed_log_probs(model, program, x[begin:begin + batch_size], moves).argmax(1)
+        correct += int((answers == y[begin:begin + batch_size]).sum())
     return correct / max(1, x.shape[0])

@@ -15,6 +15,7 @@ the same images and its wall time (one torch thread by default):
     lab auto (reference)  with --reference: AutoAttack's own budget, APGD-CE 100, APGD-T 9 x 100, Square 5,000
     lab auto (fast)       with --fast: APGD-CE 25, APGD-T 3 x 25, Square 500
     lab auto (S, T, Q)    with --budget S,T,Q: APGD-CE S steps, APGD-T T x S, Square Q
+    lab auto (standard, bf16 Square)  with --bf16-square: Square's search in bf16, fooled decided in fp32
     lab PGD-50 x 5        attacks.PGD(steps=50, restarts=5) via attacks.robust_accuracy
     torchattacks AA       torchattacks.AutoAttack(version="standard"): APGD-CE, APGD-T (9 targets),
                           FAB-T, Square 5,000; its APGDs run 10 steps (torchattacks' default)
@@ -109,6 +110,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--budget", action="append", default=[], metavar="STEPS,TARGETS,QUERIES",
                         help="also run the lab's `auto` at this budget (APGD steps, APGD-T targets, Square queries); "
                              "repeatable")
+    parser.add_argument("--bf16-square", action="store_true",
+                        help="also run the lab's `auto` (standard) with Square's search in bf16 (fooled decided in fp32)")
     parser.add_argument("--skip", default="", help="comma-separated rows to leave out: pgd, torchattacks")
     parser.add_argument("--channels-last", action="store_true",
                         help="run the victim on channels-last (NHWC) tensors, for every row alike: the same fp32 "
@@ -155,6 +158,9 @@ def main(argv: list[str] | None = None) -> None:
     if not args.smoke:
         rows.append(lab_row("lab auto (standard)", model, attacks.AutoAttack(seed=args.seed), x, y, eps,
                             args.batch_size))
+    if args.bf16_square and not args.smoke:
+        rows.append(lab_row("lab auto (standard, bf16 Square)", model,
+                            attacks.AutoAttack(seed=args.seed, square_precision="bf16"), x, y, eps, args.batch_size))
     if args.reference:
         rows.append(lab_row("lab auto (reference)", model, attacks.AutoAttack(version="reference", seed=args.seed),
                             x, y, eps, args.batch_size))

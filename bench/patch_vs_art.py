@@ -10,9 +10,14 @@ number of Adam steps (ART: max_iter passes over the `--n-fit` training images, e
 pass `n_fit / batch_size` steps), with the same batch size, learning rate and
 training images, and the same geometric EOT: rotation in ±`--rotation` degrees and
 a side scaled by [`--min-scale`, 1]. ART renders by nearest-neighbour sampling and has
-no photometric or blur transformation, so ours runs twice: with ART's
-transformations (nearest-neighbour rendering, no brightness, contrast or blur), and
-with its own defaults (half the draws bilinear; brightness, contrast, blur). Every patch is then pasted at full size on the
+no photometric or blur transformation, so ours runs two to four times: with ART's
+transformations (nearest-neighbour rendering, no brightness, contrast or blur),
+with its own defaults (half the draws bilinear; brightness, contrast, blur), and
+(`--canvas P`) with its defaults plus ART's own rendering in a share P of the draws
+(the patch upsampled to a canvas of the image's side and resampled, both by nearest
+neighbour: attacks.patch.render_through_canvas, pixel-exact to ART's), and, unless
+`--no-full-resolution`, kept at the image's resolution as ART keeps its patch, with
+ART's transformations (AdversarialPatch(full_resolution=True)). Every patch is then pasted at full size on the
 same `--n` held-out test images of the other classes by two rules, each with the
 same random draws for every patch: ours (a random location and rotation, bilinear)
 and ART's `apply_patch` (the same, nearest neighbour; our patches enter it upsampled by nearest neighbour, and ART renders
@@ -44,8 +49,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from attacks.patch import AdversarialPatch, patch_side  # noqa: E402
 
 
-def import_art_patch():
-    """ART's AdversarialPatchPyTorch and PyTorchClassifier; SystemExit(2) naming what to install when missing."""
+def import_torchvision():
+    """torchvision, importable even where its wheel was built for another torch (its compiled ops then fail to load;
+    the two operator schemas its import registers are declared first). SystemExit naming the install when missing."""
     try:
         import torchvision  # noqa: F401
     except ImportError:
@@ -59,8 +65,13 @@ def import_art_patch():
         library = torch.library.Library("torchvision", "DEF")
         for op in ("nms", "qnms"):
             library.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        import_art_patch.library = library  # keep the declarations alive
+        import_torchvision.library = library  # keep the declarations alive
         import torchvision  # noqa: F401
+
+
+def import_art_patch():
+    """ART's AdversarialPatchPyTorch and PyTorchClassifier; SystemExit naming what to install when missing."""
+    import_torchvision()
     try:
         from art.attacks.evasion import AdversarialPatchPyTorch
         from art.estimators.classification import PyTorchClassifier
@@ -112,6 +123,12 @@ def main() -> None:
     parser.add_argument("--min-scale", type=float, default=0.8)
     parser.add_argument("--n-fit", type=int, default=2048, help="training images (a multiple of --batch-size)")
     parser.add_argument("--n", type=int, default=1000, help="held-out test images")
+    parser.add_argument("--no-full-resolution", dest="full_resolution", action="store_false",
+                        help="skip our patch kept at the image's resolution (ART's parametrisation, "
+                             "AdversarialPatch(full_resolution=True))")
+    parser.add_argument("--canvas", type=float, default=0.0,
+                        help="a third patch of ours whose EOT renders this share of the draws through ART's canvas "
+                             "paste (attacks.patch.render_through_canvas); 0: skip it")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.smoke == bool(args.classifier):
@@ -146,8 +163,15 @@ def main() -> None:
                    min_scale=args.min_scale, seed=args.seed)
     placement.place(x[:2], torch.rand(channels, side, side))  # warm-up: kornia's lazy imports stay out of the timing
     ours_as_art = AdversarialPatch(brightness=0, contrast=0, blur=0, nearest=1.0, **matched)
-    for name, attack in [("ours, ART's transformations", ours_as_art),
-                         ("ours, full EOT (+ bilinear, brightness, contrast, blur)", AdversarialPatch(**matched))]:
+    variants = [("ours, ART's transformations", ours_as_art),
+                ("ours, full EOT (+ bilinear, brightness, contrast, blur)", AdversarialPatch(**matched))]
+    if args.canvas:
+        variants.append((f"ours, full EOT + ART's canvas paste ({args.canvas:g})",
+                         AdversarialPatch(canvas=args.canvas, **matched)))
+    if args.full_resolution:
+        variants.append(("ours, full resolution, ART's transformations",
+                         AdversarialPatch(full_resolution=True, brightness=0, contrast=0, blur=0, **matched)))
+    for name, attack in variants:
         start, cpu = time.perf_counter(), time.process_time()
         patches[name], _ = attack.fit(model, x_fit, target, args.area, torch.Generator().manual_seed(args.seed))
         seconds[name], cpu_seconds[name] = time.perf_counter() - start, time.process_time() - cpu
@@ -167,19 +191,18 @@ def main() -> None:
     name = "ART AdversarialPatchPyTorch"
     seconds[name], cpu_seconds[name] = time.perf_counter() - start, time.process_time() - cpu
     print(f"{name:55s} fit {seconds[name]:8.2f} s wall, {cpu_seconds[name]:8.2f} s CPU")
-    # ART renders its (C, H, W) patch at `scale` by nearest-neighbour sampling: for our paste, one such rendering
-    patches[name] = F.interpolate(torch.from_numpy(art_patch).float()[None], size=(side, side), mode="nearest")[0]
+    patches[name] = torch.from_numpy(art_patch).float()  # (C, H, W): a full-resolution patch
 
     def ours_placement(patch: torch.Tensor) -> float:
+        # a full-resolution patch (ART's, ours with full_resolution) enters as one nearest-neighbour rendering
         generator = torch.Generator().manual_seed(args.seed + 2)
-        x_adv = torch.cat([placement.place(x[b:b + 500], patch, generator)[0] for b in range(0, len(x), 500)])
+        x_adv = torch.cat([placement.place(x[b:b + 500], patch, generator, side)[0] for b in range(0, len(x), 500)])
         return success_rate(model, x_adv, target)
 
     def art_placement(patch: torch.Tensor) -> float:
         np.random.seed(args.seed + 2)
         torch.manual_seed(args.seed + 2)
-        full = art_patch if patch is patches[name] else F.interpolate(patch[None], size=(height, width),
-                                                                       mode="nearest")[0].numpy()
+        full = F.interpolate(patch[None], size=(height, width), mode="nearest")[0].numpy()  # the identity at full size
         return success_rate(model, torch.from_numpy(art_attack.apply_patch(x.numpy(), scale=scale, patch_external=full))
                             .float(), target)
 
@@ -205,7 +228,9 @@ def main() -> None:
 
         run = RunDir.create("bench", "patch_vs_art", args.seed, vars(args))
         write_csv(run.path / "results.csv", rows)
-        save_checkpoint(run.path / "checkpoints" / "patches.pt", dict(zip(("ours", "ours_full_eot", "art"), patches.values())))
+        keys = (("ours", "ours_full_eot") + (("ours_canvas",) if args.canvas else ())
+                + (("ours_full_resolution",) if args.full_resolution else ()) + ("art",))
+        save_checkpoint(run.path / "checkpoints" / "patches.pt", dict(zip(keys, patches.values())))
         print(run.path)
 
 if __name__ == "__main__":

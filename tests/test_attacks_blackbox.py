@@ -15,11 +15,12 @@ def accuracy(model, x, y):
 
 @pytest.mark.parametrize("attack, eps, norm", [
     (SquareAttack(max_queries=200, seed=0), 0.2, "linf"),
+    (SquareAttack(max_queries=200, seed=0, precision="bf16"), 0.2, "linf"),
     (SimBA(max_queries=200, seed=0), 0.2, "linf"),
     (OnePixel(population=30, generations=8, seed=0), 4, "l0"),
     (DecisionAttack("hopskipjump", norm="linf", steps=3, max_gradient_eval_steps=50, seed=0), 0.2, "linf"),
     (UniversalPerturbation(epochs=10, batch_size=16, seed=0), 0.2, "linf"),
-], ids=["square", "simba", "onepixel", "hopskipjump", "uap"])
+], ids=["square", "square-bf16", "simba", "onepixel", "hopskipjump", "uap"])
 def test_black_box_attacks_lower_accuracy_within_budget(attack, eps, norm):
     model = trained_mlp()
     x, y = mnist_test(60)
@@ -62,6 +63,35 @@ def test_query_attacks_validate_their_inputs():
     with pytest.raises(ValueError, match="bounds"):
         SquareAttack()(model, x * 3, y, eps=0.1)
     assert isinstance(make_attack("square"), SquareAttack)
+
+
+class OffsetLogits(torch.nn.Module):
+    """Two logits 1000 - s and 1000 + s, s = 0.01 sum(x) in [0, 0.16]: class 1 in fp32 for every image, but in
+    bf16 (spacing 4 at 1000) both round to 1000 and argmax says class 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(16, 2)
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.tensor([[-0.01], [0.01]]).expand(2, 16))
+            self.linear.bias.fill_(1000.0)
+
+    def forward(self, x):
+        return self.linear(x.flatten(1))
+
+
+def test_bf16_square_search_decides_fooled_in_fp32():
+    model = OffsetLogits()
+    x, y = torch.full((8, 1, 4, 4), 0.5), torch.ones(8, dtype=torch.long)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert (model(x).argmax(1) == 0).all()  # what a bf16 decision would call fooled
+    for precision in ("fp32", "bf16"):
+        result = SquareAttack(max_queries=20, seed=0, precision=precision)(model, x, y, eps=0.1)
+        assert not result.success.any()
+    fp32 = SquareAttack(max_queries=20, seed=0)(model, x, y, eps=0.1).queries
+    assert result.queries > fp32  # the fp32 checks are counted
+    with pytest.raises(ValueError, match="precision"):
+        SquareAttack(precision="fp16")
 
 
 def test_targeted_square_attack_reaches_targets():

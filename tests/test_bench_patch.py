@@ -32,10 +32,11 @@ def read_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def test_bench_patch_writes_success_against_area(tiny_classifier, runs_root, capsys):
+@pytest.mark.parametrize("full_resolution", [False, True])
+def test_bench_patch_writes_success_against_area(tiny_classifier, runs_root, capsys, full_resolution):
     assert main(["bench", "patch", "--classifier", str(tiny_classifier), "--target", "3", "--sizes", "0.05,0.1",
                  "--steps", "3", "--batch-size", "16", "--n-fit", "48", "--n", "30", "--gallery", "3",
-                 "--device", "cpu", "--threads", "1"]) == 0
+                 "--device", "cpu", "--threads", "1"] + ["--full-resolution"] * full_resolution) == 0
     (bench,) = (runs_root / "bench").iterdir()
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(bench)
     rows = read_rows(bench / "results.csv")
@@ -48,6 +49,9 @@ def test_bench_patch_writes_success_against_area(tiny_classifier, runs_root, cap
         assert (bench / name).is_file()
     assert "| 10% | 8 |" in (bench / "report.md").read_text()
     assert json.loads((bench / "summary.json").read_text())["target"] == "3"
+    if full_resolution:  # kept at the image's 28x28, pasted at its budget's side
+        patches = torch.load(bench / "checkpoints" / "patches.pt")
+        assert {tuple(p.shape) for p in patches.values()} == {(1, 28, 28)}
 
 
 @pytest.mark.parametrize("args, message", [
@@ -105,6 +109,10 @@ def test_bench_reprogram_validate_holds_out_training_digits_and_never_reads_the_
     (["--validate", "5000"], "--validate 5000 holds out too many of the 4000 training images: at most 3999"),
     (["--form", "tile"], "--form"),
     (["--epochs", "0"], "--epochs must be an integer >= 1"),
+    (["--source-crop", "-1"], "--source-crop must be >= 0"),
+    (["--source-crop", "14"], "--source-crop 14 leaves nothing of the 28x28 mnist5k images"),
+    (["--shift", "-2"], "--shift must be >= 0"),
+    (["--scale", "1.5"], "--scale must be in [0, 1)"),
 ])
 def test_bench_reprogram_bad_input_is_one_line_exit_2(tiny_classifier, runs_root, capsys, args, message):
     assert main(["bench", "reprogram", "--classifier", str(tiny_classifier), *args]) == 2
@@ -119,7 +127,10 @@ def test_patch_vs_art_smoke_runs_both_attacks():
     out = subprocess.run([sys.executable, str(ROOT / "bench" / "patch_vs_art.py"), "--smoke"], capture_output=True,
                          text=True, timeout=300, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "ART AdversarialPatchPyTorch" in out.stdout and "ours / ART" in out.stdout
+    assert "ART AdversarialPatchPyTorch" in out.stdout
+    for ours in ("ours, ART's transformations", "ours, full EOT", "ours, full resolution, ART's transformations"):
+        assert f"{ours}" in out.stdout and out.stdout.count(f"{ours}") >= 3, ours  # fit, table and ratio lines
+    assert out.stdout.count("/ ART: wall time") == 3
 
 
 def test_reprogram_gallery_takes_the_classes_in_turn_from_a_label_sorted_split():

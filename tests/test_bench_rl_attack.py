@@ -66,6 +66,21 @@ def test_return_floor_without_a_reward_bound_is_the_random_policy_on_the_same_ep
     assert return_floor("LunarLander-v3", 4, 2)[0] != floor
 
 
+def test_sampled_play_draws_from_the_policy_and_replays_the_same_draws_under_every_attack():
+    def coin(obs):  # an even policy: its argmax is always "left", its samples are a fair coin
+        return Categorical(logits=torch.zeros(len(obs), 2))
+
+    greedy = attack_curve(coin, "CartPole-v1", [0.0], ["none"], episodes=20, seed=0, pgd_steps=1,
+                          device=torch.device("cpu"))
+    rows = attack_curve(coin, "CartPole-v1", [0.0, 0.05], ["none", "random"], episodes=20, seed=0, pgd_steps=1,
+                        device=torch.device("cpu"), sample=True)
+    got = {(r["method"], r["eps"]): r["mean_return"] for r in rows}
+    assert greedy[0]["mean_return"] < 11, "always pushing left drops the pole within ~10 steps"
+    assert 15 < got["none", 0.0] < 35, "a fair coin balances ~22 steps on average"
+    assert got["random", 0.0] == got["none", 0.0], "no perturbation and the same draws: the same episodes"
+    assert RLAttackConfig(run_dir="x", sample=True).sample
+
+
 def test_episode_returns_count_each_episode_once_and_are_seeded():
     def always_left(obs):
         return Categorical(logits=torch.tensor([[5.0, 0.0]]).expand(len(obs), 2))

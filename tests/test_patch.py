@@ -1,12 +1,15 @@
 """Adversarial patch and adversarial reprogramming: properties, learning on tiny models, validation."""
 
+import importlib.util
+
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from attacks.patch import AdversarialPatch, paste_patch, patch_side, random_locations
-from attacks.reprogramming import AdversarialProgram, AdversarialReprogramming, reprogrammed_accuracy
+from attacks.patch import AdversarialPatch, paste_patch, patch_side, random_locations, render_through_canvas
+from attacks.reprogramming import (MOVES, AdversarialProgram, AdversarialReprogramming, Reprogrammed, jitter_sources, moved,
+                                   reprogrammed_accuracy, reprogrammed_log_probs)
 from test_attacks_models import mnist_14, trained_mlp
 
 
@@ -45,6 +48,68 @@ def test_patch_changes_the_image_only_inside_its_mask_and_stays_in_bounds():
         assert (mask > 0).float().sum((1, 2, 3)).min() > 0
 
 
+def test_canvas_paste_is_the_patch_itself_where_the_pitches_agree_and_stays_in_its_mask():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 3, 16, 16, generator=g)
+    patch = torch.rand(3, 4, 4, generator=g)
+    rows, cols = random_locations(6, 4, 16, 16, g, x.device)
+    upright, _ = paste_patch(x, patch, rows, cols)
+    # a 4x4 patch on a 16x16 canvas is 4x4 blocks: at scale 1, no turn and an integer location both resamplings agree
+    aligned, mask = paste_patch(x, patch, rows, cols, scale=torch.ones(6), canvas=torch.ones(6, dtype=torch.bool))
+    assert torch.equal(aligned, upright) and (mask.sum((1, 2, 3)) == 16).all()
+    eot = AdversarialPatch(rotation=45, min_scale=0.5, brightness=0, contrast=0, blur=0, canvas=1.0)
+    draws = eot.transforms(6, x, g)
+    assert draws["canvas"].all()
+    x_adv, mask = paste_patch(x, patch, rows, cols, **draws)
+    assert set(mask.unique().tolist()) <= {0.0, 1.0}, "nearest-neighbour rendering leaves no partial mask"
+    assert ((x_adv != x) <= (mask > 0)).all() and x_adv.min() >= 0 and x_adv.max() <= 1
+    colours = {tuple(v) for v in patch.flatten(1).T.tolist()}
+    inside = x_adv.permute(0, 2, 3, 1)[mask[:, 0] > 0]
+    assert all(tuple(v) in colours for v in inside.tolist()), "every pasted pixel is one of the patch's pixels"
+    none = paste_patch(x, patch, rows, cols, **{**draws, "canvas": torch.zeros(6, dtype=torch.bool)})[0]
+    assert not torch.equal(none, x_adv)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torchvision") is None, reason="compares with torchvision's affine")
+def test_canvas_rendering_matches_arts_apply_patch_pixel_for_pixel():
+    """ART's AdversarialPatchPyTorch._random_overlay: the patch on a canvas of the image's side, then
+    torchvision.transforms.functional.affine(angle, translate, scale, nearest) about the image's centre."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bench.patch_vs_art import import_torchvision
+
+    import_torchvision()  # also where the wheel was built for another torch
+    import torchvision.transforms.functional as TF
+    g = torch.Generator().manual_seed(0)
+    ink = torch.cat([torch.rand(3, 10, 10, generator=g), torch.ones(1, 10, 10)])[None]
+    canvas = F.interpolate(ink, size=(32, 32), mode="nearest")[0]
+    for _ in range(10):
+        tx, ty, turn = (torch.rand(3, generator=g) * torch.tensor([20, 20, 45]) - torch.tensor([10, 10, 22.5])).tolist()
+        scale = 0.25 + 0.0625 * float(torch.rand(1, generator=g))
+        art = TF.affine(canvas, angle=turn, translate=[tx, ty], scale=scale, shear=[0, 0],
+                        interpolation=TF.InterpolationMode.NEAREST)
+        ours = render_through_canvas(ink, 32, 32, torch.tensor([[15.5 + tx, 15.5 + ty]]), torch.tensor([turn]),
+                                     torch.tensor([scale]))[0]
+        assert torch.equal(ours, art)
+
+
+def test_full_resolution_patch_shows_at_most_its_budget_and_a_changing_subsample():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 3, 16, 16, generator=g)
+    stored = torch.rand(3, 16, 16, generator=g)  # kept at the image's resolution, pasted as a 4x4 square
+    eot = AdversarialPatch(rotation=0, min_scale=1.0, brightness=0, contrast=0, blur=0, full_resolution=True)
+    rows, cols = random_locations(64, 4, 16, 16, g, x.device)
+    x_adv, mask = paste_patch(x, stored, rows, cols, side=4, **eot.transforms(64, x, g))
+    assert (mask.sum((1, 2, 3)) <= 4 * 4 + 4).all() and (mask.sum((1, 2, 3)) >= 9).all()
+    assert ((x_adv != x) <= (mask > 0)).all()
+    pasted = [frozenset(map(tuple, x_adv[i].permute(1, 2, 0)[mask[i, 0] > 0].tolist())) for i in range(64)]
+    assert len(set(pasted)) > 10, "the sub-pixel location changes which of the stored pixels a paste shows"
+    with pytest.raises(ValueError, match="canvas 0.5 does not apply to a full_resolution patch"):
+        AdversarialPatch(full_resolution=True, canvas=0.5)
+
+
 def test_patch_result_has_one_row_per_area_and_reports_its_budget():
     model = detector()
     x = low_contrast_images(20)
@@ -63,7 +128,8 @@ def test_patch_result_has_one_row_per_area_and_reports_its_budget():
             assert torch.equal(result.success[k], model(result.x_adv[k]).argmax(1) == target)
 
 
-def test_patch_reaches_its_target_on_held_out_images_with_a_tiny_budget():
+@pytest.mark.parametrize("full_resolution", [False, True])
+def test_patch_reaches_its_target_on_held_out_images_with_a_tiny_budget(full_resolution):
     model = detector()
     x = low_contrast_images(400)
     with torch.no_grad():
@@ -71,11 +137,15 @@ def test_patch_reaches_its_target_on_held_out_images_with_a_tiny_budget():
     target = 7  # a class the model never answers on clean images
     assert not (y == target).any()
     x_fit, x_test, y_test = x[:200], x[200:], y[200:]
-    learned = AdversarialPatch(steps=20, batch_size=32, lr=0.1, seed=0)(model, x_test, y_test, area=0.07, target=target,
-                                                                          x_fit=x_fit)
+    # a full-resolution patch: 16x16 pixels, each paste trains only the 4x4 it shows, so it takes more steps
+    steps, lr = (40, 0.3) if full_resolution else (20, 0.1)
+    learned = AdversarialPatch(steps=steps, batch_size=32, lr=lr, full_resolution=full_resolution, seed=0)(
+        model, x_test, y_test, area=0.07, target=target, x_fit=x_fit)
     noise = AdversarialPatch(steps=1, lr=1e-12, seed=0)(model, x_test, y_test, area=0.07, target=target, x_fit=x_fit)
     assert noise.success.float().mean() < 0.2  # chance, or less
-    assert learned.info["patch"].shape == (3, 4, 4)
+    assert learned.info["patch"].shape == ((3, 16, 16) if full_resolution else (3, 4, 4))
+    assert ((learned.x_adv != x_test) <= (learned.info["mask"] > 0)).all()
+    assert learned.info["area_share"] <= 0.07
     assert learned.success.float().mean() > 0.5, "a 4x4 patch (6% of the image) should steer most held-out images"
 
 
@@ -98,6 +168,7 @@ def test_patch_refuses_bad_calls(kwargs, error, match):
 @pytest.mark.parametrize("kwargs, match", [
     ({"steps": 0}, "steps must be an integer >= 1"), ({"rotation": 200}, r"rotation must be in \[0, 180\]"),
     ({"min_scale": 1.5}, "min_scale must be in"), ({"blur": -1}, "blur must be"), ({"loss": "l2"}, "loss must be one of"),
+    ({"canvas": 1.5}, r"canvas must be a probability in \[0, 1\]"),
 ])
 def test_patch_refuses_bad_options(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -172,7 +243,59 @@ def test_program_learns_a_new_task_on_a_tiny_victim(form):
     assert learned > 0.35 and learned > untouched + 0.15
 
 
+def test_jitter_moves_and_zooms_each_source_image_within_its_bounds():
+    x = torch.zeros(200, 1, 28, 28)
+    x[:, :, 12:16, 12:16] = 1  # a 4x4 blob at the centre
+    assert jitter_sources(x, 0, 0, None) is x
+    g = torch.Generator().manual_seed(0)
+    moved = jitter_sources(x, 3, 0, g)
+    mass = moved[:, 0].sum((1, 2))
+    grid = torch.arange(28.0)
+    centre = torch.stack([(moved[:, 0].sum(2) * grid).sum(1), (moved[:, 0].sum(1) * grid).sum(1)], 1) / mass[:, None]
+    offset = centre - 13.5
+    assert torch.allclose(mass, torch.full_like(mass, 16.0), atol=1e-4), "a move keeps the blob's ink"
+    assert offset.abs().max() <= 3 + 1e-4 and offset.abs().max() > 2.5 and offset.std(0).min() > 1
+    zoomed = jitter_sources(x, 0, 0.5, g)[:, 0].sum((1, 2)) / 16
+    assert zoomed.min() >= 0.25 - 1e-3 and zoomed.max() <= 2.25 + 1e-3 and zoomed.max() - zoomed.min() > 1.0
+
+
+def test_test_time_moves_average_the_victim_over_one_pixel_translations():
+    x = torch.zeros(1, 1, 6, 6)
+    x[0, 0, 0, 2] = x[0, 0, 3, 5] = 1
+    right, up = moved(x, 1, 0)[0, 0], moved(x, 0, -1)[0, 0]
+    assert torch.nonzero(right).tolist() == [[0, 3]], "the pixel on the right border leaves the frame"
+    assert torch.nonzero(up).tolist() == [[2, 5]], "the pixel on the top border leaves the frame"
+    victim = detector(channels=1)
+    program = AdversarialProgram((1, 16, 16), 12, list(range(10)), "affine")
+    with torch.no_grad():
+        program.weight.normal_()
+        program.ink.normal_()
+    digits = torch.rand(5, 1, 12, 12)
+    alone = Reprogrammed(victim, program)(digits).log_softmax(1)
+    assert torch.allclose(reprogrammed_log_probs(victim, program, digits), alone)
+    by_hand = torch.stack([Reprogrammed(victim, program)(moved(digits, dx, dy)).log_softmax(1) for dx, dy in MOVES])
+    averaged = reprogrammed_log_probs(victim, program, digits, moves=True)
+    assert torch.allclose(averaged, by_hand.mean(0)) and not torch.allclose(averaged, alone)
+    y = averaged.argmax(1)
+    assert reprogrammed_accuracy(victim, program, digits, y, moves=True) == 1.0
+
+
+def test_crop_embeds_the_sources_centre_only():
+    x = torch.zeros(2, 1, 28, 28)
+    x[0, :, :4] = 1  # ink in the top margin only
+    x[1, :, 4:24, 4:24] = 1  # the 20x20 box a digit sits in
+    program = AdversarialProgram((3, 32, 32), 32, [0, 1], "full", crop=4)
+    embedded = program.embed(x)
+    assert embedded.shape == (2, 3, 32, 32)
+    assert embedded[0].max() == 0 and embedded[1].min() == 1, "crop 4 keeps the 20x20 centre, resized over the host"
+    assert AdversarialProgram((3, 32, 32), 32, [0, 1], "full").embed(x)[1, :, 0].max() == 0  # uncropped: a margin
+
+
 @pytest.mark.parametrize("call, match", [
+    (lambda a: AdversarialReprogramming(crop=-1), "crop must be an integer >= 0"),
+    (lambda a: AdversarialProgram((1, 8, 8), 4, [0, 1], "full", crop=2)(torch.rand(1, 1, 4, 4)), "crop 2 leaves nothing"),
+    (lambda a: AdversarialReprogramming(shift=-1), "shift must be >= 0"),
+    (lambda a: AdversarialReprogramming(scale=1.0), r"scale must be in \[0, 1\)"),
     (lambda a: AdversarialProgram((1, 8, 8), 10, [0, 1], "full"), r"source_size must be in \[1, 8\]"),
     (lambda a: AdversarialProgram((1, 8, 8), 4, [0, 0], "frame"), "distinct victim classes"),
     (lambda a: AdversarialProgram((1, 8, 8), 8, [0, 1], "frame"), "a frame program has no pixels left"),

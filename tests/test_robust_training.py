@@ -37,15 +37,8 @@ def test_robust_options_are_overridable_and_refused_without_a_budget_or_a_preset
     assert cfg.algo == "ppo" and cfg.kappa is None and cfg.adv_obs == "pgd-worst"
     with pytest.raises(UserError, match="--robust needs --adv-eps"):
         TrainConfig(env="CartPole-v1", robust=True)
-    with pytest.raises(UserError, match="preset for Acrobot-v1, CartPole-v1"):
-        resolve_with_sources(TrainConfig(env="LunarLander-v3", robust=True, adv_eps=0.05))
-
-
-def test_acrobot_robust_preset_attacks_with_pgd_and_keeps_the_envs_ppo_preset():
-    cfg, sources = resolve_with_sources(TrainConfig(env="Acrobot-v1", robust=True, adv_eps=0.02))
-    assert (cfg.algo, cfg.adv_obs, cfg.adv_frac, cfg.sa_eps) == ("sa-ppo", "pgd", 0.75, 0.02)
-    assert sources["adv_obs"] == "robust preset" and cfg.steps == 200_000
-    assert cfg.gae_lambda == 0.94 and sources["gae_lambda"] == "preset Acrobot-v1"
+    with pytest.raises(UserError, match="preset for CartPole-v1, rlab/TorchCartPole-v1, not Acrobot-v1"):
+        resolve_with_sources(TrainConfig(env="Acrobot-v1", robust=True, adv_eps=0.05))
 
 
 def test_robust_run_saves_every_choice_and_its_source(runs_root, capsys):

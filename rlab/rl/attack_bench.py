@@ -45,7 +45,8 @@ from envs.observation_attacks import OBSERVATION_ATTACKS
 from rlab.config import check, opt
 from rlab.errors import UserError
 from rlab.rl.environments import env_spec
-from rlab.rl.evaluation import check_env_option, greedy_actor, load_agent, return_floor, run_episodes
+from rlab.rl.evaluation import (check_env_option, greedy_actor, load_agent, return_floor, run_episodes,
+                                sampling_actor)
 from rlab.runs import RunDir, write_csv
 from rlab.runtime import resolve_device, seed_everything, set_threads
 
@@ -70,6 +71,8 @@ class RLAttackConfig:
     adversaries: str = opt("", help="learned: reuse the adversaries saved by an earlier bench run (its folder) "
                                     "instead of training them")
     seed: int = opt(0, help="seed of the episodes and the random noise")
+    sample: bool = opt(False, help="play the agent's sampled actions (the same seeded draws under every attack) "
+                                   "instead of its most likely one")
     device: str = opt("auto", help="auto, cpu, cuda or cuda:N")
     threads: int = opt(0, help="torch threads (0: 1, RL-sized networks)")
     env: str = opt("", help="env id of the Stable-Baselines3 models; unset: the zoo's args.yml, a monitor.csv "
@@ -127,20 +130,25 @@ def _perturbation(policy, env_id: str, method: str, eps: float, scale: torch.Ten
 
 def attack_curve(policy, env_id: str, eps_list: list[float], methods: list[str], episodes: int, seed: int,
                  pgd_steps: int, device: torch.device, plan_depth: int = 3,
-                 learned_steps: int = 32_768, learned: Callable[[float], Any] | None = None) -> list[dict[str, Any]]:
+                 learned_steps: int = 32_768, learned: Callable[[float], Any] | None = None,
+                 sample: bool = False) -> list[dict[str, Any]]:
     """One row per (method, eps): mean, std, min and max return over the episodes; then one "worst" row per eps
     (the attack with the lowest mean return there) when two or more attacks ran. `learned(eps)`: the learned
-    adversary at eps (default: trained here for learned_steps, not kept). relative_return is the share of clean
+    adversary at eps (default: trained here for learned_steps, not kept). sample: the agent plays sampled actions,
+    the same seeded draws under every (method, eps), instead of its most likely one. relative_return is the share of clean
     return kept, counted from the env's return floor (rlab.rl.evaluation.return_floor; 0 on CartPole)."""
     from envs.observation_attacks import observation_scale
 
     scale = observation_scale(env_id).to(device)
     generator = torch.Generator(device=device)
-    act = greedy_actor(policy, env_spec(env_id).make().action_space)
+    space = env_spec(env_id).make().action_space
+    draws = torch.Generator(device=device)
+    act = sampling_actor(policy, space, draws) if sample else greedy_actor(policy, space)
     rows, clean = [], None
     for method in methods:
         for eps in (eps_list if method != "none" else [0.0]):
             generator.manual_seed(seed)
+            draws.manual_seed(seed + 1)
             perturb = _perturbation(policy, env_id, method, eps, scale, pgd_steps, generator, plan_depth,
                                     learned_steps, seed, device, learned)
             returns = run_episodes(act, env_id, episodes, seed, device, perturb=perturb)
@@ -152,6 +160,7 @@ def attack_curve(policy, env_id: str, eps_list: list[float], methods: list[str],
             else:
                 rows.append({"method": method, "eps": eps, **stats})
     if clean is None:
+        draws.manual_seed(seed + 1)
         clean = {"mean_return": float(run_episodes(act, env_id, episodes, seed, device).mean())}
     attacked = [r for r in rows if r["method"] != "none"]
     if len({r["method"] for r in attacked}) >= 2:
@@ -263,7 +272,7 @@ def run(cfg: RLAttackConfig) -> Path:
     for (path, policy, options), label in zip(agents, agent_labels([o for _, _, o in agents], cfg.run_dir)):
         curve = attack_curve(policy, options["env"], cfg.eps, cfg.methods, cfg.episodes, cfg.seed, cfg.pgd_steps, device,
                              cfg.plan_depth, cfg.learned_steps,
-                             _learned_adversaries(cfg, bench.path, path, policy, options["env"], device))
+                             _learned_adversaries(cfg, bench.path, path, policy, options["env"], device), cfg.sample)
         variant = options.get("variant") or options.get("algo", "agent")
         rows += [{"run": str(path), "label": label, "variant": variant, "env": options["env"], **r,
                   "episodes": cfg.episodes} for r in curve]

@@ -114,6 +114,24 @@ def agent_actor(agent: Any, deterministic: bool = True) -> Callable[[torch.Tenso
     return lambda obs: agent.env_action(agent.sample(obs, deterministic=deterministic)[0])
 
 
+def sampling_actor(policy: Callable[[torch.Tensor], torch.distributions.Distribution], action_space: gym.Space,
+                   generator: torch.Generator) -> Callable[[torch.Tensor], np.ndarray]:
+    """obs -> an action drawn from the policy with `generator` (reseed it to replay the same draws): the agent as
+    it acts in training, for agents whose greedy action is not the policy (e.g. a PPO agent on Acrobot-v1 whose
+    argmax stalls at the bottom while its samples swing up)."""
+
+    def act(obs: torch.Tensor) -> np.ndarray:
+        with torch.no_grad():
+            dist = policy(obs)
+            if isinstance(dist, torch.distributions.Categorical):
+                return torch.multinomial(dist.probs, 1, generator=generator).squeeze(-1).cpu().numpy()
+            noise = torch.randn(dist.mean.shape, generator=generator, device=dist.mean.device)
+            sample = (dist.mean + dist.stddev * noise).cpu().numpy()
+        return np.clip(sample, action_space.low, action_space.high)
+
+    return act
+
+
 def greedy_actor(policy: Callable[[torch.Tensor], torch.distributions.Distribution],
                  action_space: gym.Space) -> Callable[[torch.Tensor], np.ndarray]:
     """obs -> the most likely action of any policy obs -> Distribution (argmax of a Categorical, the mean of a

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from attacks.patch import AdversarialPatch
+from attacks.patch import AdversarialPatch, patch_side
 from rlab.config import check, opt
 from rlab.errors import UserError
 from rlab.runs import RunDir, atomic_write_text, save_checkpoint, write_csv
@@ -49,6 +49,8 @@ class PatchBenchConfig:
     contrast: float = opt(AdversarialPatch.contrast, "EOT contrast factor of the patch: uniform in 1 ± this")
     blur: float = opt(AdversarialPatch.blur, "EOT Gaussian blur: sigma uniform in [0, this] pixels")
     nearest: float = opt(AdversarialPatch.nearest, "EOT share of nearest-neighbour (crisp) renderings; else bilinear")
+    full_resolution: bool = opt(AdversarialPatch.full_resolution, "keep the patch at the image's resolution, as ART "
+                                "does, every paste a nearest-neighbour subsample at its pasted side (--nearest unused)")
     n_fit: int = opt(2000, "training-split images the patch is trained on (a fixed random draw)")
     n: int = opt(1000, "held-out test images, none of the target class (a fixed random draw)")
     gallery: int = opt(6, "patched images per size in the gallery (0: none)")
@@ -71,7 +73,8 @@ class PatchBenchConfig:
         try:
             return AdversarialPatch(steps=self.steps, batch_size=self.batch_size, lr=self.lr, rotation=self.rotation,
                                     min_scale=self.min_scale, brightness=self.brightness, contrast=self.contrast,
-                                    blur=self.blur, nearest=self.nearest, seed=self.seed)
+                                    blur=self.blur, nearest=self.nearest, full_resolution=self.full_resolution,
+                                    seed=self.seed)
         except ValueError as e:
             raise UserError(f"--{str(e).replace('_', '-')}") from None
 
@@ -112,13 +115,14 @@ def target_rate(model, x: torch.Tensor, target: int, batch_size: int = 500) -> f
 
 
 def evaluate_patch(model, attack, x: torch.Tensor, patch: torch.Tensor, target: int, seed: int,
-                   batch_size: int = 500) -> tuple[float, float]:
-    """(targeted success, mean area share) of `patch` pasted by the test-time placement on x (seeded)."""
+                   batch_size: int = 500, side: int | None = None) -> tuple[float, float]:
+    """(targeted success, mean area share) of `patch` pasted by the test-time placement on x (seeded) at `side`
+    (a full-resolution patch is sampled down to it)."""
     generator = torch.Generator(device=x.device).manual_seed(seed)
     hits, share = 0, 0.0
     with torch.no_grad():
         for b in range(0, len(x), batch_size):
-            x_adv, mask = attack.place(x[b:b + batch_size], patch, generator)
+            x_adv, mask = attack.place(x[b:b + batch_size], patch, generator, side)
             hits += int((model(x_adv).argmax(1) == target).sum())
             share += float(mask.sum()) / mask[0].numel()
     return hits / len(x), share / len(x)
@@ -166,7 +170,7 @@ def plot_gallery(model, attack, x: torch.Tensor, patches: dict[float, torch.Tens
 
     for row, (area, patch) in enumerate(patches.items()):
         generator = torch.Generator(device=x.device).manual_seed(seed)
-        x_adv, _ = attack.place(x[picks], patch, generator)
+        x_adv, _ = attack.place(x[picks], patch, generator, patch_side(area, x.shape[2], x.shape[3]))
         with torch.no_grad():
             predictions = model(x_adv).argmax(1)
         show(axes[row, 0], patch)
@@ -205,11 +209,12 @@ def run(cfg: PatchBenchConfig) -> Any:
         t0 = time.perf_counter()
         patch, grad_steps = attack.fit(model, x_fit, target, area, generator)
         fit_seconds = time.perf_counter() - t0
-        success, share = evaluate_patch(model, attack, x, patch, target, cfg.seed + 2)
+        side = patch_side(area, x.shape[2], x.shape[3])
+        success, share = evaluate_patch(model, attack, x, patch, target, cfg.seed + 2, side=side)
         noise = torch.rand(patch.shape, generator=generator, device=device)
-        random_success, _ = evaluate_patch(model, attack, x, noise, target, cfg.seed + 2)
+        random_success, _ = evaluate_patch(model, attack, x, noise, target, cfg.seed + 2, side=side)
         patches[area] = patch.cpu()
-        rows.append({"area": area, "patch_side": patch.shape[-1], "area_share": round(share, 5), "target": classes[target],
+        rows.append({"area": area, "patch_side": side, "area_share": round(share, 5), "target": classes[target],
                      "targeted_success": round(success, 4), "random_patch_success": round(random_success, 4),
                      "no_patch_target_rate": round(no_patch, 4), "n_fit": len(x_fit), "n_images": len(x),
                      "steps": cfg.steps, "grad_steps": grad_steps, "queries": 2 * len(x), "fit_seconds": round(fit_seconds, 2)})

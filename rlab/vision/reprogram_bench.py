@@ -7,13 +7,16 @@ around a small digit, Elsayed et al.'s form, or over the whole image around a
 digit resized to the host), and victim class label_map[k] stands for source
 class k. The program is trained on the source's training split and scored on
 its test split, or, with --validate N, on N training digits held out from it
-(to choose options without looking at the test digits); the same program is
+(to choose options without looking at the test digits); by default each held-out
+digit is scored by the victim's log-probabilities averaged over the digit and its
+four one-pixel moves (--no-test-moves: the digit alone); the same program is
 trained, with the same budget, against an untrained network of the victim's
 shape (the control: how much of the result is the trained network's features,
 not the program's capacity). Writes into one run folder:
 
-    results.csv      victim, source, form, source_size, program_pixels, program_share, epochs, scored_on,
-                     heldout_accuracy, train_accuracy, initial_program_accuracy, grad_steps, seconds, cpu_seconds
+    results.csv      victim, source, form, source_size, source_crop, shift, scale, test_moves, program_pixels,
+                     program_share, epochs, scored_on, heldout_accuracy, train_accuracy, initial_program_accuracy,
+                     grad_steps, seconds, cpu_seconds
     accuracy.png     training accuracy per epoch, held-out accuracy at the end, both victims
     gallery.png      reprogrammed inputs of held-out digits with the victim's (mapped) answers
     report.md        the table and both figures
@@ -30,14 +33,14 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from attacks.reprogramming import (PROGRAM_FORMS, AdversarialProgram, AdversarialReprogramming, Reprogrammed,
-                                   reprogrammed_accuracy)
+from attacks.reprogramming import (PROGRAM_FORMS, AdversarialProgram, AdversarialReprogramming, reprogrammed_accuracy,
+                                   reprogrammed_log_probs)
 from rlab.config import check, opt
 from rlab.errors import UserError
 from rlab.runs import RunDir, atomic_write_text, save_checkpoint, write_csv
 from rlab.runtime import DEVICES, resolve_device, seed_everything, set_threads
 
-RESULT_COLUMNS = ["victim", "source", "form", "source_size", "program_pixels", "program_share", "epochs", "scored_on",
+RESULT_COLUMNS = ["victim", "source", "form", "source_size", "source_crop", "shift", "scale", "test_moves", "program_pixels", "program_share", "epochs", "scored_on",
                   "heldout_accuracy", "train_accuracy", "initial_program_accuracy", "grad_steps", "seconds", "cpu_seconds"]
 
 
@@ -50,6 +53,8 @@ class ReprogramConfig:
                                                    "a learned gain on the input)", choices=list(PROGRAM_FORMS))
     source_size: int = opt(0, "side in pixels of the embedded source image (0: the host's side for the full and "
                               "affine forms, the source's own side for frame, 28 for MNIST: a 2-pixel frame)")
+    source_crop: int = opt(AdversarialReprogramming.crop, "source pixels cut off each border before the resize "
+                                                          "(MNIST digits sit in a 20x20 box inside 28x28; 0: none)")
     label_map: list[int] | None = opt(None, "victim class for each source class, e.g. 3,1,0,... (default: class k -> k)")
     n_train: int = opt(0, "train the program on N source training images only, a fixed random draw (0: all)")
     validate: int = opt(0, "hold out N of the source's training images, train on the rest and score on those, never "
@@ -58,6 +63,13 @@ class ReprogramConfig:
     batch_size: int = opt(AdversarialReprogramming.batch_size, "source images per Adam step")
     lr: float = opt(AdversarialReprogramming.lr, "Adam learning rate on the program W")
     weight_decay: float = opt(AdversarialReprogramming.weight_decay, "L2 penalty lambda on W (Elsayed et al.'s regulariser)")
+    shift: float = opt(AdversarialReprogramming.shift, "training-time jitter: move each training digit by up to this "
+                                                       "many source pixels per axis (0: none; never at scoring)")
+    scale: float = opt(AdversarialReprogramming.scale, "training-time jitter: zoom each training digit by a factor in "
+                                                       "[1 - scale, 1 + scale] (0: none; never at scoring)")
+    test_moves: bool = opt(True, "score each held-out digit by the victim's log-probabilities averaged over the digit "
+                                  "and its four one-pixel moves (a test-time ensemble of the same program; --no-test-moves: "
+                                  "the digit alone)")
     control: bool = opt(True, "also train the program against an untrained network of the victim's shape")
     gallery: int = opt(8, "reprogrammed digits in the gallery (0: none)")
     data_dir: str | None = opt(None, "folder holding the dataset files")
@@ -68,6 +80,7 @@ class ReprogramConfig:
     def __post_init__(self) -> None:
         check(self.classifier is not None, "--classifier RUN_DIR is required (a run folder of `rlab classifier train`)")
         check(self.source_size >= 0, f"--source-size must be >= 0 (0: the source's own size), got {self.source_size}")
+        check(self.source_crop >= 0, f"--source-crop must be >= 0 (source pixels off each border), got {self.source_crop}")
         check(self.gallery >= 0, f"--gallery must be >= 0, got {self.gallery}")
         check(self.n_train >= 0, f"--n-train must be >= 0 (0: all), got {self.n_train}")
         check(self.validate >= 0, f"--validate must be >= 0 (0: score on the test split), got {self.validate}")
@@ -81,7 +94,8 @@ class ReprogramConfig:
         try:
             return AdversarialReprogramming(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
                                             weight_decay=self.weight_decay, source_size=self.source_size or None,
-                                            label_map=self.label_map, form=self.form, seed=self.seed)
+                                            label_map=self.label_map, form=self.form, crop=self.source_crop, shift=self.shift,
+                                            scale=self.scale, seed=self.seed)
         except ValueError as e:
             raise UserError(f"--{str(e).replace('_', '-')}") from None
 
@@ -136,8 +150,10 @@ def spread_over_classes(y: torch.Tensor, k: int) -> torch.Tensor:
     return torch.tensor(picks[:k], dtype=torch.long)
 
 
-def plot_gallery(models: dict[str, Any], results: dict[str, Any], x: torch.Tensor, y: torch.Tensor, k: int, out) -> Any:
-    """One row per victim: held-out digits through its program, titled with the reprogrammed answer."""
+def plot_gallery(models: dict[str, Any], results: dict[str, Any], x: torch.Tensor, y: torch.Tensor, k: int, out,
+                 moves: bool = False) -> Any:
+    """One row per victim: held-out digits through its program, titled with the reprogrammed answer (scored as the
+    table scores it: with `moves`, averaged over the digit's one-pixel moves)."""
     import matplotlib.pyplot as plt
 
     from rlab.plots import save_figure
@@ -148,7 +164,7 @@ def plot_gallery(models: dict[str, Any], results: dict[str, Any], x: torch.Tenso
     for row, (victim, result) in enumerate(results.items()):
         with torch.no_grad():
             host = result.program(xb)
-            answers = Reprogrammed(models[victim], result.program)(xb).argmax(1)
+            answers = reprogrammed_log_probs(models[victim], result.program, xb, moves).argmax(1)
         for i in range(k):
             ax = axes[row, i]
             ax.imshow(host[i].permute(1, 2, 0).cpu().numpy().clip(0, 1).squeeze(), cmap="gray" if host.shape[1] == 1 else None,
@@ -191,6 +207,8 @@ def run(cfg: ReprogramConfig) -> Any:
           f"{len(train)} training images: at most {len(train) - max(cfg.n_train, 1)} with --n-train {cfg.n_train}")
     check(train.channels in (1, options["in_channels"]), f"{cfg.source} has {train.channels}-channel images; the victim "
                                                         f"takes {options['in_channels']}")
+    check(2 * cfg.source_crop < train.image_size, f"--source-crop {cfg.source_crop} leaves nothing of the "
+                                                  f"{train.image_size}x{train.image_size} {cfg.source} images")
     x_train, y_train, x_test, y_test, scored_on = split_source(train, test, cfg.n_train, cfg.validate, cfg.seed)
     x_train, y_train, x_test, y_test = x_train.to(device), y_train.to(device), x_test.to(device), y_test.to(device)
     run_dir = RunDir.create("bench", f"reprogram__{cfg.source.replace(':', '-')}__{options['model']}", cfg.seed, cfg, device)
@@ -198,7 +216,7 @@ def run(cfg: ReprogramConfig) -> Any:
     models = {"trained": victim}
     if cfg.control:
         models["untrained"] = untrained_twin(options, cfg.seed, device)
-    initial = AdversarialProgram(host_shape, source_size, label_map, cfg.form).to(device)  # W = 0
+    initial = AdversarialProgram(host_shape, source_size, label_map, cfg.form, cfg.source_crop).to(device)  # W = 0
     attack = dataclasses.replace(cfg.attack(), label_map=label_map, source_size=source_size)
     rows, results = [], {}
     for name, model in tqdm(models.items(), desc="victims", unit="victim"):
@@ -210,12 +228,15 @@ def run(cfg: ReprogramConfig) -> Any:
             raise RuntimeError("reprogramming changed the victim's weights or batch-norm statistics")
         results[name] = result
         rows.append({"victim": name, "source": cfg.source, "form": cfg.form, "source_size": source_size,
+                     "source_crop": cfg.source_crop, "shift": cfg.shift, "scale": cfg.scale, "test_moves": cfg.test_moves,
                      "program_pixels": result.program.program_size,
                      "program_share": round(result.program.program_size / (host_shape[1] * host_shape[2]), 4),
                      "epochs": cfg.epochs, "scored_on": scored_on,
-                     "heldout_accuracy": round(reprogrammed_accuracy(model, result.program, x_test, y_test), 4),
+                     "heldout_accuracy": round(reprogrammed_accuracy(model, result.program, x_test, y_test,
+                                                                     moves=cfg.test_moves), 4),
                      "train_accuracy": round(result.accuracy[-1], 4),
-                     "initial_program_accuracy": round(reprogrammed_accuracy(model, initial, x_test, y_test), 4),
+                     "initial_program_accuracy": round(reprogrammed_accuracy(model, initial, x_test, y_test,
+                                                                             moves=cfg.test_moves), 4),
                      "grad_steps": result.grad_steps, "seconds": round(seconds, 2), "cpu_seconds": round(cpu_seconds, 2)})
     write_csv(run_dir.path / "results.csv", rows, RESULT_COLUMNS)
     save_checkpoint(run_dir.path / "checkpoints" / "programs.pt",
@@ -235,7 +256,12 @@ def run(cfg: ReprogramConfig) -> Any:
               f"(label_map {label_map}). Adam (lr {cfg.lr:g}, λ {cfg.weight_decay:g}), {cfg.epochs} epochs of "
               f"{len(x_train)} training images in batches of {cfg.batch_size}; scored on {scored_on}: {len(x_test)} "
               f"images not trained on. The victim's weights are frozen (checked after training). 'W = 0': the program "
-              f"before training.", "",
+              f"before training."
+              + (f" The source images lose {cfg.source_crop} pixels off each border before the resize." if cfg.source_crop else "")
+              + (f" Training digits jittered: moved by up to {cfg.shift:g} pixels, zoomed by up to ±{cfg.scale:g}."
+                 if cfg.shift or cfg.scale else "")
+              + (" Held-out scores average the victim's log-probabilities over each digit and its four one-pixel moves."
+                 if cfg.test_moves else ""), "",
               "| victim | program (pixels, share) | held-out accuracy | training accuracy (last epoch) | W = 0 | "
               "grad steps | seconds (CPU) |", "|---|---|---|---|---|---|---|"]
     report += [f"| {r['victim']} | {r['program_pixels']}, {100 * r['program_share']:.1f}% | "
@@ -244,7 +270,7 @@ def run(cfg: ReprogramConfig) -> Any:
                f"({r['cpu_seconds']:.1f}) |" for r in rows]
     report += ["", "![accuracy](accuracy.png)", ""]
     if cfg.gallery:
-        plot_gallery(models, results, x_test, y_test, cfg.gallery, run_dir.path / "gallery.png")
+        plot_gallery(models, results, x_test, y_test, cfg.gallery, run_dir.path / "gallery.png", cfg.test_moves)
         report += ["## Gallery", "", "![gallery](gallery.png)", ""]
     atomic_write_text(run_dir.path / "report.md", "\n".join(report))
     summary: dict[str, Any] = {"source": cfg.source, "form": cfg.form, "source_size": source_size, "label_map": label_map,
