@@ -72,7 +72,8 @@ class RLAttackConfig:
                                     "instead of training them")
     seed: int = opt(0, help="seed of the episodes and the random noise")
     sample: bool = opt(False, help="play the agent's sampled actions (the same seeded draws under every attack) "
-                                   "instead of its most likely one")
+                                   "instead of its most likely one (a learned adversary still trains against the "
+                                   "most likely one)")
     device: str = opt("auto", help="auto, cpu, cuda or cuda:N")
     threads: int = opt(0, help="torch threads (0: 1, RL-sized networks)")
     env: str = opt("", help="env id of the Stable-Baselines3 models; unset: the zoo's args.yml, a monitor.csv "

@@ -95,7 +95,9 @@ def return_floor(env_id: str, episodes: int, seed: int) -> tuple[float, str]:
     baseline of the normalised scores of Mnih et al. (2015, "Human-level control through deep reinforcement
     learning"); an attack can then keep less than 0%.
     """
-    family = env_id.split("/")[-1].split("-v")[0].removeprefix("Torch")
+    from envs.observation_attacks import _env_family
+
+    family = _env_family(env_id)
     if family in LOWEST_STEP_REWARD:
         return LOWEST_STEP_REWARD[family] * (episode_limit(env_id) - 1), "lowest possible return"
     env = env_spec(env_id).make()

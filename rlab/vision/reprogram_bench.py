@@ -40,7 +40,8 @@ from rlab.errors import UserError
 from rlab.runs import RunDir, atomic_write_text, save_checkpoint, write_csv
 from rlab.runtime import DEVICES, resolve_device, seed_everything, set_threads
 
-RESULT_COLUMNS = ["victim", "source", "form", "source_size", "source_crop", "shift", "scale", "test_moves", "program_pixels", "program_share", "epochs", "scored_on",
+RESULT_COLUMNS = ["victim", "source", "form", "source_size", "source_crop", "shift", "scale", "test_moves",
+                  "program_pixels", "program_share", "epochs", "scored_on",
                   "heldout_accuracy", "train_accuracy", "initial_program_accuracy", "grad_steps", "seconds", "cpu_seconds"]
 
 
