@@ -17,6 +17,8 @@ The director is the lab's PPO (rlab.rl.onpolicy.OnPolicyLearner with ppo.update)
 env (`VictimUnderAttack`), so it reads like any other training run. `train_adversary` trains one against a
 fixed victim at one eps; `LearnedAdversary.perturb` plays it greedily (the "learned" attack of
 `rlab bench rl-attack`); `save_adversary` / `load_adversary` keep it beside the bench run that trained it.
+`AlternatingAdversary` is ATLA (Zhang et al., 2021): the same director trained in rounds against an agent
+that trains against it (`rlab train --adv-obs atla`).
 
 Reward shaping. The adversary's reward -r_t = -1 per step on CartPole says nothing until the victim falls;
 against a victim that survives a whole episode under a random director, PPO sees a flat return and may never
@@ -37,6 +39,7 @@ learned adversary remains a lower bound on the optimal one, and the headline is 
 
 from __future__ import annotations
 
+import copy
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,41 +144,149 @@ def shaping_for(env_id: str) -> Simulator | None:
     return None if simulator is None or simulator.goal_terminates else simulator
 
 
+def director_options(**overrides: Any) -> ppo.PPOOptions:
+    """The director's PPO options: DIRECTOR_OPTIONS with `overrides` (fields of ppo.PPOOptions); ValueError else."""
+    unknown = set(overrides) - {f for f in ppo.PPOOptions.__dataclass_fields__}
+    if unknown:
+        raise ValueError(f"unknown director options {sorted(unknown)}; allowed: the fields of ppo.PPOOptions")
+    return ppo.PPOOptions(**{**DIRECTOR_OPTIONS, **overrides})
+
+
+def director_learner(victim, env_id: str, eps: float, options: ppo.PPOOptions, seed: int, pgd_steps: int,
+                     shaping: bool) -> tuple[OnPolicyLearner, dict[str, Any]]:
+    """The lab's PPO learner on the adversary's MDP against `victim` (CPU), not started; and how it is configured
+    (what save_adversary records). Its VictimUnderAttack is learner.envs."""
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0 for a learned adversary, got {eps!r}")
+    scale = observation_scale(env_id)
+    simulator = shaping_for(env_id) if shaping else None
+    envs = VictimUnderAttack(make_envs(env_id, options.n_envs), victim, eps, scale, pgd_steps,
+                             torch.Generator().manual_seed(seed), None if simulator is None else (simulator, options.gamma))
+    learner = OnPolicyLearner(options, envs, torch.device("cpu"), seed, a2c.advantages, ppo.update)
+    trained = {"env": env_id, "eps": eps, "seed": seed, "pgd_steps": pgd_steps, "shaping": simulator is not None,
+               "hidden": list(options.hidden), "obs_norm": bool(options.obs_norm)}
+    return learner, trained
+
+
 def train_adversary(victim, env_id: str, eps: float, steps: int = 32_768, seed: int = 0, pgd_steps: int = 10,
                     device: torch.device | str = "cpu", shaping: bool = True,
-                    **director_options: Any) -> LearnedAdversary:
+                    **director_overrides: Any) -> LearnedAdversary:
     """PPO on the adversary's MDP for `steps` env steps against a fixed `victim` (obs -> Categorical); CPU.
 
     shaping: train on the potential-shaped reward where env_id has a margin to failure (module docstring)."""
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    if not eps > 0:
-        raise ValueError(f"eps must be > 0 for a learned adversary, got {eps!r}")
-    unknown = set(director_options) - {f for f in ppo.PPOOptions.__dataclass_fields__}
-    if unknown:
-        raise ValueError(f"unknown director options {sorted(unknown)}; allowed: the fields of ppo.PPOOptions")
-    options = ppo.PPOOptions(**{**DIRECTOR_OPTIONS, **director_options, "steps": steps})
-    scale = observation_scale(env_id)
-    generator = torch.Generator().manual_seed(seed)
+    options = director_options(**director_overrides, steps=steps)
     victim = victim.cpu() if hasattr(victim, "cpu") else victim
-    simulator = shaping_for(env_id) if shaping else None
-    envs = VictimUnderAttack(make_envs(env_id, options.n_envs), victim, eps, scale, pgd_steps, generator,
-                             None if simulator is None else (simulator, options.gamma))
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        learner = OnPolicyLearner(options, envs, torch.device("cpu"), seed, a2c.advantages, ppo.update)
+        learner, trained = director_learner(victim, env_id, eps, options, seed, pgd_steps, shaping)
         learner.start(seed)
         done = 0
         while done < steps:
             done += learner.iterate(1.0 - done / steps).env_steps
         learner.close()
     learner.agent.eval()
-    trained = {"env": env_id, "eps": eps, "steps": steps, "seed": seed, "pgd_steps": pgd_steps,
-               "shaping": simulator is not None, "hidden": list(options.hidden), "obs_norm": bool(options.obs_norm)}
     # played with a fresh generator of the same seed, as load_adversary does: a saved adversary plays the same
-    adversary = LearnedAdversary(learner.agent, victim, eps, scale, pgd_steps, torch.Generator().manual_seed(seed),
-                                 trained)
+    adversary = LearnedAdversary(learner.agent, victim, eps, observation_scale(env_id), pgd_steps,
+                                 torch.Generator().manual_seed(seed), {**trained, "steps": steps})
     return adversary if torch.device(device).type == "cpu" else _on(adversary, torch.device(device))
+
+
+# ----------------------------------------------------------------------------- ATLA: alternating training
+
+ATLA_EVERY = 8  # agent updates between two rounds of the adversary (`rlab train --atla-every`)
+ATLA_STEPS = 2048  # adversary env steps per round (`--atla-steps`); the defaults' cost is in the class docstring
+
+
+class AlternatingAdversary:
+    """ATLA (Zhang et al., 2021, "Robust Reinforcement Learning on State Observations with Learned Optimal
+    Adversary", ICLR): train the agent against a learned adversary that is itself trained against the agent,
+    alternating:
+
+        repeat:  N_v agent updates on observations s'_t = PGD_{a_adv}(s_t),  a_adv ~ director(s_t)   (agent's rollouts)
+                 N_a director updates on the adversary MDP of the module docstring, victim = the agent now
+
+    The director is this module's PA-AD director (PPO over target actions, realised by targeted PGD; ATLA's own
+    adversary outputs the perturbation itself, PA-AD's is the stronger and cheaper one in low dimensions). One
+    director learns for the whole run: its weights, Adam moments and observation statistics carry over from round
+    to round (the agent moves a little between rounds, so the last adversary is the best start for the next),
+    and its learning rate does not anneal (it must keep up with the agent to the end). While the agent trains,
+    the director's target is sampled from its policy (ATLA's on-policy adversary; a diverse attack early on),
+    and the director learns against the agent's greedy action (what `rlab bench rl-attack` plays).
+    `perturb` is the agent's training attack; `train_round(steps)` one round; `state_dict` goes in the run's
+    checkpoint; `adversary()` is the final director as a LearnedAdversary (save_adversary).
+
+    What weakens it: the director is a lower bound on the optimal adversary (a PPO policy trained for a few
+    thousand steps per round against a moving target), so an agent can learn to beat *this* director and stay
+    weak elsewhere; ATLA's authors found the agent alone (without SA-PPO's regulariser, "ATLA-PPO + SA-Reg",
+    their strongest) less robust, and Sun et al. (2022, PA-AD) broke ATLA agents with a stronger adversary.
+    The lab therefore judges ATLA agents by the worst of all attacks (`rlab bench rl-attack`), including a fresh
+    learned adversary trained against the final agent. `rlab train --robust --adv-obs atla` is ATLA + SA-Reg.
+    """
+
+    def __init__(self, agent, env_id: str, eps: float, seed: int = 0, pgd_steps: int = 10, shaping: bool = True,
+                 **director_overrides: Any):
+        self.agent, self.eps, self.pgd_steps, self.seed = agent, eps, pgd_steps, seed
+        self.victim = copy.deepcopy(agent).cpu().eval()  # the agent as of the last round, for the director's rollouts
+        self.options = director_options(**{"anneal_lr": False, **director_overrides})
+        with torch.random.fork_rng():  # the director's initial weights do not shift the agent's random stream
+            torch.manual_seed(seed + 1)
+            self.learner, self.trained = director_learner(self.victim, env_id, eps, self.options, seed + 1, pgd_steps,
+                                                          shaping)
+        self.scale = observation_scale(env_id)
+        self.generator = torch.Generator().manual_seed(seed + 2)  # PGD random starts on the agent's observations
+        self.rounds, self.steps_trained = 0, 0
+
+    @property
+    def director(self) -> ActorCritic:
+        return self.learner.agent
+
+    def start(self, seed: int) -> None:
+        """(Re)start the director's envs (a run starts, or resumes from a checkpoint)."""
+        self.learner.start(seed)
+
+    def perturb(self, obs: Tensor) -> Tensor:
+        """What the agent sees: targeted PGD inside the ball toward a target sampled from the director."""
+        with torch.no_grad():
+            targets = self.director.sample(obs.cpu())[0].to(obs.device)
+        return induce(self.agent, obs, targets, self.eps, self.scale.to(obs.device), self.pgd_steps, self.generator)
+
+    def train_round(self, steps: int) -> tuple[list[float], list[int]]:
+        """Train the director for `steps` env steps (whole rollouts) against the agent as it is now; returns the
+        director's finished episodes (its returns, the victim's lengths)."""
+        self.victim.load_state_dict(self.agent.state_dict())
+        returns: list[float] = []
+        lengths: list[int] = []
+        done = 0
+        while done < steps:
+            it = self.learner.iterate(1.0)
+            done += it.env_steps
+            returns += it.episode_returns
+            lengths += it.episode_lengths
+        self.rounds += 1
+        self.steps_trained += done
+        return returns, lengths
+
+    def adversary(self) -> LearnedAdversary:
+        """The director as it is now, attacking the agent (greedy play, as the bench's learned attack)."""
+        self.victim.load_state_dict(self.agent.state_dict())
+        return LearnedAdversary(self.director, self.victim, self.eps, self.scale, self.pgd_steps,
+                                torch.Generator().manual_seed(self.trained["seed"]),
+                                {**self.trained, "steps": self.steps_trained, "atla_rounds": self.rounds})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"director": self.learner.state_dict(), "director_pgd": self.learner.envs.generator.get_state(),
+                "agent_pgd": self.generator.get_state(), "rounds": self.rounds, "steps_trained": self.steps_trained}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.learner.load_state_dict(state["director"])
+        self.learner.envs.generator.set_state(state["director_pgd"])
+        self.generator.set_state(state["agent_pgd"])
+        self.rounds, self.steps_trained = int(state["rounds"]), int(state["steps_trained"])
+
+    def close(self) -> None:
+        self.learner.close()
 
 
 def save_adversary(adversary: LearnedAdversary, path: str | Path, victim_run: str) -> Path:

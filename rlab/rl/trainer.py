@@ -29,6 +29,7 @@ import numpy as np
 from rlab.config import check, opt
 from rlab.errors import UserError, diverged, first_nonfinite
 from rlab.rl import algos
+from rlab.rl.adversary import ATLA_EVERY, ATLA_STEPS
 from rlab.rl.algos.base import Algorithm
 from rlab.rl.environments import env_spec, make_envs
 from rlab.rl.evaluation import agent_actor, run_episodes
@@ -38,6 +39,9 @@ from rlab.runs import RunDir, rng_state
 from rlab.runtime import resolve_device, seed_everything, set_threads
 
 DEFAULT_ALGO, DEFAULT_ENV = "ppo", "CartPole-v1"
+# --adv-obs: fixed attacks (envs.observation_attacks) and atla, a learned adversary trained alongside (rlab.rl.adversary)
+ADV_OBS = ("none", "fgsm", "pgd", "pgd-worst", "pgd-mix", "atla")
+ATLA_OPTIONS = ("atla_every", "atla_steps")
 # what --resume may change: the budget (to extend a run) and how it runs, never what it learns
 RESUME_OPTIONS = ("steps", "device", "threads", "progress")
 
@@ -59,9 +63,12 @@ class TrainShell:
     progress: bool = opt(True, help="show a progress bar")
     variant: str | None = opt(None, help="label of the run in plots (default: from the algorithm's options)")
     adv_obs: str = opt("none", help="attack the observations the agent sees while training (needs --adv-eps)",
-                       choices=["none", "fgsm", "pgd", "pgd-worst", "pgd-mix"])
+                       choices=list(ADV_OBS))
     adv_eps: float | None = opt(None, help="with --adv-obs: attack budget, a fraction of each observation's range")
     adv_frac: float | None = opt(None, help="with --adv-obs: fraction of the training observations attacked (default 1)")
+    atla_every: int | None = opt(None, help=f"with --adv-obs atla: train the adversary after every N agent updates "
+                                            f"(default {ATLA_EVERY})")
+    atla_steps: int | None = opt(None, help=f"with --adv-obs atla: adversary env steps per round (default {ATLA_STEPS})")
     robust: bool = opt(False, help="the lab's robust recipe for --env at --adv-eps (rlab/rl/robust.py); options given win")
     dry_run: bool = opt(False, help="print the resolved configuration (and where each value came from), train nothing")
 
@@ -78,13 +85,19 @@ class TrainShell:
                   f"got {self.adv_eps}")
         elif self.adv_obs == "none":
             check(self.adv_eps is None and self.adv_frac is None,
-                  "--adv-eps and --adv-frac configure --adv-obs; give --adv-obs fgsm|pgd|pgd-worst|pgd-mix too, or drop them")
+                  f"--adv-eps and --adv-frac configure --adv-obs; give --adv-obs {'|'.join(ADV_OBS[1:])} too, or drop them")
         else:
             check(self.adv_eps is not None and 0.0 < self.adv_eps <= 1.0,
                   f"--adv-obs {self.adv_obs} needs --adv-eps in (0, 1] (a fraction of each observation's range), "
                   f"got {self.adv_eps}")
         check(self.adv_frac is None or 0.0 < self.adv_frac <= 1.0,
               f"--adv-frac must be in (0, 1] (the fraction of observations attacked), got {self.adv_frac}")
+        for name in ATLA_OPTIONS:
+            value = getattr(self, name)
+            check(value is None or self.adv_obs == "atla",
+                  f"--{_flag(name)} schedules the learned adversary of --adv-obs atla; it would be ignored with "
+                  f"--adv-obs {self.adv_obs}")
+            check(value is None or (isinstance(value, int) and value >= 1), f"--{_flag(name)} must be >= 1, got {value}")
         used = set(algos.get(algo).option_names())
         unused = [n for n in OPTION_USERS if getattr(self, n) is not None and n not in used]
         if unused:
@@ -150,6 +163,13 @@ def resolve_with_sources(cfg: Any) -> tuple[Any, dict[str, str]]:
     options, sources = resolve_options(dataclasses.replace(cfg, algo=algo, env=env))
     sources.update(robust_sources)
     out = dataclasses.replace(cfg, algo=algo, env=env, **dataclasses.asdict(options))
+    if out.adv_obs == "atla":  # the schedule's defaults (rlab.rl.adversary), saved with the run like any option
+        schedule = {"atla_every": ATLA_EVERY, "atla_steps": ATLA_STEPS}
+        for name, default in schedule.items():
+            if getattr(out, name) is None:
+                out, sources[name] = dataclasses.replace(out, **{name: default}), "atla default"
+            else:
+                sources[name] = "command line"
     if out.variant is None:
         out = dataclasses.replace(out, variant=algos.get(algo).variant(options))
     return out, sources
@@ -244,7 +264,8 @@ def _train_one(cfg: Any, callback: Callback | None = None, sources: dict[str, st
     except ValueError as e:
         envs.close()
         raise UserError(f"--algo {cfg.algo} cannot train on {cfg.env}: {e}") from None
-    attack = _observation_attack(cfg, learner.agent, device) if cfg.adv_obs != "none" else None
+    atla = _alternating_adversary(cfg, learner.agent) if cfg.adv_obs == "atla" else None
+    attack = _observation_attack(cfg, learner.agent, device, atla) if cfg.adv_obs != "none" else None
     if not resumed:
         if cfg.progress:  # printed once the envs exist; --no-progress runs (scripts, tests) stay quiet
             print(describe(cfg, sources or {}), file=sys.stderr)
@@ -253,12 +274,15 @@ def _train_one(cfg: Any, callback: Callback | None = None, sources: dict[str, st
 
     env_steps, updates, train_seconds = 0, 0, 0.0
     good_checkpoint: int | None = None  # env steps of the last checkpoint with finite weights
+    kept = {"learner": learner, **({"adversary": atla} if atla is not None else {})}  # what a checkpoint holds
     if resumed and (run.path / "checkpoints" / "last.pt").exists():  # else: killed before its first checkpoint
-        env_steps, updates, train_seconds = run.restore({"learner": learner}, ("env_steps", "updates", "train_seconds"),
+        env_steps, updates, train_seconds = run.restore(kept, ("env_steps", "updates", "train_seconds"),
                                                         "rlab train", map_location=device)
         good_checkpoint = env_steps
     run.truncate_metrics(env_steps)
     learner.start(seed=cfg.seed + env_steps, attack=attack)
+    if atla is not None:
+        atla.start(seed=cfg.seed + env_steps + 1)
 
     steps = options.steps
     checkpoint_every = cfg.checkpoint_every or max(1, steps // 10)
@@ -267,8 +291,8 @@ def _train_one(cfg: Any, callback: Callback | None = None, sources: dict[str, st
 
     def save() -> None:
         nonlocal good_checkpoint
-        run.save_checkpoint({"learner": learner.state_dict(), "rng": rng_state(), "env_steps": env_steps,
-                             "updates": updates, "train_seconds": train_seconds})
+        run.save_checkpoint({**{key: part.state_dict() for key, part in kept.items()}, "rng": rng_state(),
+                             "env_steps": env_steps, "updates": updates, "train_seconds": train_seconds})
         good_checkpoint = env_steps
 
     bar = _progress(cfg.progress, steps, env_steps, run.path.name)
@@ -285,9 +309,14 @@ def _train_one(cfg: Any, callback: Callback | None = None, sources: dict[str, st
             raise diverged(f"env step {env_steps} (update {updates})", bad,
                            None if good_checkpoint is None else f"env step {good_checkpoint}",
                            run.path / "checkpoints" / "last.pt", getattr(options, "lr", None))
+        row: dict[str, float] = {}
+        if atla is not None and updates % cfg.atla_every == 0:  # ATLA: the adversary's turn
+            _, lengths = atla.train_round(cfg.atla_steps)
+            row["adversary/rounds"] = atla.rounds
+            if lengths:
+                row["adversary/victim_episode_length"] = float(np.mean(lengths))
         train_seconds += time.perf_counter() - start
-        row: dict[str, float] = {**it.losses, "charts/sps": env_steps / max(train_seconds, 1e-9),
-                                 "time/train_seconds": train_seconds}
+        row.update({**it.losses, "charts/sps": env_steps / max(train_seconds, 1e-9), "time/train_seconds": train_seconds})
         if it.episode_returns:
             row["charts/episode_return"] = float(np.mean(it.episode_returns))
             row["charts/episode_length"] = float(np.mean(it.episode_lengths))
@@ -307,6 +336,11 @@ def _train_one(cfg: Any, callback: Callback | None = None, sources: dict[str, st
     bar.close()
     learner.close()
     save()
+    if atla is not None:  # the final director, reusable as an attacker: rlab bench rl-attack RUN --adversaries RUN
+        from rlab.rl.adversary import save_adversary
+
+        save_adversary(atla.adversary(), run.path / "adversaries" / f"{run.path.name}__eps{cfg.adv_eps:g}.pt", run.path)
+        atla.close()
     if algorithm.figures is not None:
         algorithm.figures(learner.agent, cfg.env, run.path)
     returns = run_episodes(agent_actor(learner.agent), cfg.env, cfg.eval_episodes, seed=10_000, device=device)
@@ -316,8 +350,19 @@ def _train_one(cfg: Any, callback: Callback | None = None, sources: dict[str, st
     return run.path
 
 
-def _observation_attack(cfg: Any, agent: Any, device: Any) -> Callable:
-    """The training-time observation attack of --adv-obs (Pattanaik et al., 2018), on a share --adv-frac of the steps."""
+def _alternating_adversary(cfg: Any, agent: Any) -> Any:
+    """--adv-obs atla: the learned adversary trained in rounds against this agent (rlab.rl.adversary, ATLA)."""
+    from rlab.rl.adversary import AlternatingAdversary
+
+    try:
+        return AlternatingAdversary(agent, cfg.env, cfg.adv_eps, seed=cfg.seed)
+    except ValueError as e:
+        raise UserError(f"--adv-obs atla: {e}") from None
+
+
+def _observation_attack(cfg: Any, agent: Any, device: Any, atla: Any = None) -> Callable:
+    """The training-time observation attack of --adv-obs (Pattanaik et al., 2018), on a share --adv-frac of the steps;
+    for atla, `atla.perturb` (the current learned adversary)."""
     import torch
 
     from envs.observation_attacks import observation_scale, perturb_observations, worst_action_rule
@@ -333,6 +378,8 @@ def _observation_attack(cfg: Any, agent: Any, device: Any) -> Callable:
         return perturb_observations(agent, obs, eps=cfg.adv_eps, method=method, scale=scale, worst_action=worst_action)
 
     def attack(obs: torch.Tensor) -> torch.Tensor:
+        if cfg.adv_obs == "atla":
+            return atla.perturb(obs)
         if cfg.adv_obs != "pgd-mix":
             return perturb(obs, cfg.adv_obs)
         # pgd-mix: each observation attacked by untargeted pgd or by pgd-worst, half and half; training against
