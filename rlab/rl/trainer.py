@@ -94,7 +94,7 @@ class TrainShell:
               f"--adv-frac must be in (0, 1] (the fraction of observations attacked), got {self.adv_frac}")
         for name in ATLA_OPTIONS:
             value = getattr(self, name)
-            check(value is None or self.adv_obs == "atla",
+            check(value is None or self.adv_obs == "atla" or self.resume,  # --resume refuses it below
                   f"--{_flag(name)} schedules the learned adversary of --adv-obs atla; it would be ignored with "
                   f"--adv-obs {self.adv_obs}")
             check(value is None or (isinstance(value, int) and value >= 1), f"--{_flag(name)} must be >= 1, got {value}")
