@@ -196,7 +196,7 @@ def train_adversary(victim, env_id: str, eps: float, steps: int = 32_768, seed: 
 # ----------------------------------------------------------------------------- ATLA: alternating training
 
 ATLA_EVERY = 8  # agent updates between two rounds of the adversary (`rlab train --atla-every`)
-ATLA_STEPS = 2048  # adversary env steps per round (`--atla-steps`); the defaults' cost is in the class docstring
+ATLA_STEPS = 2048  # adversary env steps per round (`--atla-steps`); AlternatingAdversary says why
 
 
 class AlternatingAdversary:
@@ -207,22 +207,26 @@ class AlternatingAdversary:
         repeat:  N_v agent updates on observations s'_t = PGD_{a_adv}(s_t),  a_adv ~ director(s_t)   (agent's rollouts)
                  N_a director updates on the adversary MDP of the module docstring, victim = the agent now
 
-    The director is this module's PA-AD director (PPO over target actions, realised by targeted PGD; ATLA's own
-    adversary outputs the perturbation itself, PA-AD's is the stronger and cheaper one in low dimensions). One
-    director learns for the whole run: its weights, Adam moments and observation statistics carry over from round
-    to round (the agent moves a little between rounds, so the last adversary is the best start for the next),
-    and its learning rate does not anneal (it must keep up with the agent to the end). While the agent trains,
-    the director's target is sampled from its policy (ATLA's on-policy adversary; a diverse attack early on),
-    and the director learns against the agent's greedy action (what `rlab bench rl-attack` plays).
-    `perturb` is the agent's training attack; `train_round(steps)` one round; `state_dict` goes in the run's
-    checkpoint; `adversary()` is the final director as a LearnedAdversary (save_adversary).
+    The director is this module's PA-AD director (PPO over target actions, realised by targeted PGD). ATLA's own
+    adversary outputs the perturbation itself; training against a PA-AD director instead is what Sun et al. (2022)
+    call PA-ATLA, in low dimensions the cheaper of the two. One director learns for the whole run: its weights,
+    Adam moments and observation statistics carry over from round to round (the agent moves a little between
+    rounds, so the last adversary is the best start for the next), and its learning rate does not anneal (it must
+    keep up with the agent to the end). While the agent trains, the director's target is sampled from its policy
+    (an on-policy adversary, as in ATLA; a diverse attack early on), and the director learns against the agent's
+    greedy action (what `rlab bench rl-attack` plays). `rlab train --adv-obs atla` runs a round after every
+    --atla-every agent updates (default ATLA_EVERY) for --atla-steps env steps (ATLA_STEPS): with CartPole's PPO
+    preset (8 envs x 32 steps an update) both players see the same number of env steps, the simplest reading of
+    ATLA's alternation. `perturb` is the agent's training attack; `train_round(steps)` one round; `state_dict` goes
+    in the run's checkpoint; `adversary()` is the final director as a LearnedAdversary (save_adversary).
 
-    What weakens it: the director is a lower bound on the optimal adversary (a PPO policy trained for a few
+    What weakens it: the director is only a lower bound on the optimal adversary (a PPO policy trained a few
     thousand steps per round against a moving target), so an agent can learn to beat *this* director and stay
-    weak elsewhere; ATLA's authors found the agent alone (without SA-PPO's regulariser, "ATLA-PPO + SA-Reg",
-    their strongest) less robust, and Sun et al. (2022, PA-AD) broke ATLA agents with a stronger adversary.
-    The lab therefore judges ATLA agents by the worst of all attacks (`rlab bench rl-attack`), including a fresh
-    learned adversary trained against the final agent. `rlab train --robust --adv-obs atla` is ATLA + SA-Reg.
+    weak against another attacker; ATLA's strongest agents are recurrent (an LSTM policy: under attack the best
+    policy depends on the history, the lab's agents are MLPs) and add SA-PPO's regulariser (their "ATLA-PPO (LSTM)
+    + SA-Reg"; here `rlab train --robust --adv-obs atla` without the LSTM), and Sun et al. (2022) lower ATLA
+    agents' returns further with PA-AD. The lab therefore judges ATLA agents by the worst of all attacks (`rlab bench rl-attack`), among them a
+    fresh learned adversary trained against the final agent.
     """
 
     def __init__(self, agent, env_id: str, eps: float, seed: int = 0, pgd_steps: int = 10, shaping: bool = True,

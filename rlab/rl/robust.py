@@ -13,7 +13,8 @@ A preset per env, applied on top of the algorithm's defaults and the env's prese
 
 The agents are judged by the worst of all attacks of `rlab bench rl-attack` (random, pgd, pgd-timed,
 pgd-worst, planning, learned). ATLA (Zhang et al., 2021: alternating training against a learned adversary,
-rlab.rl.adversary) is not part of the preset yet.
+rlab.rl.adversary.AlternatingAdversary) is `--adv-obs atla`; `--robust --adv-obs atla` is ATLA with this preset's
+SA-PPO regulariser (ATLA-PPO + SA-Reg). Neither is the preset (measured in the README's table).
 
 How CartPole-v1's values were chosen (eps 0.016, seed 3, the seed that kept least; worst attack, 10 episodes):
 kappa 0.1 and adv_frac 0.5 kept 52% (pgd-worst 262); kappa 0.3, adv_frac 0.75 kept 75% (pgd-worst rose to
