@@ -324,3 +324,29 @@ def test_autoattack_bench_runs_torchattacks_beside_the_lab(smoke, script):
     peer = rows["torchattacks APGD, APGD-T, Square (smoke budget)"]
     assert 0 <= fraction(peer["robust_accuracy"]) <= 1 and float(peer["seconds"]) > 0
     assert "time ratio" in s.stdout and "x |" in s.stdout  # the ratios against the peer are printed
+
+
+def test_autoattack_bench_rows_take_turns_batch_by_batch_and_sum_their_costs():
+    import torch
+
+    sys.path.insert(0, str(BENCH))
+    import autoattack_vs_peers as bench
+
+    calls = []
+
+    def runner(name, robust):
+        def run(xb, yb):
+            calls.append((name, len(xb)))
+            return {"robust_accuracy": robust(xb), "seconds": 1.0, "cpu_seconds": 0.5, "grad_steps": len(xb),
+                    "queries": "", "warnings": "w" if name == "a" else "", "fooled_by": f"part {len(xb)}"}
+        return run
+
+    x, y = torch.arange(10.0), torch.zeros(10)
+    rows = bench.run_interleaved([("a", runner("a", lambda xb: float((xb < 3).float().mean()))),
+                                  ("b", runner("b", lambda xb: 1.0))], x, y, batch_size=4)
+    assert calls == [("a", 4), ("b", 4), ("b", 4), ("a", 4), ("a", 2), ("b", 2)]  # turns, order flipped
+    a, b = rows
+    assert (a["attack"], b["attack"]) == ("a", "b")
+    assert a["robust_accuracy"] == pytest.approx(0.3) and b["robust_accuracy"] == 1.0  # weighted by images
+    assert a["seconds"] == 3.0 and a["cpu_seconds"] == 1.5 and a["grad_steps"] == 10
+    assert a["warnings"] == "w" and a["fooled_by"] == "part 10"
