@@ -334,19 +334,23 @@ def test_autoattack_bench_rows_take_turns_batch_by_batch_and_sum_their_costs():
 
     calls = []
 
-    def runner(name, robust):
+    def runner(name, robust, fooled_by):
         def run(xb, yb):
             calls.append((name, len(xb)))
             return {"robust_accuracy": robust(xb), "seconds": 1.0, "cpu_seconds": 0.5, "grad_steps": len(xb),
-                    "queries": "", "warnings": "w" if name == "a" else "", "fooled_by": f"part {len(xb)}"}
+                    "queries": "", "warnings": "peer's own" if name == "peer" else "", "fooled_by": fooled_by(xb)}
         return run
 
     x, y = torch.arange(10.0), torch.zeros(10)
-    rows = bench.run_interleaved([("a", runner("a", lambda xb: float((xb < 3).float().mean()))),
-                                  ("b", runner("b", lambda xb: 1.0))], x, y, batch_size=4)
-    assert calls == [("a", 4), ("b", 4), ("b", 4), ("a", 4), ("a", 2), ("b", 2)]  # turns, order flipped
-    a, b = rows
-    assert (a["attack"], b["attack"]) == ("a", "b")
-    assert a["robust_accuracy"] == pytest.approx(0.3) and b["robust_accuracy"] == 1.0  # weighted by images
-    assert a["seconds"] == 3.0 and a["cpu_seconds"] == 1.5 and a["grad_steps"] == 10
-    assert a["warnings"] == "w" and a["fooled_by"] == "part 10"
+    rows = bench.run_interleaved(
+        [("lab", runner("lab", lambda xb: float((xb < 3).float().mean()),
+                        lambda xb: f"apgd-ce {len(xb)}, square {int(xb[0] == 0)}")),
+         ("peer", runner("peer", lambda xb: 1.0, lambda xb: ""))], x, y, eps=0.1, batch_size=4)
+    assert calls == [("lab", 4), ("peer", 4), ("peer", 4), ("lab", 4), ("lab", 2), ("peer", 2)]  # order flipped
+    lab, peer = rows
+    assert (lab["attack"], peer["attack"]) == ("lab", "peer")
+    assert lab["robust_accuracy"] == pytest.approx(0.3) and peer["robust_accuracy"] == 1.0  # weighted by images
+    assert lab["seconds"] == 3.0 and lab["cpu_seconds"] == 1.5 and lab["grad_steps"] == 10
+    assert lab["fooled_by"] == "apgd-ce 10, square 1"
+    assert "1 of 10 images" in lab["warnings"]  # the masking flag is judged on the totals, not per batch
+    assert peer["warnings"] == "peer's own"
