@@ -352,7 +352,8 @@ class RecedingHorizonPlanner:
     """The planning attacker as `rlab bench rl-attack` plays it, obs (N, d) -> s' (N, d), one call per env step
     (N side-by-side episodes): model-predictive control of the victim (Lin et al., 2017, enchanting attack).
 
-    Every `replan` steps an episode searches for a sequence of reachable actions that ends in the agent's failure
+    Every `replan` steps (twice as long after each search that found nothing sooner, up to horizon / 2: an agent
+    that holds is searched ~10 times in 500 steps) an episode searches for a sequence of reachable actions that ends in the agent's failure
     within `horizon` steps: the beam search (`beam_plan`) and the rollouts of the one-step planner
     (`rollout_plan`), the sooner failure of the two, kept if it fails sooner than the plan it has. It follows it, inducing each planned action
     by targeted PGD, while the env does what the plan predicted (the simulator starts from float32 observations,
@@ -370,7 +371,8 @@ class RecedingHorizonPlanner:
         self.horizon, self.beam, self.steps, self.replan, self.depth = horizon, beam, steps, replan, depth
         self.generator, self.tolerance = generator, tolerance
         self.plan: Plan | None = None  # per episode: the failing plan it follows (score < FAILED / 2), or none
-        self.age = self.since_search = None  # per episode: steps of its plan taken; steps since its last search
+        # per episode: steps of its plan taken, steps since its last search, steps from one search to the next
+        self.age = self.since_search = self.interval = None
 
     def _reset(self, obs: Tensor) -> None:
         n, state = len(obs), self.simulator.state_of(obs)
@@ -379,6 +381,7 @@ class RecedingHorizonPlanner:
                          torch.full((n,), torch.inf, dtype=torch.float64, device=obs.device))
         self.age = torch.zeros(n, dtype=torch.long, device=obs.device)
         self.since_search = torch.full((n,), self.replan, dtype=torch.long, device=obs.device)
+        self.interval = self.since_search.clone()
 
     def _search(self, obs: Tensor) -> Plan:
         args = (self.eps, self.scale, self.horizon)
@@ -404,7 +407,7 @@ class RecedingHorizonPlanner:
             with torch.no_grad():
                 on_plan &= self.policy(x_adv).logits.argmax(-1) == target
         self.plan.score[~on_plan] = torch.inf
-        search = (self.since_search >= self.replan).nonzero(as_tuple=True)[0]
+        search = (self.since_search >= self.interval).nonzero(as_tuple=True)[0]
         if len(search):
             found = self._search(obs[search])
             remaining = self.plan.score[search] - self.age[search]  # FAILED + the steps the current plan has left
@@ -414,6 +417,9 @@ class RecedingHorizonPlanner:
             self.plan.actions[adopt, :h], self.plan.states[adopt, :h] = found.actions[better], found.states[better]
             self.plan.score[adopt], x_adv[adopt] = found.score[better], found.x_adv[better]
             self.age[adopt], self.since_search[search] = 0, 0
+            # a search that found nothing sooner: wait twice as long for the next one, up to half the horizon
+            self.interval[search] = torch.where(better, self.replan,
+                                                (2 * self.interval[search]).clamp(max=max(self.horizon // 2, 1)))
             on_plan[adopt] = True
         rest = (~on_plan).nonzero(as_tuple=True)[0]
         if len(rest):
