@@ -371,6 +371,7 @@ class RecedingHorizonPlanner:
         self.horizon, self.beam, self.steps, self.replan, self.depth = horizon, beam, steps, replan, depth
         self.generator, self.tolerance = generator, tolerance
         self.plan: Plan | None = None  # per episode: the failing plan it follows (score < FAILED / 2), or none
+        self.induced: Tensor | None = None  # per episode: the action the last s' was made to induce
         # per episode: steps of its plan taken, steps since its last search, steps from one search to the next
         self.age = self.since_search = self.interval = None
 
@@ -399,8 +400,8 @@ class RecedingHorizonPlanner:
         target = torch.where(self.age < self.horizon, self.plan.actions[rows, at], -1)
         expected = self.simulator.observe(self.plan.states[rows, (self.age - 1).clamp(0, self.horizon - 1)])
         on_plan = (self.plan.score < FAILED / 2) & (target >= 0) & \
-            ((self.age == 0) | ((obs - expected).abs() <= self.tolerance * scale).all(-1))
-        x_adv = obs.clone()
+            ((obs - expected).abs() <= self.tolerance * scale).all(-1)
+        x_adv, self.induced = obs.clone(), target.clone()  # induced: the action each s' is meant to make it take
         if on_plan.any():
             x_adv[on_plan] = induce(self.policy, obs[on_plan], target[on_plan], self.eps, scale, self.steps,
                                     self.generator)
@@ -416,6 +417,7 @@ class RecedingHorizonPlanner:
             self.plan.actions[adopt] = -1
             self.plan.actions[adopt, :h], self.plan.states[adopt, :h] = found.actions[better], found.states[better]
             self.plan.score[adopt], x_adv[adopt] = found.score[better], found.x_adv[better]
+            self.induced[adopt] = found.actions[better, 0]
             self.age[adopt], self.since_search[search] = 0, 0
             # a search that found nothing sooner: wait twice as long for the next one, up to half the horizon
             self.interval[search] = torch.where(better, self.replan,
@@ -423,8 +425,8 @@ class RecedingHorizonPlanner:
             on_plan[adopt] = True
         rest = (~on_plan).nonzero(as_tuple=True)[0]
         if len(rest):
-            x_adv[rest] = plan(self.policy, obs[rest], self.eps, scale, self.simulator, self.depth, self.steps,
-                               "commit", self.generator)[0]
+            x_adv[rest], self.induced[rest] = plan(self.policy, obs[rest], self.eps, scale, self.simulator,
+                                                   self.depth, self.steps, "commit", self.generator)
         self.age += 1
         self.since_search += 1
         return x_adv
