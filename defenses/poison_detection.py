@@ -105,16 +105,35 @@ def principal_components(features: Tensor, k: int) -> Tensor:
     return centred @ vh[:k].T
 
 
-def two_means(z: Tensor, iterations: int = 100) -> Tensor:
-    """Lloyd's algorithm for k = 2 on the rows of z (n, d): (n,) assignment in {0, 1}.
+def two_means(z: Tensor, iterations: int = 100, starts: int = 10) -> Tensor:
+    """k = 2 means on the rows of z (n, d): (n,) assignment in {0, 1}, the split of least within-cluster sum of
+    squares (inertia) found.
 
-    Deterministic: it starts from the split by the sign of the top principal
-    component (the relaxed 2-means solution, Ding & He 2004) and alternates
-    "assign to the nearer centre" / "move each centre to its members' mean"
-    until no assignment changes.
+    1-D z: the exact optimum (the best split of the sorted values, a scan of prefix sums). Otherwise Lloyd's
+    algorithm ("assign to the nearer centre" / "move each centre to its members' mean" until no assignment
+    changes) from `starts` deterministic starts, the splits by the sign of each of z's top principal components
+    (the first is the relaxed 2-means solution, Ding & He 2004), keeping the lowest inertia, as k-means is used
+    in practice (scikit-learn's n_init). One start is not enough: on a backdoored CIFAR-10 label (500 poisoned of
+    5,500, lab seed 2) the first component's start settled on a natural split of the clean images (inertia
+    458,397, silhouette 0.18), the second component's on the poison itself (453,233, silhouette 0.37).
     """
     z = z.double()
-    assign = (principal_components(z, 1)[:, 0] > 0).long()
+    n = len(z)
+    if n < 2:
+        return torch.zeros(n, dtype=torch.long)
+    if z.shape[1] == 1:
+        return _best_split_1d(z[:, 0])
+    components = principal_components(z, min(starts, z.shape[1], n))
+    best, best_inertia = torch.zeros(n, dtype=torch.long), math.inf
+    for k in range(components.shape[1]):
+        assign = _lloyd(z, (components[:, k] > 0).long(), iterations)
+        inertia = _inertia(z, assign)
+        if inertia < best_inertia:  # ties: the earlier start
+            best, best_inertia = assign, inertia
+    return best
+
+
+def _lloyd(z: Tensor, assign: Tensor, iterations: int) -> Tensor:
     for _ in range(iterations):
         if assign.min() == assign.max():
             break
@@ -123,6 +142,25 @@ def two_means(z: Tensor, iterations: int = 100) -> Tensor:
         if torch.equal(new, assign):
             break
         assign = new
+    return assign
+
+
+def _inertia(z: Tensor, assign: Tensor) -> float:
+    return sum(float((z[assign == k] - z[assign == k].mean(0)).pow(2).sum()) for k in (0, 1) if (assign == k).any())
+
+
+def _best_split_1d(values: Tensor) -> Tensor:
+    """The 2-means optimum in one dimension: the cut of the sorted values with the least inertia."""
+    order = values.argsort()
+    v = values[order]
+    n = len(v)
+    left = torch.arange(1, n, dtype=torch.float64)  # sizes of the lower part for cuts after 1 .. n-1 values
+    prefix, prefix_sq = v.cumsum(0)[:-1], v.pow(2).cumsum(0)[:-1]
+    total, total_sq = v.sum(), v.pow(2).sum()
+    inertia = (prefix_sq - prefix.pow(2) / left) + ((total_sq - prefix_sq) - (total - prefix).pow(2) / (n - left))
+    cut = int(inertia.argmin()) + 1
+    assign = torch.zeros(n, dtype=torch.long)
+    assign[order[cut:]] = 1
     return assign
 
 

@@ -324,3 +324,33 @@ def test_autoattack_bench_runs_torchattacks_beside_the_lab(smoke, script):
     peer = rows["torchattacks APGD, APGD-T, Square (smoke budget)"]
     assert 0 <= fraction(peer["robust_accuracy"]) <= 1 and float(peer["seconds"]) > 0
     assert "time ratio" in s.stdout and "x |" in s.stdout  # the ratios against the peer are printed
+
+
+def test_autoattack_bench_rows_take_turns_batch_by_batch_and_sum_their_costs():
+    import torch
+
+    sys.path.insert(0, str(BENCH))
+    import autoattack_vs_peers as bench
+
+    calls = []
+
+    def runner(name, robust, fooled_by):
+        def run(xb, yb):
+            calls.append((name, len(xb)))
+            return {"robust_accuracy": robust(xb), "seconds": 1.0, "cpu_seconds": 0.5, "grad_steps": len(xb),
+                    "queries": "", "warnings": "peer's own" if name == "peer" else "", "fooled_by": fooled_by(xb)}
+        return run
+
+    x, y = torch.arange(10.0), torch.zeros(10)
+    rows = bench.run_interleaved(
+        [("lab", runner("lab", lambda xb: float((xb < 3).float().mean()),
+                        lambda xb: f"apgd-ce {len(xb)}, square {int(xb[0] == 0)}")),
+         ("peer", runner("peer", lambda xb: 1.0, lambda xb: ""))], x, y, eps=0.1, batch_size=4)
+    assert calls == [("lab", 4), ("peer", 4), ("peer", 4), ("lab", 4), ("lab", 2), ("peer", 2)]  # order flipped
+    lab, peer = rows
+    assert (lab["attack"], peer["attack"]) == ("lab", "peer")
+    assert lab["robust_accuracy"] == pytest.approx(0.3) and peer["robust_accuracy"] == 1.0  # weighted by images
+    assert lab["seconds"] == 3.0 and lab["cpu_seconds"] == 1.5 and lab["grad_steps"] == 10
+    assert lab["fooled_by"] == "apgd-ce 10, square 1"
+    assert "1 of 10 images" in lab["warnings"]  # the masking flag is judged on the totals, not per batch
+    assert peer["warnings"] == "peer's own"

@@ -163,6 +163,37 @@ def test_two_means_and_silhouette_against_brute_force():
     assert two_means_separation(one_gaussian, two_means(one_gaussian)) == pytest.approx(1.32, abs=0.03)
 
 
+def test_two_means_keeps_the_least_inertia_start_where_the_first_component_misleads():
+    # the clean images spread widely along x (the top component); the poison is a small tight cluster far off in y:
+    # Lloyd from the first component's sign settles on x < 0 / x > 0, the least-inertia split isolates the poison
+    g = torch.Generator().manual_seed(0)
+    clean = torch.randn(5000, 2, generator=g) * torch.tensor([5.0, 1.0])
+    poison = torch.randn(500, 2, generator=g) * 0.5 + torch.tensor([0.0, -15.0])
+    z = torch.cat([clean, poison])
+    planted = torch.cat([torch.zeros(5000), torch.ones(500)]).long()
+    first_component_sign = (top_direction_projection(z) > 0).long()
+    assert not torch.equal(first_component_sign, planted) and not torch.equal(first_component_sign, 1 - planted)
+    assign = two_means(z)
+    assert torch.equal(assign, planted) or torch.equal(assign, 1 - planted)
+    found = activation_clustering(z, torch.zeros(5500, dtype=torch.long))
+    assert found.precision_recall(planted.bool()) == (1.0, 1.0)
+
+
+def test_two_means_in_one_dimension_is_the_best_cut_of_the_sorted_values():
+    g = torch.Generator().manual_seed(1)
+    values = torch.cat([torch.randn(40, generator=g), torch.randn(9, generator=g) * 0.3 + 2.5]).double()
+    assign = two_means(values[:, None])
+
+    def inertia(a):
+        return sum(float((values[a == k] - values[a == k].mean()).pow(2).sum()) for k in (0, 1))
+
+    ordered = values.sort().values
+    brute = min(float((ordered[:c] - ordered[:c].mean()).pow(2).sum() + (ordered[c:] - ordered[c:].mean()).pow(2).sum())
+                for c in range(1, len(values)))
+    assert inertia(assign) == pytest.approx(brute, rel=1e-12)
+    assert values[assign == 1].min() > values[assign == 0].max()  # a cut: one side all above the other
+
+
 def test_detection_validates_and_reads_the_last_linear_input():
     with pytest.raises(ValueError, match="features must be"):
         spectral_signatures(torch.zeros(5, 3), torch.zeros(4, dtype=torch.long))
