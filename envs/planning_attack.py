@@ -26,8 +26,9 @@ Measured (12-02; the README's plain PPO agents, seeds 0-4, CartPole-v1, eps 0.01
 the one-step planner 13.3 / 109.9 / 40.5 / 49.2 / 31.5, the receding-horizon planner 13.3 / 80.6 / 39.0 / 45.3
 / 25.6 (8% of clean on average; seed 1 keeps 16%); on their gamma-0.999 controls 39 / 51 / 104 / 40 / 176 (16%),
 on the `--robust` agents 500 on every seed. Cost: a search ~1.5-3 CPU s for 10 episodes side by side (H 100,
-beam 64, PGD 10); an agent that falls is searched a few times, one that holds 500 steps ~11 times: planning
-takes 1-4 CPU s per plain agent's 10 episodes, ~55 on a `--robust` one (one-step planner: 1-3 and ~20). Tried and dropped on the same agents (seed 1, whose one-step figure is the worst): a full tree
+beam 64, PGD 10); an agent that falls is searched a few times, one that holds 500 steps ~11 times: `rlab bench
+rl-attack --methods none,pgd-worst,planning` took 59 CPU s for the 5 plain agents (11 with the one-step planner)
+and 308 for the 5 `--robust` ones (500 steps each). Tried and dropped on the same agents (seed 1, whose one-step figure is the worst): a full tree
 over R at every simulated step, re-planned every step, scored by the end margin: depth 3 / 5 / 8 gave 108 /
 252 / 500, the committed planner's figures exactly (its lowest leaf is the committed branch); the same
 tree scored by the victim's critic V(s): 500 at depth 3 and 5 (V sits at 1 / (1 - gamma) = 50 on every
