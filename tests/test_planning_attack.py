@@ -165,7 +165,7 @@ def test_receding_horizon_planner_stays_in_the_ball_and_induces_only_actions_the
     envs = gymnasium.vector.SyncVectorEnv([lambda: gymnasium.make("CartPole-v1")] * n)
     obs, _ = envs.reset(seed=0)
     followed = flipped = 0
-    for _ in range(60):
+    for _ in range(40):
         seen = torch.as_tensor(obs, dtype=torch.float32)
         x_adv = planner(seen)
         assert ((x_adv - seen).abs() <= eps * SCALE + 1e-6).all()
@@ -177,7 +177,7 @@ def test_receding_horizon_planner_stays_in_the_ball_and_induces_only_actions_the
         flipped += int((taken != clean).sum())
         obs, *_ = envs.step(taken.numpy())
     envs.close()
-    assert followed >= 150 and flipped >= 30, "the planner should find, follow and induce failing plans"
+    assert followed >= 100 and flipped >= 20, "the planner should find, follow and induce failing plans"
 
 
 def test_receding_horizon_search_takes_the_agent_lower_than_the_one_step_planner(agent):
