@@ -20,7 +20,7 @@ plan-then-act loop):
  B. follow: while the env does what the plan predicts (the simulator starts from float32 observations,
     the env keeps float64 states: a tolerance of 1e-4 of the scale) and each planned action is in reach,
     induce it by targeted PGD; a new search replaces the plan only if it fails sooner.
- C. between plans, the one-step planner (`plan`, below) attacks.
+ C. off a plan and between plans, the one-step planner (`plan`, below) attacks.
 
 Measured (12-02; the README's plain PPO agents, seeds 0-4, CartPole-v1, eps 0.016, 10 episodes, one thread):
 the one-step planner 13.3 / 109.9 / 40.5 / 49.2 / 31.5, the receding-horizon planner 13.3 / 80.6 / 39.0 / 45.3
@@ -28,9 +28,9 @@ the one-step planner 13.3 / 109.9 / 40.5 / 49.2 / 31.5, the receding-horizon pla
 on the `--robust` agents 500 on every seed. Cost: a search ~1.5-3 CPU s for 10 episodes side by side (H 100,
 beam 64, PGD 10); an agent that falls is searched a few times, one that holds 500 steps ~11 times: `rlab bench
 rl-attack --methods none,pgd-worst,planning` took 59 CPU s for the 5 plain agents (11 with the one-step planner)
-and 308 for the 5 `--robust` ones (500 steps each). Tried and dropped on the same agents (seed 1, whose one-step figure is the worst): a full tree
-over R at every simulated step, re-planned every step, scored by the end margin: depth 3 / 5 / 8 gave 108 /
-252 / 500, the committed planner's figures exactly (its lowest leaf is the committed branch); the same
+and 308 for the 5 `--robust` ones (500 steps each). Tried and dropped on the same agents (seed 1, whose
+one-step figure is the worst; 5 episodes): a full tree over R at every simulated step, re-planned every
+step, scored by the end margin: depth 3 / 5 / 8 gave 108 / 252 / 500, the committed planner's figures exactly (its lowest leaf is the committed branch); the same
 tree scored by the victim's critic V(s): 500 at depth 3 and 5 (V sits at 1 / (1 - gamma) = 50 on every
 state it does not see failing); by the lowest margin along the path: 500; rollouts of a pgd-worst base
 attacker scored by the end margin: 500; a velocity-aware margin (x + c x_dot, theta + c theta_dot) in the
@@ -255,6 +255,16 @@ def _node_scores(simulator: Simulator, state: Tensor, ended: Tensor) -> Tensor:
                        simulator.margin(state))
 
 
+def _lowest_per_group(groups: Tensor, scores: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """(lowest score (n,), index of the first node holding it (n,)) of each group 0..n-1 (every group non-empty)."""
+    best = torch.full((n,), torch.inf, dtype=torch.float64, device=scores.device).scatter_reduce(0, groups, scores,
+                                                                                                 "amin")
+    index = torch.full((n,), -1, dtype=torch.long, device=scores.device)
+    is_best = scores == best[groups]
+    index[groups[is_best].flip(0)] = is_best.nonzero(as_tuple=True)[0].flip(0)  # the last write is the first node
+    return best, index
+
+
 @dataclass
 class Plan:
     """A beam search's answer per observation: x_adv (N, d) inducing actions[:, 0]; actions (N, H) the attacker's
@@ -273,7 +283,7 @@ def beam_plan(policy, simulator: Simulator, obs: Tensor, eps: float, scale: Tens
     checked, as at the real step), and keeps, per observation, the `beam` nodes of lowest score (`_node_scores`:
     failures first, the sooner the lower, then the margin). The plan is the path to the lowest node found."""
     n, device = len(obs), obs.device
-    levels = []  # per simulated step: (parent index into the level before, action, state, ended)
+    levels = []  # per simulated step, the kept nodes: (parent index into the level before, action, state)
     state = simulator.state_of(obs)
     root = torch.arange(n, device=device)
     ended = torch.zeros(n, dtype=torch.long, device=device)
@@ -298,11 +308,7 @@ def beam_plan(policy, simulator: Simulator, obs: Tensor, eps: float, scale: Tens
         keep = _rank_within(root, score) < beam
         parents, actions, state, ended, root = parents[keep], actions[keep], state[keep], ended[keep], root[keep]
         levels.append((parents, actions, state))
-    score = _node_scores(simulator, state, ended)
-    best = torch.full((n,), torch.inf, dtype=torch.float64, device=device).scatter_reduce(0, root, score, "amin")
-    node = torch.full((n,), -1, dtype=torch.long, device=device)
-    is_best = score == best[root]
-    node[root[is_best].flip(0)] = is_best.nonzero(as_tuple=True)[0].flip(0)  # the first lowest node per root
+    best, node = _lowest_per_group(root, _node_scores(simulator, state, ended), n)
     depth = len(levels)
     plan_actions = torch.full((n, depth), -1, dtype=torch.long, device=device)
     plan_states = torch.zeros((n, depth, state.shape[1]), dtype=state.dtype, device=device)
@@ -366,11 +372,7 @@ def rollout_plan(policy, simulator: Simulator, obs: Tensor, eps: float, scale: T
         state[alive] = next_state
         ended[alive] = torch.where(terminated, t, 0)
         actions[alive, t - 1], states[alive, t - 1] = taken, next_state
-    score = _node_scores(simulator, state, ended)
-    best = torch.full((n,), torch.inf, dtype=torch.float64, device=obs.device).scatter_reduce(0, root, score, "amin")
-    pick = torch.full((n,), -1, dtype=torch.long, device=obs.device)
-    is_best = score == best[root]
-    pick[root[is_best].flip(0)] = is_best.nonzero(as_tuple=True)[0].flip(0)
+    best, pick = _lowest_per_group(root, _node_scores(simulator, state, ended), n)
     chosen = first[pick]
     return Plan(x_root[chosen, torch.arange(n, device=obs.device)], actions[pick], states[pick], best)
 
@@ -390,12 +392,13 @@ class RecedingHorizonPlanner:
     (N side-by-side episodes): model-predictive control of the victim (Lin et al., 2017, enchanting attack).
 
     Every `replan` steps (twice as long after each search that found nothing sooner, up to horizon / 2: an agent
-    that holds is searched ~10 times in 500 steps) an episode searches for a sequence of reachable actions that ends in the agent's failure
-    within `horizon` steps: the beam search (`beam_plan`) and the rollouts of the one-step planner
-    (`rollout_plan`), the sooner failure of the two, kept if it fails sooner than the plan it has. It follows it, inducing each planned action
-    by targeted PGD, while the env does what the plan predicted (the simulator starts from float32 observations,
-    the env keeps its float64 state) and the action stays in reach; else it plans again at once. Between searches
-    that found no failure, the one-step planner (`plan`, commit, depth 3) attacks. Every s' lies in the ball and
+    that holds is searched ~10 times in 500 steps) an episode searches for a sequence of reachable actions that
+    ends in the agent's failure within `horizon` steps: the beam search (`beam_plan`) and the rollouts of the
+    one-step planner (`rollout_plan`), the sooner failure of the two, kept if it fails sooner than the plan it
+    has. It follows it, inducing each planned action by targeted PGD, while the env does what the plan predicted
+    (the simulator starts from float32 observations, the env keeps its float64 state; tolerance 1e-4 of the
+    scale) and the action stays in reach. Off a plan, and between searches that found no failure, the one-step
+    planner (`plan`, commit, depth 3) attacks. Every s' lies in the ball and
     makes the victim take the action the attacker meant (checked on the policy)."""
 
     def __init__(self, policy, simulator: Simulator, eps: float, scale: Tensor, horizon: int = DEFAULT_HORIZON,
