@@ -64,7 +64,7 @@ def test_planning_is_refused_where_the_lab_cannot_simulate():
 
 def test_planning_drops_a_trained_agent_far_below_random_noise_and_worst_is_the_minimum(agent):
     rows = attack_curve(agent, "CartPole-v1", [0.05], ["none", "random", "planning"], episodes=3, seed=0,
-                        pgd_steps=5, device=torch.device("cpu"))
+                        pgd_steps=5, device=torch.device("cpu"), plan_horizon=0)
     got = {r["method"]: r for r in rows}
     assert got["none"]["mean_return"] == 500
     assert got["random"]["mean_return"] >= 400
@@ -80,6 +80,8 @@ def test_rl_attack_offers_planning_and_learned_and_refuses_planning_without_a_si
     assert RLAttackConfig(run_dir="x", methods=["planning", "learned"]).methods == ["planning", "learned"]
     with pytest.raises(UserError, match="plan-depth"):
         RLAttackConfig(run_dir="x", plan_depth=0)
+    with pytest.raises(UserError, match="plan-horizon"):
+        RLAttackConfig(run_dir="x", plan_horizon=-1)
     lander_policy = lambda obs: Categorical(logits=torch.zeros(len(obs), 4))
     with pytest.raises(UserError, match="simulator of LunarLander-v3"):
         attack_curve(lander_policy, "LunarLander-v3", [0.05], ["planning"], episodes=1, seed=0, pgd_steps=2,
@@ -123,3 +125,66 @@ def test_acrobot_lookahead_scores_reaching_the_bar_above_everything_and_energy_b
     rest = torch.tensor([[1.0, 0.0, 1.0, 0.0, 0.0, 0.0]]).repeat(3, 1)
     scores = lookahead_scores(torque(1), ACROBOT, rest, torch.tensor([0, 1, 2]), depth=1)
     assert scores[1] == pytest.approx(0.0, abs=1e-9) and (scores[[0, 2]] > 0).all()
+
+
+def test_beam_plan_replays_in_the_simulator_with_actions_the_agent_really_takes(agent):
+    from envs.planning_attack import FAILED, beam_plan, induce
+
+    obs, eps = near_upright(8, seed=2), 0.07
+    found = beam_plan(agent, CARTPOLE, obs, eps, SCALE, horizon=120, beam=8, steps=5)
+    fails = found.score < FAILED / 2
+    assert fails.sum() >= 6, "the search should find the tiny agent's failure within 120 steps from most states"
+    assert ((found.x_adv - obs).abs() <= eps * SCALE + 1e-6).all()
+    state, alive = CARTPOLE.state_of(obs), torch.ones(8, dtype=torch.bool)
+    for t in range(found.actions.shape[1]):
+        planned = found.actions[:, t]
+        assert ((planned >= 0) == alive).all(), "a plan runs until its episode ends, no longer"
+        if not alive.any():
+            break
+        seen = CARTPOLE.observe(state[alive])
+        x_adv = induce(agent, seen, planned[alive], eps, SCALE, steps=5)
+        with torch.no_grad():
+            assert torch.equal(agent(x_adv).logits.argmax(-1), planned[alive]), "every planned action is in reach"
+        state[alive], terminated = CARTPOLE.step(state[alive], planned[alive])
+        assert torch.allclose(state[alive], found.states[alive, t])
+        ended = alive.clone()
+        ended[alive] = terminated
+        assert torch.equal(ended[fails], (found.score[fails] - FAILED == t + 1)), "it fails when the plan says"
+        alive &= ~ended
+    assert not alive[fails].any() and alive[~fails].all()
+
+
+def test_receding_horizon_planner_stays_in_the_ball_and_induces_only_actions_the_agent_takes(agent):
+    import gymnasium
+
+    from envs.planning_attack import FAILED, RecedingHorizonPlanner
+
+    eps, n = 0.07, 4
+    planner = RecedingHorizonPlanner(agent, CARTPOLE, eps, SCALE, horizon=120, beam=8, steps=5,
+                                     generator=torch.Generator().manual_seed(0))
+    envs = gymnasium.vector.SyncVectorEnv([lambda: gymnasium.make("CartPole-v1")] * n)
+    obs, _ = envs.reset(seed=0)
+    followed = flipped = 0
+    for _ in range(40):
+        seen = torch.as_tensor(obs, dtype=torch.float32)
+        x_adv = planner(seen)
+        assert ((x_adv - seen).abs() <= eps * SCALE + 1e-6).all()
+        with torch.no_grad():
+            taken, clean = agent(x_adv).logits.argmax(-1), agent(seen).logits.argmax(-1)
+        assert torch.equal(taken, planner.induced)
+        assert torch.equal(x_adv[taken == clean], seen[taken == clean]), "no perturbation where it keeps the action"
+        followed += int((planner.plan.score < FAILED / 2).sum())
+        flipped += int((taken != clean).sum())
+        obs, *_ = envs.step(taken.numpy())
+    envs.close()
+    assert followed >= 100 and flipped >= 20, "the planner should find, follow and induce failing plans"
+
+
+def test_receding_horizon_search_takes_the_agent_lower_than_the_one_step_planner(agent):
+    def planning(horizon):
+        rows = attack_curve(agent, "CartPole-v1", [0.05], ["planning"], episodes=2, seed=0, pgd_steps=5,
+                            device=torch.device("cpu"), plan_horizon=horizon)
+        return rows[0]["mean_return"]
+
+    one_step, searched = planning(0), planning(50)
+    assert searched <= one_step - 5, (searched, one_step)

@@ -14,8 +14,10 @@ replaced by
                error instead of a flip (Pattanaik et al., 2018; see envs.observation_attacks)
     critic   `--pgd-steps` projected steps minimising the agent's own Q(s, mu(s + delta)) (Pattanaik et al.,
              2018; agents with a Q critic: ddpg, td3, sac)
-    planning   the reachable action (targeted PGD, checked on the policy) whose simulated look-ahead ends
-               worst for the agent (envs.planning_attack; envs the lab simulates: CartPole, Acrobot)
+    planning   model-predictive control of the agent: a search over the actions targeted PGD can make it take
+               (checked on the policy) for a sequence that ends in its failure within `--plan-horizon` simulated
+               steps, followed while the env follows it; between finds, the reachable action whose short look-ahead
+               ends worst (envs.planning_attack; envs the lab simulates: CartPole, Acrobot)
     learned    a PA-AD adversary (Sun et al., 2022) trained by PPO against this agent at this eps for
                `--learned-steps` steps, played greedily (rlab.rl.adversary); saved as
                adversaries/<agent>__eps<eps>.pt in the bench run, and reused by `--adversaries BENCH_RUN`
@@ -64,7 +66,9 @@ class RLAttackConfig:
     methods: list[str] = opt(list(METHODS[:4]), help="observation perturbations to run", choices=list(METHODS))
     episodes: int = opt(20, help="episodes per (run, attack, eps), played side by side")
     pgd_steps: int = opt(10, help="PGD iterations per observation")
-    plan_depth: int = opt(3, help="planning: look-ahead steps per reachable action (see envs.planning_attack)")
+    plan_depth: int = opt(3, help="planning: look-ahead steps of the one-step planner (see envs.planning_attack)")
+    plan_horizon: int = opt(100, help="planning: steps the receding-horizon search looks for a failure in (0: the "
+                                      "one-step planner alone; envs whose termination is the goal use that)")
     learned_steps: int = opt(32_768, help="learned: adversary training steps per (agent, eps)")
     learned_shaping: bool = opt(True, help="learned: shape the adversary's reward with the env's margin to failure "
                                            "where the lab has one (CartPole; rlab.rl.adversary)")
@@ -89,6 +93,7 @@ class RLAttackConfig:
         check(self.episodes >= 1, f"--episodes must be >= 1, got {self.episodes}")
         check(self.pgd_steps >= 1, f"--pgd-steps must be >= 1, got {self.pgd_steps}")
         check(self.plan_depth >= 1, f"--plan-depth must be >= 1, got {self.plan_depth}")
+        check(self.plan_horizon >= 0, f"--plan-horizon must be >= 0 (0: the one-step planner), got {self.plan_horizon}")
         check(self.learned_steps >= 1, f"--learned-steps must be >= 1, got {self.learned_steps}")
         check(self.seed >= 0, f"--seed must be >= 0, got {self.seed}")
         check_env_option(self.env, self.run_dir)
@@ -101,15 +106,18 @@ class RLAttackConfig:
 
 def _perturbation(policy, env_id: str, method: str, eps: float, scale: torch.Tensor, pgd_steps: int,
                   generator: torch.Generator, plan_depth: int, learned_steps: int, seed: int, device: torch.device,
-                  learned: Callable[[float], Any] | None = None):
+                  learned: Callable[[float], Any] | None = None, plan_horizon: int = 0):
     """obs -> what the agent sees under `method` at `eps` (the learned adversary comes from `learned(eps)`, or is
     trained here first)."""
     from envs.observation_attacks import perturb_observations, worst_action_rule
-    from envs.planning_attack import planning_attack, simulator_for
+    from envs.planning_attack import RecedingHorizonPlanner, planning_attack, simulator_for
 
     try:
         if method == "planning":
             simulator = simulator_for(env_id)
+            if plan_horizon and not simulator.goal_terminates:
+                return RecedingHorizonPlanner(policy, simulator, eps, scale, horizon=plan_horizon, steps=pgd_steps,
+                                              generator=generator, depth=plan_depth)
             return lambda obs: planning_attack(policy, obs, eps, scale, simulator, depth=plan_depth, steps=pgd_steps,
                                                generator=generator)
         if method == "learned":
@@ -132,7 +140,7 @@ def _perturbation(policy, env_id: str, method: str, eps: float, scale: torch.Ten
 def attack_curve(policy, env_id: str, eps_list: list[float], methods: list[str], episodes: int, seed: int,
                  pgd_steps: int, device: torch.device, plan_depth: int = 3,
                  learned_steps: int = 32_768, learned: Callable[[float], Any] | None = None,
-                 sample: bool = False) -> list[dict[str, Any]]:
+                 sample: bool = False, plan_horizon: int = 100) -> list[dict[str, Any]]:
     """One row per (method, eps): mean, std, min and max return over the episodes; then one "worst" row per eps
     (the attack with the lowest mean return there) when two or more attacks ran. `learned(eps)`: the learned
     adversary at eps (default: trained here for learned_steps, not kept). sample: the agent plays sampled actions,
@@ -151,7 +159,7 @@ def attack_curve(policy, env_id: str, eps_list: list[float], methods: list[str],
             generator.manual_seed(seed)
             draws.manual_seed(seed + 1)
             perturb = _perturbation(policy, env_id, method, eps, scale, pgd_steps, generator, plan_depth,
-                                    learned_steps, seed, device, learned)
+                                    learned_steps, seed, device, learned, plan_horizon)
             returns = run_episodes(act, env_id, episodes, seed, device, perturb=perturb)
             stats = {"mean_return": float(returns.mean()), "std_return": float(returns.std()),
                      "min_return": float(returns.min()), "max_return": float(returns.max())}
@@ -273,7 +281,8 @@ def run(cfg: RLAttackConfig) -> Path:
     for (path, policy, options), label in zip(agents, agent_labels([o for _, _, o in agents], cfg.run_dir)):
         curve = attack_curve(policy, options["env"], cfg.eps, cfg.methods, cfg.episodes, cfg.seed, cfg.pgd_steps, device,
                              cfg.plan_depth, cfg.learned_steps,
-                             _learned_adversaries(cfg, bench.path, path, policy, options["env"], device), cfg.sample)
+                             _learned_adversaries(cfg, bench.path, path, policy, options["env"], device), cfg.sample,
+                             cfg.plan_horizon)
         variant = options.get("variant") or options.get("algo", "agent")
         rows += [{"run": str(path), "label": label, "variant": variant, "env": options["env"], **r,
                   "episodes": cfg.episodes} for r in curve]
