@@ -46,6 +46,7 @@ import torch
 from envs.observation_attacks import OBSERVATION_ATTACKS
 from rlab.config import check, opt
 from rlab.errors import UserError
+from rlab.rl.adversary import LEARNED_STEPS
 from rlab.rl.environments import env_spec
 from rlab.rl.evaluation import (check_env_option, greedy_actor, load_agent, return_floor, run_episodes,
                                 sampling_actor)
@@ -69,7 +70,7 @@ class RLAttackConfig:
     plan_depth: int = opt(3, help="planning: look-ahead steps of the one-step planner (see envs.planning_attack)")
     plan_horizon: int = opt(100, help="planning: steps the receding-horizon search looks for a failure in (0: the "
                                       "one-step planner alone; envs whose termination is the goal use that)")
-    learned_steps: int = opt(32_768, help="learned: adversary training steps per (agent, eps)")
+    learned_steps: int = opt(LEARNED_STEPS, help="learned: adversary training steps per (agent, eps)")
     learned_shaping: bool = opt(True, help="learned: shape the adversary's reward with the env's margin to failure "
                                            "where the lab has one (CartPole; rlab.rl.adversary)")
     adversaries: str = opt("", help="learned: reuse the adversaries saved by an earlier bench run (its folder) "
@@ -139,7 +140,7 @@ def _perturbation(policy, env_id: str, method: str, eps: float, scale: torch.Ten
 
 def attack_curve(policy, env_id: str, eps_list: list[float], methods: list[str], episodes: int, seed: int,
                  pgd_steps: int, device: torch.device, plan_depth: int = 3,
-                 learned_steps: int = 32_768, learned: Callable[[float], Any] | None = None,
+                 learned_steps: int = LEARNED_STEPS, learned: Callable[[float], Any] | None = None,
                  sample: bool = False, plan_horizon: int = 100) -> list[dict[str, Any]]:
     """One row per (method, eps): mean, std, min and max return over the episodes; then one "worst" row per eps
     (the attack with the lowest mean return there) when two or more attacks ran. `learned(eps)`: the learned
