@@ -196,3 +196,15 @@ def test_adversaries_option_needs_the_learned_attack_and_a_folder(tmp_path):
     with pytest.raises(UserError, match="--adversaries must be the folder"):
         RLAttackConfig(run_dir="x", methods=["none", "learned"], adversaries=str(tmp_path / "missing"))
     assert RLAttackConfig(run_dir="x", methods=["learned"], adversaries=str(tmp_path)).adversaries == str(tmp_path)
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(methods=["none", "pgd"], plan_horizon=0), "--plan-horizon configures --methods planning"),
+    (dict(methods=["none"], plan_depth=5), "--plan-depth configures --methods planning"),
+    (dict(methods=["none", "planning"], learned_steps=1024), "--learned-steps configures --methods learned"),
+    (dict(methods=["learned"], learned_shaping=False, adversaries="."), "--adversaries replays saved ones"),
+])
+def test_options_of_a_method_that_does_not_run_are_refused(options, message):
+    with pytest.raises(UserError, match=message):
+        RLAttackConfig(run_dir="x", **options)
+    RLAttackConfig(run_dir="x", **{**options, "methods": ["planning", "learned"], "adversaries": ""})

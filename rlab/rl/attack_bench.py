@@ -36,7 +36,7 @@ from __future__ import annotations
 import io
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,11 @@ from rlab.runtime import resolve_device, seed_everything, set_threads
 
 METHODS = (*OBSERVATION_ATTACKS, "planning", "learned")  # the stateless attacks, then the planner and the learned one
 WORST = "worst"  # the headline row: per eps, the strongest attack's mean return
+
+
+# options read by one method only: given (changed from the default) without it, they would be ignored
+METHOD_OPTIONS = {"plan_depth": "planning", "plan_horizon": "planning", "learned_steps": "learned",
+                  "learned_shaping": "learned"}
 
 
 @dataclass
@@ -98,6 +103,13 @@ class RLAttackConfig:
         check(self.learned_steps >= 1, f"--learned-steps must be >= 1, got {self.learned_steps}")
         check(self.seed >= 0, f"--seed must be >= 0, got {self.seed}")
         check_env_option(self.env, self.run_dir)
+        changed = {f.name for f in fields(self) if f.name in METHOD_OPTIONS and getattr(self, f.name) != f.default}
+        for name in sorted(changed):
+            check(METHOD_OPTIONS[name] in self.methods, f"--{name.replace('_', '-')} configures --methods "
+                  f"{METHOD_OPTIONS[name]}, which is not among {','.join(self.methods)}: add it or drop the option")
+        check(not (self.adversaries and changed & {"learned_steps", "learned_shaping"}),
+              "--learned-steps and --learned-shaping train a learned adversary; --adversaries replays saved ones "
+              "instead: give one or the other")
         check(not self.adversaries or "learned" in self.methods,
               "--adversaries is read only by --methods learned; add learned or drop --adversaries")
         check(not self.adversaries or Path(self.adversaries).is_dir(),
