@@ -56,14 +56,15 @@ def test_adversary_mdp_negates_rewards_and_refuses_bad_input(tiny_cartpole_agent
 def test_shaped_rewards_keep_the_discounted_return_up_to_the_first_potential(tiny_cartpole_agent):
     """Potential-based shaping (Ng et al., 1999): sum_t g^t r'_t = sum_t g^t r_t - Phi(s_0) on a finished episode,
     so the optimal adversary is unchanged; and a step toward failure earns more than the raw -1."""
-    from rlab.rl.adversary import shaping_for
+    from rlab.rl.adversary import director_learner, director_options, margin_potential, shaping_for
 
     gamma, pushes = 0.98, []
-    simulator = shaping_for("CartPole-v1")
-    shaped = VictimUnderAttack(make_envs("CartPole-v1", 1), tiny_cartpole_agent, 0.2, SCALE, pgd_steps=3,
-                               generator=torch.Generator().manual_seed(0), shaping=(simulator, gamma))
+    learner, trained = director_learner(tiny_cartpole_agent, "CartPole-v1", 0.2, director_options(n_envs=1, gamma=gamma),
+                                        seed=0, pgd_steps=3, shaping=True)
+    shaped = learner.envs  # the director's MDP as it trains: the victim under attack, shaped
+    assert trained["shaping"]
     obs, _ = shaped.reset(seed=3)
-    phi0, total, raw, t = shaped.potential(obs)[0], 0.0, 0.0, 0
+    phi0, total, raw, t = -margin_potential(shaping_for("CartPole-v1"), gamma)(obs)[0], 0.0, 0.0, 0
     while True:  # push toward the side the pole leans to: the episode ends early
         target = int(obs[0, 2] > 0)
         obs, reward, terminated, truncated, _ = shaped.step([target])

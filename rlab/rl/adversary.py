@@ -43,7 +43,7 @@ import copy
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import gymnasium as gym
 import numpy as np
@@ -53,7 +53,7 @@ from torch import Tensor
 from envs.observation_attacks import observation_scale
 from envs.planning_attack import SIMULATORS, Simulator, induce
 from rlab.rl.algos import a2c, ppo
-from rlab.rl.environments import make_envs
+from rlab.rl.environments import PotentialShaping, make_envs
 from rlab.rl.onpolicy import OnPolicyLearner
 from rlab.rl.policies import ActorCritic, make_actor_critic
 
@@ -69,32 +69,21 @@ class VictimUnderAttack(gym.vector.VectorWrapper):
     """The adversary's MDP around a vector env: actions are target actions of the victim, rewards are negated.
 
     Keeps the inner env's next-step autoreset: the step after an episode end resets and ignores the action.
-    `shaping` (a Simulator with a margin, and gamma): the potential-based shaping of the module docstring.
+    The potential-based shaping of the module docstring wraps it (rlab.rl.environments.PotentialShaping).
     """
 
     def __init__(self, envs: gym.vector.VectorEnv, victim, eps: float, scale: Tensor, pgd_steps: int = 10,
-                 generator: torch.Generator | None = None, shaping: tuple[Simulator, float] | None = None):
+                 generator: torch.Generator | None = None):
         super().__init__(envs)
         if not isinstance(envs.single_action_space, gym.spaces.Discrete):
             raise ValueError(f"the learned adversary attacks discrete-action agents; this env has "
                              f"{envs.single_action_space}")
         self.victim, self.eps, self.scale, self.pgd_steps, self.generator = victim, eps, scale, pgd_steps, generator
-        self.shaping = shaping
         self._obs: np.ndarray | None = None
-        self._resetting = np.zeros(envs.num_envs, dtype=bool)  # next step is an autoreset (its reward is masked)
-
-    def potential(self, obs: np.ndarray) -> np.ndarray:
-        """Phi(s) = -m(s) / (1 - gamma) (0 without shaping)."""
-        if self.shaping is None:
-            return np.zeros(len(obs))
-        simulator, gamma = self.shaping
-        margin = simulator.margin(simulator.state_of(torch.from_numpy(obs))).numpy()
-        return -margin / (1.0 - gamma)
 
     def reset(self, **kwargs: Any):
         obs, info = self.env.reset(**kwargs)
         self._obs = np.asarray(obs, dtype=np.float32)
-        self._resetting[:] = False
         return obs, info
 
     def step(self, targets):
@@ -103,16 +92,16 @@ class VictimUnderAttack(gym.vector.VectorWrapper):
                       self.pgd_steps, self.generator)
         with torch.no_grad():
             actions = self.victim(seen).logits.argmax(-1).numpy()
-        before = self._obs
         obs, reward, terminated, truncated, info = self.env.step(actions)
         self._obs = np.asarray(obs, dtype=np.float32)
-        reward = -np.asarray(reward, dtype=np.float64)
-        if self.shaping is not None:
-            gamma = self.shaping[1]
-            after = np.where(np.asarray(terminated), 0.0, self.potential(self._obs))
-            reward = np.where(self._resetting, reward, reward + gamma * after - self.potential(before))
-        self._resetting = np.asarray(terminated) | np.asarray(truncated)
-        return obs, reward, terminated, truncated, info
+        return obs, -np.asarray(reward, dtype=np.float64), terminated, truncated, info
+
+
+def under_attack(envs: gym.vector.VectorEnv) -> VictimUnderAttack:
+    """The VictimUnderAttack inside `envs` (a director's envs, shaped or not)."""
+    while not isinstance(envs, VictimUnderAttack):
+        envs = envs.env
+    return envs
 
 
 @dataclass
@@ -147,6 +136,16 @@ def shaping_for(env_id: str) -> Simulator | None:
     return None if simulator is None or simulator.goal_terminates else simulator
 
 
+def margin_potential(simulator: Simulator, gamma: float) -> Callable[[np.ndarray], np.ndarray]:
+    """Observations (N, d) -> m(s) / (1 - gamma): the env's margin to failure on the discounted return's scale.
+
+    The director is shaped with its negative (nearer failure is better for it; rlab.rl.environments.PotentialShaping)."""
+    def potential(obs: np.ndarray) -> np.ndarray:
+        return simulator.margin(simulator.state_of(torch.from_numpy(np.asarray(obs, dtype=np.float32)))).numpy() / (
+            1.0 - gamma)
+    return potential
+
+
 def director_options(**overrides: Any) -> ppo.PPOOptions:
     """The director's PPO options: DIRECTOR_OPTIONS with `overrides` (fields of ppo.PPOOptions); ValueError else."""
     unknown = set(overrides) - {f for f in ppo.PPOOptions.__dataclass_fields__}
@@ -158,13 +157,16 @@ def director_options(**overrides: Any) -> ppo.PPOOptions:
 def director_learner(victim, env_id: str, eps: float, options: ppo.PPOOptions, seed: int, pgd_steps: int,
                      shaping: bool) -> tuple[OnPolicyLearner, dict[str, Any]]:
     """The lab's PPO learner on the adversary's MDP against `victim` (CPU), not started; and how it is configured
-    (what save_adversary records). Its VictimUnderAttack is learner.envs."""
+    (what save_adversary records). Its VictimUnderAttack is under_attack(learner.envs)."""
     if not eps > 0:
         raise ValueError(f"eps must be > 0 for a learned adversary, got {eps!r}")
     scale = observation_scale(env_id)
     simulator = shaping_for(env_id) if shaping else None
     envs = VictimUnderAttack(make_envs(env_id, options.n_envs), victim, eps, scale, pgd_steps,
-                             torch.Generator().manual_seed(seed), None if simulator is None else (simulator, options.gamma))
+                             torch.Generator().manual_seed(seed))
+    if simulator is not None:  # Phi(s) = -m(s) / (1 - gamma): nearer failure is better for the director
+        potential = margin_potential(simulator, options.gamma)
+        envs = PotentialShaping(envs, lambda obs: -potential(obs), options.gamma)
     learner = OnPolicyLearner(options, envs, torch.device("cpu"), seed, a2c.advantages, ppo.update)
     trained = {"env": env_id, "eps": eps, "seed": seed, "pgd_steps": pgd_steps, "shaping": simulator is not None,
                "hidden": list(options.hidden), "obs_norm": bool(options.obs_norm)}
@@ -283,12 +285,13 @@ class AlternatingAdversary:
                                 {**self.trained, "steps": self.steps_trained, "atla_rounds": self.rounds})
 
     def state_dict(self) -> dict[str, Any]:
-        return {"director": self.learner.state_dict(), "director_pgd": self.learner.envs.generator.get_state(),
+        return {"director": self.learner.state_dict(),
+                "director_pgd": under_attack(self.learner.envs).generator.get_state(),
                 "agent_pgd": self.generator.get_state(), "rounds": self.rounds, "steps_trained": self.steps_trained}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.learner.load_state_dict(state["director"])
-        self.learner.envs.generator.set_state(state["director_pgd"])
+        under_attack(self.learner.envs).generator.set_state(state["director_pgd"])
         self.generator.set_state(state["agent_pgd"])
         self.rounds, self.steps_trained = int(state["rounds"]), int(state["steps_trained"])
 

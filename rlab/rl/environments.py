@@ -2,16 +2,19 @@
 
 `env_spec` registers the lab's own ids (envs/) and suggests the closest names for
 an unknown one; `make_envs` builds a vector env (native when the spec has a vector
-entry point, e.g. the batched torch CartPole, else synchronous).
+entry point, e.g. the batched torch CartPole, else synchronous); `PotentialShaping`
+adds a potential-based shaping term to a vector env's rewards (the learned adversary's director).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import gymnasium as gym
+import numpy as np
 
 from rlab.errors import UserError, unknown_name
+from rlab.rl.returns import potential_shaping
 
 
 def env_spec(env_id: str) -> gym.envs.registration.EnvSpec:
@@ -46,3 +49,35 @@ def make_envs(env_id: str, num_envs: int, **kwargs: Any) -> gym.vector.VectorEnv
 def episode_limit(env_id: str) -> int:
     """An upper bound on an episode's length: the spec's time limit (+1 for the autoreset step), else 100,000."""
     return (env_spec(env_id).max_episode_steps or 100_000) + 1
+
+
+class PotentialShaping(gym.vector.VectorWrapper):
+    """A vector env whose rewards carry gamma * Phi(s') - Phi(s) (rlab.rl.returns.potential_shaping).
+
+    Phi is computed on the env's own observations (the true state, whatever an observation attack shows
+    the agent), 0 at a terminal state. Keeps next-step autoreset: the reset step after an episode end keeps
+    its reward (0) unshaped. `info["unshaped_reward"]` carries the env's reward, which the on-policy collector counts
+    in the episode returns they log, so training curves stay in the env's units.
+    """
+
+    def __init__(self, envs: gym.vector.VectorEnv, potential: Callable[[np.ndarray], np.ndarray], gamma: float):
+        super().__init__(envs)
+        self.potential_of, self.gamma = potential, gamma
+        self._potential: np.ndarray | None = None
+        self._resetting = np.zeros(envs.num_envs, dtype=bool)
+
+    def reset(self, **kwargs: Any):
+        obs, info = self.env.reset(**kwargs)
+        self._potential = self.potential_of(np.asarray(obs, dtype=np.float32))
+        self._resetting[:] = False
+        return obs, info
+
+    def step(self, actions):
+        obs, reward, terminated, truncated, info = self.env.step(actions)
+        terminated = np.asarray(terminated, dtype=bool)
+        after = self.potential_of(np.asarray(obs, dtype=np.float32))
+        raw = np.asarray(reward, dtype=np.float64)
+        shaped = potential_shaping(raw, self._potential, after, terminated, self.gamma)
+        self._potential = after
+        self._resetting, resetting = terminated | np.asarray(truncated, dtype=bool), self._resetting
+        return obs, np.where(resetting, raw, shaped), terminated, truncated, {**info, "unshaped_reward": raw}

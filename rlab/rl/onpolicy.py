@@ -102,10 +102,10 @@ class Collector:
             action, logp = agent.sample(obs_t)
             actions.append(action)
             logps.append(logp)
-            next_obs, reward, terminated, truncated, _ = envs.step(agent.env_action(action))
+            next_obs, reward, terminated, truncated, info = envs.step(agent.env_action(action))
             rew_buf[t], term_buf[t], trunc_buf[t] = reward, terminated, truncated
             real = ~prev_done
-            ep_return += reward * real
+            ep_return += info.get("unshaped_reward", reward) * real  # logged in the env's units (PotentialShaping)
             ep_length += real
             prev_done = terminated | truncated
             if prev_done.any():

@@ -234,6 +234,17 @@ def subtract_baseline(returns: Tensor, baseline: str, values: Tensor | None = No
     return (returns - mean) / (std + eps)
 
 
+def potential_shaping(rewards, potential, next_potential, terminated, gamma: float):
+    """r'_t = r_t + gamma * Phi(s_{t+1}) - Phi(s_t), with Phi(terminal) = 0 (Ng, Harada & Russell, 1999).
+
+    Potential-based shaping leaves every policy's ranking, so the optimal policy, unchanged: along an
+    episode the shaping terms telescope to gamma^T Phi(s_T) - Phi(s_0). Works on tensors and NumPy arrays
+    alike (the vector-env wrappers shape NumPy rewards); terminated is boolean.
+    """
+    _check_gamma(gamma)
+    return rewards + gamma * next_potential * ~terminated - potential
+
+
 def normalize(x: Tensor, mask: Tensor | None = None, eps: float = 1e-8) -> Tensor:
     """(x - mean) / (std + eps) over the masked entries: PPO's advantage normalisation."""
     return subtract_baseline(x, "standardize", mask=mask, eps=eps)
