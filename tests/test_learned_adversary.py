@@ -59,8 +59,8 @@ def test_shaped_rewards_keep_the_discounted_return_up_to_the_first_potential(tin
     from rlab.rl.adversary import director_learner, director_options, margin_potential, shaping_for
 
     gamma, pushes = 0.98, []
-    learner, trained = director_learner(tiny_cartpole_agent, "CartPole-v1", 0.2, director_options(n_envs=1, gamma=gamma),
-                                        seed=0, pgd_steps=3, shaping=True)
+    learner, trained = director_learner(tiny_cartpole_agent, "CartPole-v1", 0.2,
+                                        director_options(n_envs=1, gamma=gamma), seed=0, pgd_steps=3, shaping=True)
     shaped = learner.envs  # the director's MDP as it trains: the victim under attack, shaped
     assert trained["shaping"]
     obs, _ = shaped.reset(seed=3)

@@ -139,7 +139,8 @@ def shaping_for(env_id: str) -> Simulator | None:
 def margin_potential(simulator: Simulator, gamma: float) -> Callable[[np.ndarray], np.ndarray]:
     """Observations (N, d) -> m(s) / (1 - gamma): the env's margin to failure on the discounted return's scale.
 
-    The director is shaped with its negative (nearer failure is better for it; rlab.rl.environments.PotentialShaping)."""
+    The director is shaped with its negative (nearer failure is better for it), by
+    rlab.rl.environments.PotentialShaping."""
     def potential(obs: np.ndarray) -> np.ndarray:
         return simulator.margin(simulator.state_of(torch.from_numpy(np.asarray(obs, dtype=np.float32)))).numpy() / (
             1.0 - gamma)
