@@ -130,5 +130,9 @@ def test_atla_schedule_defaults_are_resolved_and_saved_with_their_source():
     assert (cfg.atla_every, sources["atla_every"]) == (ATLA_EVERY, "atla default")
     assert (cfg.atla_steps, sources["atla_steps"]) == (1000, "command line")
     cfg, _ = resolve_with_sources(TrainConfig(robust=True, adv_eps=EPS, adv_obs="atla"))
-    assert (cfg.algo, cfg.adv_obs, cfg.kappa, cfg.adv_frac) == ("sa-ppo", "atla", 1.0, 0.75), \
-        "--robust --adv-obs atla is ATLA with SA-PPO's regulariser (ATLA-PPO + SA-Reg)"
+    assert (cfg.algo, cfg.adv_obs, cfg.hidden, cfg.gamma) == ("ppo", "atla", [128, 128], 0.999), \
+        "--robust --adv-obs atla is ATLA on the preset's network and discount"
+    cfg, _ = resolve_with_sources(TrainConfig(robust=True, adv_eps=EPS, adv_obs="atla", algo="sa-ppo", kappa=1.0,
+                                              adv_frac=0.75))
+    assert (cfg.algo, cfg.adv_obs, cfg.sa_eps, cfg.adv_frac) == ("sa-ppo", "atla", EPS, 0.75), \
+        "ATLA-PPO + SA-Reg: SA-PPO's ball is the attack budget"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -17,24 +18,29 @@ from rlab.rl.trainer import TrainConfig, resolve_with_sources
 
 
 def test_robust_resolves_to_the_documented_configuration():
-    cfg, sources = resolve_with_sources(TrainConfig(env="CartPole-v1", robust=True, adv_eps=0.016))
+    cfg, sources = resolve_with_sources(TrainConfig(env="CartPole-v1", robust=True, adv_eps=0.0175))
     preset = ROBUST_PRESETS["CartPole-v1"]
-    assert cfg.algo == "sa-ppo" and cfg.adv_obs == "pgd-worst" and cfg.adv_eps == 0.016
-    assert (cfg.kappa, cfg.adv_frac, cfg.gamma, cfg.steps) == (1.0, 0.75, 0.999, 200_000), "the documented values"
-    assert cfg.sa_eps == 0.016, "the regulariser's ball is the attack budget"
+    assert cfg.algo == "ppo" and cfg.adv_obs == "pgd-worst" and cfg.adv_eps == 0.0175
+    assert (cfg.hidden, cfg.gamma, cfg.gae_lambda, cfg.steps) == ([128, 128], 0.999, 0.95, 200_000), "the documented values"
+    assert cfg.adv_frac is None, "every training observation is attacked"
     for name, value in preset.items():
         assert getattr(cfg, name) == value, name
         assert sources[name] == "robust preset", name
     assert cfg.lr == 1e-3 and sources["lr"] == "preset CartPole-v1", "the env's PPO preset still applies underneath"
+    explicit, _ = resolve_with_sources(TrainConfig(env="CartPole-v1", adv_obs="pgd-worst", adv_eps=0.0175,
+                                                   hidden=[128, 128], steps=200_000, gamma=0.999, gae_lambda=0.95))
+    assert dataclasses.asdict(explicit) == {**dataclasses.asdict(cfg), "robust": False}, \
+        "--robust is the README's adversarial-training command with gamma 0.999, nothing else"
 
 
 def test_robust_options_are_overridable_and_refused_without_a_budget_or_a_preset():
-    cfg, sources = resolve_with_sources(TrainConfig(env="CartPole-v1", robust=True, adv_eps=0.02, kappa=0.5,
-                                                    steps=1000))
+    cfg, sources = resolve_with_sources(TrainConfig(env="CartPole-v1", robust=True, adv_eps=0.02, algo="sa-ppo",
+                                                    kappa=0.5, steps=1000))
     assert (cfg.kappa, sources["kappa"], cfg.steps, sources["steps"]) == (0.5, "command line", 1000, "command line")
-    assert cfg.sa_eps == 0.02 and cfg.hidden == [128, 128]
-    cfg, _ = resolve_with_sources(TrainConfig(env="CartPole-v1", robust=True, adv_eps=0.02, algo="ppo"))
-    assert cfg.algo == "ppo" and cfg.kappa is None and cfg.adv_obs == "pgd-worst"
+    assert cfg.sa_eps == 0.02 and sources["sa_eps"] == "robust preset", "SA-PPO's ball follows the attack budget"
+    assert cfg.hidden == [128, 128] and cfg.gamma == 0.999
+    with pytest.raises(UserError, match="--kappa is not an option of --algo ppo"):
+        TrainConfig(env="CartPole-v1", robust=True, adv_eps=0.02, kappa=0.5)
     with pytest.raises(UserError, match="--robust needs --adv-eps"):
         TrainConfig(env="CartPole-v1", robust=True)
     with pytest.raises(UserError, match="preset for CartPole-v1, rlab/TorchCartPole-v1, not Acrobot-v1"):
@@ -46,9 +52,9 @@ def test_robust_run_saves_every_choice_and_its_source(runs_root, capsys):
                  "--hidden", "16", "--no-progress", "--eval-episodes", "1", "--device", "cpu"]) == 0
     run = Path(capsys.readouterr().out.strip().splitlines()[-1])
     options = json.loads((run / "config.json").read_text())["options"]
-    assert options["algo"] == "sa-ppo" and options["robust"] is True and options["kappa"] == 1.0
-    assert options["option_sources"]["kappa"] == "robust preset" and options["option_sources"]["hidden"] == "command line"
-    assert run.name.startswith("CartPole-v1__sa-ppo__0__")
+    assert options["algo"] == "ppo" and options["robust"] is True and options["gamma"] == 0.999
+    assert options["option_sources"]["gamma"] == "robust preset" and options["option_sources"]["hidden"] == "command line"
+    assert run.name.startswith("CartPole-v1__ppo__0__")
 
 
 class Linear(torch.nn.Module):
