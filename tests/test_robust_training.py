@@ -21,7 +21,8 @@ def test_robust_resolves_to_the_documented_configuration():
     cfg, sources = resolve_with_sources(TrainConfig(env="CartPole-v1", robust=True, adv_eps=0.0175))
     preset = ROBUST_PRESETS["CartPole-v1"]
     assert cfg.algo == "ppo" and cfg.adv_obs == "pgd-worst" and cfg.adv_eps == 0.0175
-    assert (cfg.hidden, cfg.gamma, cfg.gae_lambda, cfg.steps) == ([128, 128], 0.999, 0.95, 200_000), "the documented values"
+    assert (cfg.hidden, cfg.gamma, cfg.gae_lambda, cfg.steps) == ([128, 128], 0.999, 0.95, 200_000), \
+        "the documented values"
     assert cfg.adv_frac is None, "every training observation is attacked"
     for name, value in preset.items():
         assert getattr(cfg, name) == value, name
@@ -53,7 +54,8 @@ def test_robust_run_saves_every_choice_and_its_source(runs_root, capsys):
     run = Path(capsys.readouterr().out.strip().splitlines()[-1])
     options = json.loads((run / "config.json").read_text())["options"]
     assert options["algo"] == "ppo" and options["robust"] is True and options["gamma"] == 0.999
-    assert options["option_sources"]["gamma"] == "robust preset" and options["option_sources"]["hidden"] == "command line"
+    sources = options["option_sources"]
+    assert sources["gamma"] == "robust preset" and sources["hidden"] == "command line"
     assert run.name.startswith("CartPole-v1__ppo__0__")
 
 

@@ -56,8 +56,8 @@ class PotentialShaping(gym.vector.VectorWrapper):
 
     Phi is computed on the env's own observations (the true state, whatever an observation attack shows
     the agent), 0 at a terminal state. Keeps next-step autoreset: the reset step after an episode end keeps
-    its reward (0) unshaped. `info["unshaped_reward"]` carries the env's reward, which the on-policy collector counts
-    in the episode returns they log, so training curves stay in the env's units.
+    its reward (0) unshaped. `info["unshaped_reward"]` carries the env's reward, which the on-policy collector
+    counts in the episode returns it logs, so training curves stay in the env's units.
     """
 
     def __init__(self, envs: gym.vector.VectorEnv, potential: Callable[[np.ndarray], np.ndarray], gamma: float):
