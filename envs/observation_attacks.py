@@ -36,6 +36,12 @@ way is what drops the pole. The worst action of a rule is not the worst action o
 Measured figures (plain and adversarially trained PPO agents): the README's table and
 `rlab bench rl-attack`.
 
+"constant" (rlab bench rl-attack; Hussenot et al., 2019, whose CopyCAT attack is one fixed mask per target
+action) is one delta held for the whole episode: a sensor's bias. `ball_corners` lists the candidates. It needs
+no gradient and no model, and it is the attack an agent that balances on one observation cannot average away: on
+CartPole a bias on the pole's angle makes the agent balance a pole that leans, which it can only do by
+accelerating the cart toward the lean until it leaves the track.
+
 "critic" is Pattanaik et al.'s (2018) critic-guided attack on an actor-critic agent with a Q critic
 (DDPG, TD3, SAC): the perturbation that makes the actor pick the action its own critic values least
 at the true state, min_delta Q(s, mu(s + delta)), by the same projected signed-gradient steps.
@@ -44,6 +50,7 @@ at the true state, min_delta Q(s, mu(s + delta)), by the same projected signed-g
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections.abc import Callable
 
@@ -141,6 +148,21 @@ def uniform_noise(obs: torch.Tensor, eps: float, scale: torch.Tensor,
     """obs + delta, delta uniform in the ball |delta_i| <= eps * scale_i (the random baseline)."""
     u = torch.rand(obs.shape, generator=generator, dtype=obs.dtype, device=obs.device if generator is None else generator.device)
     return obs + (2 * u.to(obs.device) - 1) * eps * scale
+
+
+def ball_corners(eps: float, scale: torch.Tensor, limit: int = 64,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """Corners of the ball |delta_i| <= eps * scale_i, one per row (shape (k, d)): all 2^d of them where
+    2^d <= limit, else `limit` sign patterns drawn uniformly with `generator`."""
+    if limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    d = scale.numel()
+    if 2 ** d <= limit:
+        signs = torch.tensor(list(itertools.product((-1.0, 1.0), repeat=d)))
+    else:
+        device = generator.device if generator is not None else "cpu"
+        signs = torch.randint(0, 2, (limit, d), generator=generator, device=device).float() * 2 - 1
+    return signs.to(scale) * eps * scale
 
 
 class _ScaledPolicyLogits(nn.Module):

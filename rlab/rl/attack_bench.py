@@ -14,6 +14,9 @@ replaced by
                error instead of a flip (Pattanaik et al., 2018; see envs.observation_attacks)
     critic   `--pgd-steps` projected steps minimising the agent's own Q(s, mu(s + delta)) (Pattanaik et al.,
              2018; agents with a Q critic: ddpg, td3, sac)
+    constant   one delta held for every observation of the episode, a sensor's bias (Hussenot et al., 2019): the
+               corner of the ball whose episodes end worst, picked on `--episodes` other episodes (seeds
+               seed + 10,000 ...) among all 2^d corners (d <= 6; else 64 drawn), then played on the bench's
     planning   model-predictive control of the agent: a search over the actions targeted PGD can make it take
                (checked on the policy) for a sequence that ends in its failure within `--plan-horizon` simulated
                steps, followed while the env follows it; between finds, the reachable action whose short look-ahead
@@ -53,7 +56,10 @@ from rlab.rl.evaluation import (check_env_option, greedy_actor, load_agent, retu
 from rlab.runs import RunDir, write_csv
 from rlab.runtime import resolve_device, seed_everything, set_threads
 
-METHODS = (*OBSERVATION_ATTACKS, "planning", "learned")  # the stateless attacks, then the planner and the learned one
+# the stateless attacks, then the episode-level ones: a constant bias, the planner and the learned adversary
+METHODS = (*OBSERVATION_ATTACKS, "constant", "planning", "learned")
+CONSTANT_CORNERS = 64  # constant: every corner of the ball up to this many, else this many drawn
+SELECTION_SEEDS = 10_000  # constant: picks its corner on episodes seeded seed + this, not on the bench's own
 WORST = "worst"  # the headline row: per eps, the strongest attack's mean return
 
 
@@ -117,15 +123,36 @@ class RLAttackConfig:
               f"got {self.adversaries!r}")
 
 
+def worst_constant(act: Callable[[torch.Tensor], np.ndarray], env_id: str, eps: float, scale: torch.Tensor,
+                   episodes: int, seed: int, device: torch.device, generator: torch.Generator | None = None,
+                   corners: int = CONSTANT_CORNERS) -> tuple[torch.Tensor, float]:
+    """(delta, its mean return): the constant attack's choice, the corner of the eps-ball that, added to every
+    observation, leaves `act` the lowest mean return over `episodes` episodes seeded seed + SELECTION_SEEDS, ...
+    (every corner plays the same episodes; envs.observation_attacks.ball_corners)."""
+    from envs.observation_attacks import ball_corners
+
+    candidates = ball_corners(eps, scale, corners, generator)
+    means = [float(run_episodes(act, env_id, episodes, seed + SELECTION_SEEDS, device,
+                                perturb=lambda obs, d=delta: obs + d).mean()) for delta in candidates]
+    best = int(np.argmin(means))
+    return candidates[best], means[best]
+
+
 def _perturbation(policy, env_id: str, method: str, eps: float, scale: torch.Tensor, pgd_steps: int,
                   generator: torch.Generator, plan_depth: int, learned_steps: int, seed: int, device: torch.device,
-                  learned: Callable[[float], Any] | None = None, plan_horizon: int = 0):
+                  learned: Callable[[float], Any] | None = None, plan_horizon: int = 0,
+                  act: Callable[[torch.Tensor], np.ndarray] | None = None, episodes: int = 10):
     """obs -> what the agent sees under `method` at `eps` (the learned adversary comes from `learned(eps)`, or is
-    trained here first)."""
+    trained here first; the constant one is picked by playing `act` on `episodes` held-out episodes)."""
     from envs.observation_attacks import perturb_observations, worst_action_rule
     from envs.planning_attack import RecedingHorizonPlanner, planning_attack, simulator_for
 
     try:
+        if method == "constant":
+            if eps == 0:
+                return lambda obs: obs
+            delta, _ = worst_constant(act, env_id, eps, scale, episodes, seed, device, generator)
+            return lambda obs: obs + delta
         if method == "planning":
             simulator = simulator_for(env_id)
             if plan_horizon and not simulator.goal_terminates:
@@ -170,9 +197,9 @@ def attack_curve(policy, env_id: str, eps_list: list[float], methods: list[str],
     for method in methods:
         for eps in (eps_list if method != "none" else [0.0]):
             generator.manual_seed(seed)
-            draws.manual_seed(seed + 1)
             perturb = _perturbation(policy, env_id, method, eps, scale, pgd_steps, generator, plan_depth,
-                                    learned_steps, seed, device, learned, plan_horizon)
+                                    learned_steps, seed, device, learned, plan_horizon, act, episodes)
+            draws.manual_seed(seed + 1)  # after: the constant attack's search plays sampled actions too
             returns = run_episodes(act, env_id, episodes, seed, device, perturb=perturb)
             stats = {"mean_return": float(returns.mean()), "std_return": float(returns.std()),
                      "min_return": float(returns.min()), "max_return": float(returns.max())}
@@ -238,7 +265,8 @@ def plot_curves(rows: list[dict[str, Any]], out_png: Path, title: str) -> Path:
     import matplotlib.pyplot as plt
 
     colours = {"none": "black", "random": "tab:green", "fgsm": "tab:orange", "pgd": "tab:red", "pgd-timed": "tab:purple",
-               "pgd-worst": "tab:brown", "planning": "tab:blue", "learned": "tab:cyan", WORST: "dimgray",
+               "pgd-worst": "tab:brown", "constant": "tab:pink", "planning": "tab:blue",
+               "learned": "tab:cyan", WORST: "dimgray",
                "critic": "tab:olive"}
     styles = ["-", "--", ":", "-."]
     labels = list(dict.fromkeys(r["label"] for r in rows))

@@ -1,0 +1,64 @@
+"""The constant observation attack (a sensor's bias held for the episode) of `rlab bench rl-attack`."""
+
+import gymnasium as gym
+import pytest
+import torch
+from torch.distributions import Categorical
+
+from envs.observation_attacks import ball_corners, observation_scale, uniform_noise
+from rlab.rl.attack_bench import RLAttackConfig, attack_curve, worst_constant
+from rlab.rl.evaluation import greedy_actor, run_episodes
+
+SCALE = observation_scale("CartPole-v1")
+EPS = 0.016
+
+
+def linear_controller(weights: list[float]):
+    """push right when w . s > 0: a hand-made CartPole policy (s = x, x_dot, theta, theta_dot)."""
+    w = torch.tensor(weights)
+    return lambda obs: Categorical(logits=torch.stack((-(obs @ w) * 100, (obs @ w) * 100), -1))
+
+
+POLE_ONLY = linear_controller([0.0, 0.0, 1.0, 0.5])  # balances the pole, blind to where the cart is
+WITH_CART = linear_controller([0.05, 0.2, 1.0, 0.5])  # the same, plus feedback on the cart's position and speed
+
+
+def actor(policy):
+    return greedy_actor(policy, gym.spaces.Discrete(2))
+
+
+def test_ball_corners_are_every_corner_or_a_seeded_draw_of_them():
+    corners = ball_corners(EPS, SCALE)
+    assert corners.shape == (16, 4) and len(torch.unique(corners, dim=0)) == 16
+    assert torch.allclose(corners.abs(), (EPS * SCALE).expand(16, 4))
+    scale8 = torch.arange(1.0, 9.0)
+    drawn = ball_corners(0.1, scale8, limit=64, generator=torch.Generator().manual_seed(3))
+    assert drawn.shape == (64, 8) and torch.allclose(drawn.abs(), (0.1 * scale8).expand(64, 8))
+    assert torch.equal(drawn, ball_corners(0.1, scale8, limit=64, generator=torch.Generator().manual_seed(3)))
+    with pytest.raises(ValueError, match="limit"):
+        ball_corners(0.1, scale8, limit=0)
+
+
+def test_a_bias_walks_a_pole_only_controller_off_the_track_and_not_one_that_watches_the_cart():
+    act = actor(POLE_ONLY)
+    clean = run_episodes(act, "CartPole-v1", 10, 0).mean()
+    g = torch.Generator().manual_seed(0)
+    noise = run_episodes(act, "CartPole-v1", 10, 0, perturb=lambda o: uniform_noise(o, EPS, SCALE, g)).mean()
+    delta, picked = worst_constant(act, "CartPole-v1", EPS, SCALE, episodes=10, seed=0, device="cpu")
+    assert torch.allclose(delta.abs(), EPS * SCALE), "the bias is a corner of the ball, never outside it"
+    biased = run_episodes(act, "CartPole-v1", 10, 0, perturb=lambda o: o + delta).mean()
+    assert clean == 500 and noise > 400
+    assert biased < 0.5 * noise and picked < 0.5 * noise, (clean, noise, picked, biased)
+    # position feedback tilts the pole back toward the centre: a constant bias only shifts where the cart rests
+    watcher = actor(WITH_CART)
+    _, picked_watcher = worst_constant(watcher, "CartPole-v1", EPS, SCALE, episodes=10, seed=0, device="cpu")
+    assert picked_watcher >= 450, picked_watcher
+
+
+def test_rl_attack_runs_constant_and_counts_it_in_the_worst_case():
+    rows = attack_curve(POLE_ONLY, "CartPole-v1", [EPS], ["none", "random", "constant"], episodes=5, seed=0,
+                        pgd_steps=2, device=torch.device("cpu"))
+    got = {r["method"]: r for r in rows}
+    assert got["constant"]["mean_return"] < got["random"]["mean_return"]
+    assert got["worst"]["strongest"] == "constant"
+    assert RLAttackConfig(run_dir="x", methods=["constant"]).methods == ["constant"]
