@@ -6,6 +6,7 @@ import torch
 from torch.distributions import Categorical
 
 from envs.observation_attacks import ball_corners, observation_scale, uniform_noise
+from rlab.errors import UserError
 from rlab.rl.attack_bench import RLAttackConfig, attack_curve, worst_constant
 from rlab.rl.evaluation import greedy_actor, run_episodes
 
@@ -62,3 +63,27 @@ def test_rl_attack_runs_constant_and_counts_it_in_the_worst_case():
     assert got["constant"]["mean_return"] < got["random"]["mean_return"]
     assert got["worst"]["strongest"] == "constant"
     assert RLAttackConfig(run_dir="x", methods=["constant"]).methods == ["constant"]
+
+
+def test_adv_constant_biases_that_share_of_the_envs_with_a_held_corner_and_attacks_the_rest():
+    from rlab.rl.trainer import CONSTANT_HOLD, TrainConfig, _observation_attack, _with_constant_bias
+
+    cfg = TrainConfig(env="CartPole-v1", adv_obs="pgd-worst", adv_eps=EPS, adv_constant=0.25)
+    attack = _observation_attack(cfg, POLE_ONLY, torch.device("cpu"))
+    torch.manual_seed(0)
+    obs = (torch.rand(8, 4) - 0.5) * torch.tensor([0.2, 0.5, 0.1, 0.5])
+    calls = 4 * CONSTANT_HOLD
+    biases = torch.stack([attack(obs)[:2] - obs[:2] for _ in range(calls)])  # (calls, 2 envs, 4)
+    assert torch.allclose(biases.abs(), (EPS * SCALE).expand_as(biases)), "always a corner of the ball"
+    redraws = (biases[1:] != biases[:-1]).any(-1).sum(0)
+    assert ((redraws >= 1) & (redraws <= 12)).all(), f"held ~{CONSTANT_HOLD} steps, then redrawn: {redraws}"
+    seen = attack(obs)
+    assert ((seen[2:] - obs[2:]).abs() <= EPS * SCALE + 1e-6).all() and (seen[2:] != obs[2:]).any()
+    marked = _with_constant_bias(lambda o: o + 100.0, cfg, torch.device("cpu"))(obs)
+    assert torch.equal(marked[2:], obs[2:] + 100.0), "the other 6 envs see --adv-obs's attack, and only it"
+    assert ((marked[:2] - obs[:2]).abs() < 1).all()
+    for bad in (1.0, -0.1):
+        with pytest.raises(UserError, match="--adv-constant must be in"):
+            TrainConfig(adv_obs="pgd", adv_eps=EPS, adv_constant=bad)
+    with pytest.raises(UserError, match="--adv-constant configure --adv-obs"):
+        TrainConfig(adv_constant=0.5)

@@ -78,7 +78,7 @@ def apply_robust_preset(cfg: Any, env: str) -> tuple[Any, dict[str, str]]:
         raise UserError("--robust needs --adv-eps E (the attack budget, a fraction of each observation's range)")
     preset = {**ROBUST_PRESETS[env], "sa_eps": cfg.adv_eps}
     algo = cfg.algo or preset["algo"]
-    allowed = set(algos.get(algo).option_names()) | {"algo", "adv_obs", "adv_frac"}
+    allowed = set(algos.get(algo).option_names()) | {"algo", "adv_obs", "adv_frac", "adv_constant"}
     changes, sources = {}, {}
     for name, value in preset.items():
         given = getattr(cfg, name)

@@ -42,6 +42,7 @@ DEFAULT_ALGO, DEFAULT_ENV = "ppo", "CartPole-v1"
 # --adv-obs: fixed attacks (envs.observation_attacks) and atla, a learned adversary trained alongside (rlab.rl.adversary)
 ADV_OBS = ("none", "fgsm", "pgd", "pgd-worst", "pgd-mix", "atla")
 ATLA_OPTIONS = ("atla_every", "atla_steps")
+CONSTANT_HOLD = 500  # --adv-constant: each env's bias is redrawn with probability 1 / this per step (a mean hold)
 # what --resume may change: the budget (to extend a run) and how it runs, never what it learns
 RESUME_OPTIONS = ("steps", "device", "threads", "progress")
 
@@ -66,6 +67,9 @@ class TrainShell:
                        choices=list(ADV_OBS))
     adv_eps: float | None = opt(None, help="with --adv-obs: attack budget, a fraction of each observation's range")
     adv_frac: float | None = opt(None, help="with --adv-obs: fraction of the training observations attacked (default 1)")
+    adv_constant: float | None = opt(None, help=f"with --adv-obs: share of the training envs that see a constant bias "
+                                                f"instead (a corner of the --adv-eps ball, redrawn every "
+                                                f"~{CONSTANT_HOLD} steps; default 0)")
     atla_every: int | None = opt(None, help=f"with --adv-obs atla: train the adversary after every N agent updates "
                                             f"(default {ATLA_EVERY})")
     atla_steps: int | None = opt(None, help=f"with --adv-obs atla: adversary env steps per round (default {ATLA_STEPS})")
@@ -84,14 +88,18 @@ class TrainShell:
                   f"--robust needs --adv-eps in (0, 1] (the attack budget, a fraction of each observation's range), "
                   f"got {self.adv_eps}")
         elif self.adv_obs == "none":
-            check(self.adv_eps is None and self.adv_frac is None,
-                  f"--adv-eps and --adv-frac configure --adv-obs; give --adv-obs {'|'.join(ADV_OBS[1:])} too, or drop them")
+            check(self.adv_eps is None and self.adv_frac is None and self.adv_constant is None,
+                  f"--adv-eps, --adv-frac and --adv-constant configure --adv-obs; give --adv-obs "
+                  f"{'|'.join(ADV_OBS[1:])} too, or drop them")
         else:
             check(self.adv_eps is not None and 0.0 < self.adv_eps <= 1.0,
                   f"--adv-obs {self.adv_obs} needs --adv-eps in (0, 1] (a fraction of each observation's range), "
                   f"got {self.adv_eps}")
         check(self.adv_frac is None or 0.0 < self.adv_frac <= 1.0,
               f"--adv-frac must be in (0, 1] (the fraction of observations attacked), got {self.adv_frac}")
+        check(self.adv_constant is None or 0.0 <= self.adv_constant < 1.0,
+              f"--adv-constant must be in [0, 1) (the share of envs biased; the rest see --adv-obs), "
+              f"got {self.adv_constant}")
         for name in ATLA_OPTIONS:
             value = getattr(self, name)
             check(value is None or self.adv_obs == "atla" or self.resume,  # --resume refuses it below
@@ -362,7 +370,42 @@ def _alternating_adversary(cfg: Any, agent: Any) -> Any:
 
 def _observation_attack(cfg: Any, agent: Any, device: Any, atla: Any = None) -> Callable:
     """The training-time observation attack of --adv-obs (Pattanaik et al., 2018), on a share --adv-frac of the steps;
-    for atla, `atla.perturb` (the current learned adversary)."""
+    for atla, `atla.perturb` (the current learned adversary). With --adv-constant, the first share of the envs see
+    a constant bias instead (_with_constant_bias)."""
+    step_attack = _step_attack(cfg, agent, device, atla)
+    return _with_constant_bias(step_attack, cfg, device) if cfg.adv_constant else step_attack
+
+
+def _with_constant_bias(step_attack: Callable, cfg: Any, device: Any) -> Callable:
+    """--adv-constant: envs 0 .. k-1 (k = round(share * n_envs), at least 1) see s + b_env, a corner of the ball
+    (envs.observation_attacks.ball_corners) held for ~CONSTANT_HOLD steps, the threat of `rlab bench rl-attack
+    --methods constant`; the other envs see `step_attack`. The biases are drawn from the global RNG (seeded and
+    checkpointed) and, like the envs, drawn afresh when a run resumes."""
+    import torch
+
+    from envs.observation_attacks import observation_scale
+
+    radius = cfg.adv_eps * observation_scale(cfg.env).to(device)
+    bias: list[torch.Tensor] = []
+
+    def corners(n: int) -> torch.Tensor:
+        return (torch.randint(0, 2, (n, radius.numel()), device=device) * 2 - 1) * radius
+
+    def attack(obs: torch.Tensor) -> torch.Tensor:
+        k = max(1, round(cfg.adv_constant * len(obs)))
+        if not bias:
+            bias.append(corners(k))
+        redraw = torch.rand(k, device=device) < 1 / CONSTANT_HOLD
+        if redraw.any():
+            bias[0][redraw] = corners(int(redraw.sum()))
+        rest = obs[k:]
+        return torch.cat((obs[:k] + bias[0], step_attack(rest) if len(rest) else rest))
+
+    return attack
+
+
+def _step_attack(cfg: Any, agent: Any, device: Any, atla: Any = None) -> Callable:
+    """--adv-obs (and --adv-frac): an attack on each observation by itself."""
     import torch
 
     from envs.observation_attacks import observation_scale, perturb_observations, worst_action_rule
