@@ -134,5 +134,5 @@ def test_atla_schedule_defaults_are_resolved_and_saved_with_their_source():
         "--robust --adv-obs atla is ATLA on the preset's network and discount"
     cfg, _ = resolve_with_sources(TrainConfig(robust=True, adv_eps=EPS, adv_obs="atla", algo="sa-ppo", kappa=1.0,
                                               adv_frac=0.75))
-    assert (cfg.algo, cfg.adv_obs, cfg.sa_eps, cfg.adv_frac) == ("sa-ppo", "atla", EPS, 0.75), \
-        "ATLA-PPO + SA-Reg: SA-PPO's ball is the attack budget"
+    assert (cfg.algo, cfg.adv_obs, cfg.sa_eps, cfg.adv_frac) == ("sa-ppo", "atla", cfg.adv_eps, 0.75), \
+        "ATLA-PPO + SA-Reg: SA-PPO's ball is the training attack's"

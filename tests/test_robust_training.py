@@ -18,27 +18,37 @@ from rlab.rl.trainer import TrainConfig, resolve_with_sources
 
 
 def test_robust_resolves_to_the_documented_configuration():
-    cfg, sources = resolve_with_sources(TrainConfig(env="CartPole-v1", robust=True, adv_eps=0.0175))
+    cfg, sources = resolve_with_sources(TrainConfig(env="CartPole-v1", robust=True, adv_eps=0.016))
     preset = ROBUST_PRESETS["CartPole-v1"]
-    assert cfg.algo == "ppo" and cfg.adv_obs == "pgd-worst" and cfg.adv_eps == 0.0175
+    assert cfg.algo == "ppo" and cfg.adv_obs == "pgd-worst" and cfg.adv_constant == 0.5
+    assert cfg.adv_eps == 0.0175 and cfg.adv_margin == 35 / 32, "judged at 0.016, trained in a ball 35/32 as wide"
+    assert sources["adv_eps"] == "1.09375 x --adv-eps 0.016 (robust preset)"
     assert (cfg.hidden, cfg.gamma, cfg.gae_lambda, cfg.steps) == ([128, 128], 0.999, 0.95, 200_000), \
         "the documented values"
-    assert cfg.adv_frac is None, "every training observation is attacked"
+    assert cfg.adv_frac is None, "every observation of the other envs is attacked"
     for name, value in preset.items():
         assert getattr(cfg, name) == value, name
         assert sources[name] == "robust preset", name
     assert cfg.lr == 1e-3 and sources["lr"] == "preset CartPole-v1", "the env's PPO preset still applies underneath"
     explicit, _ = resolve_with_sources(TrainConfig(env="CartPole-v1", adv_obs="pgd-worst", adv_eps=0.0175,
-                                                   hidden=[128, 128], steps=200_000, gamma=0.999, gae_lambda=0.95))
-    assert dataclasses.asdict(explicit) == {**dataclasses.asdict(cfg), "robust": False}, \
-        "--robust is the README's adversarial-training command with gamma 0.999, nothing else"
+                                                   adv_constant=0.5, hidden=[128, 128], steps=200_000, gamma=0.999,
+                                                   gae_lambda=0.95))
+    assert dataclasses.asdict(explicit) == {**dataclasses.asdict(cfg), "robust": False, "adv_margin": None}, \
+        "--robust is these training options and nothing else"
+    exact, sources = resolve_with_sources(TrainConfig(env="CartPole-v1", robust=True, adv_eps=0.016, adv_margin=1.0))
+    assert exact.adv_eps == 0.016 and sources["adv_margin"] == "command line"
+    with pytest.raises(UserError, match="--adv-margin sets how far past --adv-eps the --robust preset trains"):
+        TrainConfig(env="CartPole-v1", adv_obs="pgd", adv_eps=0.016, adv_margin=1.0)
+    with pytest.raises(UserError, match="outside"):
+        resolve_with_sources(TrainConfig(env="CartPole-v1", robust=True, adv_eps=0.99))
 
 
 def test_robust_options_are_overridable_and_refused_without_a_budget_or_a_preset():
     cfg, sources = resolve_with_sources(TrainConfig(env="CartPole-v1", robust=True, adv_eps=0.02, algo="sa-ppo",
                                                     kappa=0.5, steps=1000))
     assert (cfg.kappa, sources["kappa"], cfg.steps, sources["steps"]) == (0.5, "command line", 1000, "command line")
-    assert cfg.sa_eps == 0.02 and sources["sa_eps"] == "robust preset", "SA-PPO's ball follows the attack budget"
+    assert cfg.sa_eps == cfg.adv_eps == 0.02 * 35 / 32 and sources["sa_eps"] == "robust preset", \
+        "SA-PPO's ball follows the training attack's"
     assert cfg.hidden == [128, 128] and cfg.gamma == 0.999
     with pytest.raises(UserError, match="--kappa is not an option of --algo ppo"):
         TrainConfig(env="CartPole-v1", robust=True, adv_eps=0.02, kappa=0.5)

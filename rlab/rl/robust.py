@@ -53,8 +53,8 @@ from rlab.errors import UserError
 from rlab.rl import algos
 
 ROBUST_PRESETS: dict[str, dict[str, Any]] = {
-    "CartPole-v1": dict(algo="ppo", adv_obs="pgd-worst", hidden=[128, 128], steps=200_000, gamma=0.999,
-                        gae_lambda=0.95),
+    "CartPole-v1": dict(algo="ppo", adv_obs="pgd-worst", adv_constant=0.5, adv_margin=35 / 32, hidden=[128, 128],
+                        steps=200_000, gamma=0.999, gae_lambda=0.95),
 }
 ROBUST_PRESETS["rlab/TorchCartPole-v1"] = ROBUST_PRESETS["CartPole-v1"]
 SOURCE = "robust preset"
@@ -76,10 +76,18 @@ def apply_robust_preset(cfg: Any, env: str) -> tuple[Any, dict[str, str]]:
                         f"--adv-obs and the algorithm options instead")
     if cfg.adv_eps is None:
         raise UserError("--robust needs --adv-eps E (the attack budget, a fraction of each observation's range)")
-    preset = {**ROBUST_PRESETS[env], "sa_eps": cfg.adv_eps}
+    preset = dict(ROBUST_PRESETS[env])
+    margin = preset.pop("adv_margin") if cfg.adv_margin is None else cfg.adv_margin
+    train_eps = cfg.adv_eps * margin
+    if not 0.0 < train_eps <= 1.0:
+        raise UserError(f"--robust trains in --adv-margin {margin:g} x --adv-eps {cfg.adv_eps:g} = {train_eps:g}, "
+                        f"outside (0, 1]: give a smaller --adv-eps or --adv-margin")
+    preset["sa_eps"] = train_eps
     algo = cfg.algo or preset["algo"]
     allowed = set(algos.get(algo).option_names()) | {"algo", "adv_obs", "adv_frac", "adv_constant"}
-    changes, sources = {}, {}
+    changes = {"adv_eps": train_eps, "adv_margin": margin}
+    sources = {"adv_eps": f"{margin:g} x --adv-eps {cfg.adv_eps:g} ({SOURCE})",
+               "adv_margin": SOURCE if cfg.adv_margin is None else "command line"}
     for name, value in preset.items():
         given = getattr(cfg, name)
         unset = given is None or (name == "adv_obs" and given == "none")

@@ -74,6 +74,8 @@ class TrainShell:
                                             f"(default {ATLA_EVERY})")
     atla_steps: int | None = opt(None, help=f"with --adv-obs atla: adversary env steps per round (default {ATLA_STEPS})")
     robust: bool = opt(False, help="the lab's robust recipe for --env at --adv-eps (rlab/rl/robust.py); options given win")
+    adv_margin: float | None = opt(None, help="with --robust: train in a ball this many times --adv-eps, the ball the "
+                                              "agent is judged in (default: the preset's, 35/32: 0.016 -> 0.0175)")
     dry_run: bool = opt(False, help="print the resolved configuration (and where each value came from), train nothing")
 
     def __post_init__(self) -> None:
@@ -83,6 +85,10 @@ class TrainShell:
         check(self.seeds >= 1, f"--seeds must be >= 1, got {self.seeds}")
         check(self.eval_every >= 0 and self.checkpoint_every >= 0, "--eval-every and --checkpoint-every must be >= 0")
         check(self.eval_episodes >= 1, f"--eval-episodes must be >= 1, got {self.eval_episodes}")
+        check(self.adv_margin is None or self.robust,
+              "--adv-margin sets how far past --adv-eps the --robust preset trains; it would be ignored without --robust")
+        check(self.adv_margin is None or self.adv_margin > 0.0,
+              f"--adv-margin must be > 0 (the training ball over the judged one), got {self.adv_margin}")
         if self.robust:
             check(self.adv_eps is not None and 0.0 < self.adv_eps <= 1.0,
                   f"--robust needs --adv-eps in (0, 1] (the attack budget, a fraction of each observation's range), "
