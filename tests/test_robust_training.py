@@ -20,7 +20,7 @@ from rlab.rl.trainer import TrainConfig, resolve_with_sources
 def test_robust_resolves_to_the_documented_configuration():
     cfg, sources = resolve_with_sources(TrainConfig(env="CartPole-v1", robust=True, adv_eps=0.016))
     preset = ROBUST_PRESETS["CartPole-v1"]
-    assert cfg.algo == "ppo" and cfg.adv_obs == "pgd-worst" and cfg.adv_constant == 0.5
+    assert cfg.algo == "ppo" and cfg.adv_obs == "pgd-worst" and (cfg.adv_constant, cfg.adv_constant_scale) == (0.5, 1.5)
     assert cfg.adv_eps == 0.0175 and cfg.adv_margin == 35 / 32, "judged at 0.016, trained in a ball 35/32 as wide"
     assert sources["adv_eps"] == "1.09375 x --adv-eps 0.016 (robust preset)"
     assert (cfg.hidden, cfg.gamma, cfg.gae_lambda, cfg.steps) == ([128, 128], 0.999, 0.95, 200_000), \
@@ -31,8 +31,8 @@ def test_robust_resolves_to_the_documented_configuration():
         assert sources[name] == "robust preset", name
     assert cfg.lr == 1e-3 and sources["lr"] == "preset CartPole-v1", "the env's PPO preset still applies underneath"
     explicit, _ = resolve_with_sources(TrainConfig(env="CartPole-v1", adv_obs="pgd-worst", adv_eps=0.0175,
-                                                   adv_constant=0.5, hidden=[128, 128], steps=200_000, gamma=0.999,
-                                                   gae_lambda=0.95))
+                                                   adv_constant=0.5, adv_constant_scale=1.5, hidden=[128, 128],
+                                                   steps=200_000, gamma=0.999, gae_lambda=0.95))
     assert dataclasses.asdict(explicit) == {**dataclasses.asdict(cfg), "robust": False, "adv_margin": None}, \
         "--robust is these training options and nothing else"
     exact, sources = resolve_with_sources(TrainConfig(env="CartPole-v1", robust=True, adv_eps=0.016, adv_margin=1.0))

@@ -53,8 +53,8 @@ from rlab.errors import UserError
 from rlab.rl import algos
 
 ROBUST_PRESETS: dict[str, dict[str, Any]] = {
-    "CartPole-v1": dict(algo="ppo", adv_obs="pgd-worst", adv_constant=0.5, adv_margin=35 / 32, hidden=[128, 128],
-                        steps=200_000, gamma=0.999, gae_lambda=0.95),
+    "CartPole-v1": dict(algo="ppo", adv_obs="pgd-worst", adv_constant=0.5, adv_constant_scale=1.5, adv_margin=35 / 32,
+                        hidden=[128, 128], steps=200_000, gamma=0.999, gae_lambda=0.95),
 }
 ROBUST_PRESETS["rlab/TorchCartPole-v1"] = ROBUST_PRESETS["CartPole-v1"]
 SOURCE = "robust preset"
@@ -84,7 +84,7 @@ def apply_robust_preset(cfg: Any, env: str) -> tuple[Any, dict[str, str]]:
                         f"outside (0, 1]: give a smaller --adv-eps or --adv-margin")
     preset["sa_eps"] = train_eps
     algo = cfg.algo or preset["algo"]
-    allowed = set(algos.get(algo).option_names()) | {"algo", "adv_obs", "adv_frac", "adv_constant"}
+    allowed = set(algos.get(algo).option_names()) | {"algo", "adv_obs", "adv_frac", "adv_constant", "adv_constant_scale"}
     changes = {"adv_eps": train_eps, "adv_margin": margin}
     sources = {"adv_eps": f"{margin:g} x --adv-eps {cfg.adv_eps:g} ({SOURCE})",
                "adv_margin": SOURCE if cfg.adv_margin is None else "command line"}

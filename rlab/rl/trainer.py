@@ -70,6 +70,8 @@ class TrainShell:
     adv_constant: float | None = opt(None, help=f"with --adv-obs: share of the training envs that see a constant bias "
                                                 f"instead (a corner of the --adv-eps ball, redrawn every "
                                                 f"~{CONSTANT_HOLD} steps; default 0)")
+    adv_constant_scale: float | None = opt(None, help="with --adv-constant: the bias's corner as a multiple of "
+                                                      "--adv-eps (default 1: a corner of the training ball)")
     atla_every: int | None = opt(None, help=f"with --adv-obs atla: train the adversary after every N agent updates "
                                             f"(default {ATLA_EVERY})")
     atla_steps: int | None = opt(None, help=f"with --adv-obs atla: adversary env steps per round (default {ATLA_STEPS})")
@@ -103,6 +105,10 @@ class TrainShell:
                   f"got {self.adv_eps}")
         check(self.adv_frac is None or 0.0 < self.adv_frac <= 1.0,
               f"--adv-frac must be in (0, 1] (the fraction of observations attacked), got {self.adv_frac}")
+        check(self.adv_constant_scale is None or bool(self.adv_constant) or self.robust,
+              "--adv-constant-scale sizes the bias of --adv-constant; it would be ignored without it")
+        check(self.adv_constant_scale is None or self.adv_constant_scale > 0,
+              f"--adv-constant-scale must be > 0 (a multiple of --adv-eps), got {self.adv_constant_scale}")
         check(self.adv_constant is None or 0.0 <= self.adv_constant < 1.0,
               f"--adv-constant must be in [0, 1) (the share of envs biased; the rest see --adv-obs), "
               f"got {self.adv_constant}")
@@ -384,14 +390,15 @@ def _observation_attack(cfg: Any, agent: Any, device: Any, atla: Any = None) -> 
 
 def _with_constant_bias(step_attack: Callable, cfg: Any, device: Any) -> Callable:
     """--adv-constant: envs 0 .. k-1 (k = round(share * n_envs), at least 1) see s + b_env, a corner of the ball
-    (envs.observation_attacks.ball_corners) held for ~CONSTANT_HOLD steps, the threat of `rlab bench rl-attack
+    scaled by --adv-constant-scale (envs.observation_attacks.ball_corners) held for ~CONSTANT_HOLD steps, the threat of `rlab bench rl-attack
     --methods constant`; the other envs see `step_attack`. The biases are drawn from the global RNG (seeded and
     checkpointed) and, like the envs, drawn afresh when a run resumes."""
     import torch
 
     from envs.observation_attacks import observation_scale
 
-    radius = cfg.adv_eps * observation_scale(cfg.env).to(device)
+    size = 1.0 if cfg.adv_constant_scale is None else cfg.adv_constant_scale
+    radius = size * cfg.adv_eps * observation_scale(cfg.env).to(device)
     bias: list[torch.Tensor] = []
 
     def corners(n: int) -> torch.Tensor:
