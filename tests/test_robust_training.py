@@ -23,7 +23,7 @@ def test_robust_resolves_to_the_documented_configuration():
     assert cfg.algo == "ppo" and cfg.adv_obs == "pgd-worst" and (cfg.adv_constant, cfg.adv_constant_scale) == (0.5, 1.5)
     assert cfg.adv_eps == 0.0175 and cfg.adv_margin == 35 / 32, "judged at 0.016, trained in a ball 35/32 as wide"
     assert sources["adv_eps"] == "1.09375 x --adv-eps 0.016 (robust preset)"
-    assert (cfg.hidden, cfg.gamma, cfg.gae_lambda, cfg.steps) == ([128, 128], 0.999, 0.95, 200_000), \
+    assert (cfg.hidden, cfg.gamma, cfg.gae_lambda, cfg.steps, cfg.n_steps) == ([128, 128], 0.999, 0.95, 200_000, 64), \
         "the documented values"
     assert cfg.adv_frac is None, "every observation of the other envs is attacked"
     for name, value in preset.items():
@@ -32,7 +32,7 @@ def test_robust_resolves_to_the_documented_configuration():
     assert cfg.lr == 1e-3 and sources["lr"] == "preset CartPole-v1", "the env's PPO preset still applies underneath"
     explicit, _ = resolve_with_sources(TrainConfig(env="CartPole-v1", adv_obs="pgd-worst", adv_eps=0.0175,
                                                    adv_constant=0.5, adv_constant_scale=1.5, hidden=[128, 128],
-                                                   steps=200_000, gamma=0.999, gae_lambda=0.95))
+                                                   steps=200_000, gamma=0.999, gae_lambda=0.95, n_steps=64))
     assert dataclasses.asdict(explicit) == {**dataclasses.asdict(cfg), "robust": False, "adv_margin": None}, \
         "--robust is these training options and nothing else"
     exact, sources = resolve_with_sources(TrainConfig(env="CartPole-v1", robust=True, adv_eps=0.016, adv_margin=1.0))

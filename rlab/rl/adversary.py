@@ -230,8 +230,8 @@ class AlternatingAdversary:
     thousand steps per round against a moving target), so an agent can learn to beat *this* director and stay
     weak against another attacker; ATLA's strongest agents are recurrent (an LSTM policy: under attack the best
     policy depends on the history, the lab's agents are MLPs) and add SA-PPO's regulariser (their "ATLA-PPO (LSTM)
-    + SA-Reg"; here `rlab train --robust --adv-obs atla --algo sa-ppo --kappa 1 --adv-frac 0.75` without the
-    LSTM: 53 / 67% kept on two CartPole seeds, README), and Sun et al. (2022) lower ATLA
+    + SA-Reg"; here `rlab train --robust --adv-obs atla --algo sa-ppo --kappa 1 --adv-frac 0.75 --adv-margin 1
+    --adv-constant 0` without the LSTM: 53 / 67% kept on two CartPole seeds, README), and Sun et al. (2022) lower ATLA
     agents' returns further with PA-AD. The lab therefore judges ATLA agents by the worst of all attacks (`rlab bench rl-attack`), among them a
     fresh learned adversary trained against the final agent.
     """

@@ -88,7 +88,8 @@ class TrainShell:
         check(self.eval_every >= 0 and self.checkpoint_every >= 0, "--eval-every and --checkpoint-every must be >= 0")
         check(self.eval_episodes >= 1, f"--eval-episodes must be >= 1, got {self.eval_episodes}")
         check(self.adv_margin is None or self.robust,
-              "--adv-margin sets how far past --adv-eps the --robust preset trains; it would be ignored without --robust")
+              "--adv-margin sets how far past --adv-eps the --robust preset trains; it would be ignored without "
+              "--robust")
         check(self.adv_margin is None or self.adv_margin > 0.0,
               f"--adv-margin must be > 0 (the training ball over the judged one), got {self.adv_margin}")
         if self.robust:
