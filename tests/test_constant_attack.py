@@ -75,7 +75,8 @@ def test_adv_constant_biases_that_share_of_the_envs_with_a_held_corner_and_attac
     torch.manual_seed(0)
     obs = (torch.rand(8, 4) - 0.5) * torch.tensor([0.2, 0.5, 0.1, 0.5])
     calls = 4 * CONSTANT_HOLD
-    biases = torch.stack([attack(obs)[:2] - obs[:2] for _ in range(calls)])  # (calls, 2 envs, 4)
+    held = _with_constant_bias(lambda o: o, cfg, torch.device("cpu"))  # the step attack stubbed: only the bias
+    biases = torch.stack([held(obs)[:2] - obs[:2] for _ in range(calls)])  # (calls, 2 envs, 4)
     assert torch.allclose(biases.abs(), (EPS * SCALE).expand_as(biases)), "always a corner of the ball"
     redraws = (biases[1:] != biases[:-1]).any(-1).sum(0)
     assert ((redraws >= 1) & (redraws <= 12)).all(), f"held ~{CONSTANT_HOLD} steps, then redrawn: {redraws}"
