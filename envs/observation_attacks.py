@@ -157,12 +157,17 @@ def ball_corners(eps: float, scale: torch.Tensor, limit: int = 64,
     if limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
     d = scale.numel()
-    if 2 ** d <= limit:
-        signs = torch.tensor(list(itertools.product((-1.0, 1.0), repeat=d)))
-    else:
-        device = generator.device if generator is not None else "cpu"
-        signs = torch.randint(0, 2, (limit, d), generator=generator, device=device).float() * 2 - 1
+    if 2 ** d > limit:
+        return random_corners(limit, eps * scale, generator)
+    signs = torch.tensor(list(itertools.product((-1.0, 1.0), repeat=d)))
     return signs.to(scale) * eps * scale
+
+
+def random_corners(n: int, radius: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """n corners of the box |delta_i| <= radius_i drawn uniformly (shape (n, d)): each sign a fair coin from
+    `generator` (None: torch's global RNG), on radius's device."""
+    signs = torch.randint(0, 2, (n, radius.numel()), generator=generator, device=radius.device)
+    return (signs * 2 - 1).to(radius) * radius
 
 
 class _ScaledPolicyLogits(nn.Module):

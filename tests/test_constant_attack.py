@@ -92,6 +92,8 @@ def test_adv_constant_biases_that_share_of_the_envs_with_a_held_corner_and_attac
         TrainConfig(adv_constant=0.5)
     with pytest.raises(UserError, match="--adv-constant-scale sizes the bias of --adv-constant"):
         TrainConfig(adv_obs="pgd", adv_eps=EPS, adv_constant_scale=1.5)
+    with pytest.raises(UserError, match="--adv-constant-scale sizes the bias of --adv-constant"):
+        TrainConfig(env="CartPole-v1", robust=True, adv_eps=EPS, adv_constant=0.0, adv_constant_scale=1.5)
     wider = dataclasses.replace(cfg, adv_constant_scale=1.5)
     bias = _with_constant_bias(lambda o: o, wider, torch.device("cpu"))(obs)[:2] - obs[:2]
     assert torch.allclose(bias.abs(), (1.5 * EPS * SCALE).expand_as(bias)), "--adv-constant-scale 1.5: 1.5 x the corner"

@@ -106,7 +106,7 @@ class TrainShell:
                   f"got {self.adv_eps}")
         check(self.adv_frac is None or 0.0 < self.adv_frac <= 1.0,
               f"--adv-frac must be in (0, 1] (the fraction of observations attacked), got {self.adv_frac}")
-        check(self.adv_constant_scale is None or bool(self.adv_constant) or self.robust,
+        check(self.adv_constant_scale is None or self.adv_constant != 0 and (self.adv_constant or self.robust),
               "--adv-constant-scale sizes the bias of --adv-constant; it would be ignored without it")
         check(self.adv_constant_scale is None or self.adv_constant_scale > 0,
               f"--adv-constant-scale must be > 0 (a multiple of --adv-eps), got {self.adv_constant_scale}")
@@ -396,22 +396,19 @@ def _with_constant_bias(step_attack: Callable, cfg: Any, device: Any) -> Callabl
     checkpointed) and, like the envs, drawn afresh when a run resumes."""
     import torch
 
-    from envs.observation_attacks import observation_scale
+    from envs.observation_attacks import observation_scale, random_corners
 
     size = 1.0 if cfg.adv_constant_scale is None else cfg.adv_constant_scale
     radius = size * cfg.adv_eps * observation_scale(cfg.env).to(device)
     bias: list[torch.Tensor] = []
 
-    def corners(n: int) -> torch.Tensor:
-        return (torch.randint(0, 2, (n, radius.numel()), device=device) * 2 - 1) * radius
-
     def attack(obs: torch.Tensor) -> torch.Tensor:
         k = max(1, round(cfg.adv_constant * len(obs)))
         if not bias:
-            bias.append(corners(k))
+            bias.append(random_corners(k, radius))
         redraw = torch.rand(k, device=device) < 1 / CONSTANT_HOLD
         if redraw.any():
-            bias[0][redraw] = corners(int(redraw.sum()))
+            bias[0][redraw] = random_corners(int(redraw.sum()), radius)
         rest = obs[k:]
         return torch.cat((obs[:k] + bias[0], step_attack(rest) if len(rest) else rest))
 
