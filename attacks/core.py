@@ -21,6 +21,7 @@ top logits, so it is blind to a shift or rescaling of the logits.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import numbers
 from collections.abc import Callable, Iterator, Sequence
@@ -30,6 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 LOSSES = ("ce", "margin")  # the losses of the FGSM family (GradientAttack)
 TARGET_MODES = ("least-likely", "random")
@@ -146,6 +148,43 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m, training in flags:
             m.training = training
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """An eval-mode copy of `model` with each BatchNorm2d folded into the convolution before it; `model` itself when
+    there is nothing to fold (or the model holds a random generator, whose copy would draw apart from it).
+
+    The same function up to float rounding, one elementwise pass fewer per folded layer, forward and backward
+    (torch.nn.utils.fusion.fuse_conv_bn_eval; as inference runtimes fold them). Folded: Conv2d -> BatchNorm2d and,
+    when every channel's scale is positive (max-pooling commutes with an increasing map), Conv2d -> MaxPool2d ->
+    BatchNorm2d, in an nn.Sequential. fastnet folds all 7 of its batch norms: its forward runs ~10% faster on a
+    CPU. For attacks that only query the model (fooled is still decided on `model`).
+    """
+    if model.training or not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
+        return model
+    if any(isinstance(v, torch.Generator) for m in model.modules() for v in vars(m).values()):
+        return model
+    folded = copy.deepcopy(model)
+    changed = False
+    for seq in [m for m in folded.modules() if isinstance(m, nn.Sequential)]:
+        layers = list(seq)
+        for i, bn in enumerate(layers):
+            if not (isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats and bn.running_var is not None):
+                continue
+            scale = (bn.weight if bn.affine else torch.ones_like(bn.running_var)) / torch.sqrt(bn.running_var + bn.eps)
+            if i >= 1 and type(layers[i - 1]) is nn.Conv2d and layers[i - 1].out_channels == bn.num_features:
+                conv = i - 1
+            elif (i >= 2 and type(layers[i - 2]) is nn.Conv2d and type(layers[i - 1]) is nn.MaxPool2d
+                  and layers[i - 2].out_channels == bn.num_features and bool((scale > 0).all())):
+                conv = i - 2
+            else:
+                continue
+            layers[conv] = fuse_conv_bn_eval(layers[conv], bn)
+            layers[i] = nn.Identity()
+            changed = True
+        for k, layer in enumerate(layers):
+            seq[k] = layer
+    return folded if changed else model
 
 
 def margin(logits: Tensor, labels: Tensor) -> Tensor:

@@ -22,7 +22,14 @@ the same images and its wall time (one torch thread by default):
 
 Timing: the rows take turns batch by batch (every row on the first `--batch-size` images, then
 every row on the next, the order reversed on every other batch), so the load of whatever shares
-the machine falls on all of them alike; each row's seconds are summed over its batches.
+the machine falls on all of them alike; each row's seconds are summed over its batches. With
+`--workers W` (W <= `--threads`) a turn is W batches: the lab's rows attack them at once, one
+worker thread each (attacks.robust_accuracy(workers=W)), torchattacks one after the other on its
+`--threads` intra-op threads; both rows get the same cores. A turn ends when its slowest batch does,
+so on an idle machine `--turn N` (all N images in one turn) lets the workers share out every batch:
+
+    .venv/bin/python bench/autoattack_vs_peers.py --classifier runs/classifier/<run> --threads 2 --workers 2 \
+        --turn 1000
 
 Targets of issue 17: lab auto no more than 0.2 points above torchattacks' AutoAttack,
 in at most half its wall time. torchattacks is a benchmark-only dependency (`make bench`).
@@ -44,22 +51,23 @@ from rlab.runs import RunDir, atomic_write_text, write_csv
 from rlab.runtime import seed_everything, set_threads
 
 
-def lab_runner(model, attack, eps: float):
-    """One batch of the lab's attack -> a row's figures on that batch."""
+def lab_runner(model, attack, eps: float, batch_size: int, workers: int):
+    """One turn of the lab's attack (batches of batch_size, `workers` of them at once) -> a row's figures on it."""
     def run(xb, yb) -> dict:
         cpu = time.process_time()
-        result = attacks.robust_accuracy(model, attack, xb, yb, [eps], batch_size=len(xb))
+        result = attacks.robust_accuracy(model, attack, xb, yb, [eps], batch_size=batch_size, workers=workers)
         return {"robust_accuracy": result.accuracy[0], "seconds": result.seconds,
                 "cpu_seconds": time.process_time() - cpu, "grad_steps": result.grad_steps, "queries": result.queries,
                 "fooled_by": ", ".join(f"{k} {v[0]}" for k, v in (result.fooled_by or {}).items())}
     return run
 
 
-def torchattacks_runner(model, eps: float, seed: int, classes: int, smoke: bool):
-    """One batch of torchattacks' AutoAttack (standard); with `smoke`, its APGD, APGD-T and Square at tiny budgets."""
+def torchattacks_runner(model, eps: float, seed: int, classes: int, smoke: bool, batch_size: int):
+    """One turn of torchattacks' AutoAttack (standard), batch after batch of batch_size on torch's own threads; with
+    `smoke`, its APGD, APGD-T and Square at tiny budgets."""
     import torchattacks
 
-    def run(xb, yb) -> dict:
+    def run(x_turn, y_turn) -> dict:
         start, cpu = time.perf_counter(), time.process_time()
         if smoke:
             peer = torchattacks.MultiAttack([torchattacks.APGD(model, eps=eps, steps=5, seed=seed),
@@ -68,10 +76,13 @@ def torchattacks_runner(model, eps: float, seed: int, classes: int, smoke: bool)
         else:
             peer = torchattacks.AutoAttack(model, norm="Linf", eps=eps, version="standard", n_classes=classes,
                                            seed=seed)
-        x_adv = peer(xb, yb)
-        with torch.no_grad():
-            robust = int((model(x_adv).argmax(1) == yb).sum())
-        return {"robust_accuracy": robust / len(xb), "seconds": time.perf_counter() - start,
+        robust = 0
+        for b in range(0, len(x_turn), batch_size):
+            xb, yb = x_turn[b:b + batch_size], y_turn[b:b + batch_size]
+            x_adv = peer(xb, yb)
+            with torch.no_grad():
+                robust += int((model(x_adv).argmax(1) == yb).sum())
+        return {"robust_accuracy": robust / len(x_turn), "seconds": time.perf_counter() - start,
                 "cpu_seconds": time.process_time() - cpu, "grad_steps": "", "queries": "", "warnings": ""}
     return run
 
@@ -106,12 +117,12 @@ def total_rows(totals: dict[str, dict], n: int, eps: float) -> list[dict]:
     return rows
 
 
-def run_interleaved(runners: list[tuple[str, object]], x, y, eps: float, batch_size: int) -> list[dict]:
-    """Every row on the first batch, then every row on the next, the order reversed on every other batch: a change
-    in the machine's load (the other core's jobs) falls on all rows alike instead of on whichever ran then."""
+def run_interleaved(runners: list[tuple[str, object]], x, y, eps: float, turn: int) -> list[dict]:
+    """Every row on the first `turn` images, then every row on the next, the order reversed on every other turn: a
+    change in the machine's load (the other core's jobs) falls on all rows alike instead of on whichever ran then."""
     totals: dict[str, dict] = {}
-    for k, b in enumerate(range(0, len(x), batch_size)):
-        xb, yb = x[b:b + batch_size], y[b:b + batch_size]
+    for k, b in enumerate(range(0, len(x), turn)):
+        xb, yb = x[b:b + turn], y[b:b + turn]
         for name, run in (runners if k % 2 == 0 else runners[::-1]):
             add_batch(totals, {"attack": name, **run(xb, yb)}, len(xb))
     order = [name for name, _ in runners]
@@ -161,7 +172,15 @@ def main(argv: list[str] | None = None) -> None:
                              "figures, faster on CPU for RGB nets")
     parser.add_argument("--batch-size", type=int, default=250,
                         help="images per batch; the rows take turns batch by batch (see the module docstring)")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--turn", type=int, default=None,
+                        help="images per turn (default: batch-size x workers); on an idle machine --turn N gives "
+                             "each row all N images at once, so the lab's workers share out all the batches")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads: torchattacks' (and PGD's, with --workers 1) intra-op threads")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="batches the lab's rows attack at once (attacks.robust_accuracy(workers=...)), sharing "
+                             "--threads among them; every row gets turns of batch-size x workers images, "
+                             "torchattacks batch after batch on its --threads")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--merge", nargs="+", metavar="RUN_DIR", help="only merge the tables of earlier chunks")
     args = parse_args(parser, dict(n=20), argv)  # --smoke: a victim trained here, fast budgets, a tiny peer
@@ -175,6 +194,13 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--budget takes three integers STEPS,TARGETS,QUERIES; got {args.budget}")
     if any(len(b) != 3 or min(b) < 1 for b in budgets):
         parser.error(f"--budget takes three integers >= 1, STEPS,TARGETS,QUERIES; got {args.budget}")
+    if args.workers < 1 or args.workers > args.threads:
+        parser.error(f"--workers must lie in [1, --threads] (each worker needs a thread), got {args.workers} with "
+                     f"--threads {args.threads}")
+    turn = args.turn if args.turn is not None else args.batch_size * args.workers
+    if turn < args.batch_size * args.workers or turn % args.batch_size:
+        parser.error(f"--turn must be a multiple of --batch-size ({args.batch_size}) of at least batch-size x "
+                     f"workers ({args.batch_size * args.workers}), got {turn}")
     skip = {s for s in args.skip.split(",") if s}
     if skip - {"pgd", "torchattacks"}:
         parser.error(f"--skip takes pgd, torchattacks; got {args.skip}")
@@ -198,37 +224,43 @@ def main(argv: list[str] | None = None) -> None:
         model = model.to(memory_format=torch.channels_last)
     classes = int(model(x[:1]).shape[1])
 
+    def lab(attack):
+        return lab_runner(model, attack, eps, args.batch_size, args.workers)
+
     runners = []
     if not args.smoke:
-        runners.append(("lab auto (standard)", lab_runner(model, attacks.AutoAttack(seed=args.seed), eps)))
+        runners.append(("lab auto (standard)", lab(attacks.AutoAttack(seed=args.seed))))
     if args.bf16_square and not args.smoke:
         runners.append(("lab auto (standard, bf16 Square)",
-                        lab_runner(model, attacks.AutoAttack(seed=args.seed, square_precision="bf16"), eps)))
+                        lab(attacks.AutoAttack(seed=args.seed, square_precision="bf16"))))
     if args.reference:
         runners.append(("lab auto (reference)",
-                        lab_runner(model, attacks.AutoAttack(version="reference", seed=args.seed), eps)))
+                        lab(attacks.AutoAttack(version="reference", seed=args.seed))))
     if args.fast or args.smoke:
-        runners.append(("lab auto (fast)", lab_runner(model, attacks.AutoAttack(version="fast", seed=args.seed), eps)))
+        runners.append(("lab auto (fast)", lab(attacks.AutoAttack(version="fast", seed=args.seed))))
     for steps, targets, queries in budgets:
         runners.append((f"lab auto ({steps} steps, {targets} targets, {queries} queries)",
-                        lab_runner(model, attacks.AutoAttack(steps=steps, targets=targets, queries=queries,
-                                                             seed=args.seed), eps)))
+                        lab(attacks.AutoAttack(steps=steps, targets=targets, queries=queries, seed=args.seed))))
     if "pgd" not in skip:
         steps, restarts = (5, 2) if args.smoke else (50, 5)
         runners.append((f"lab PGD-{steps} x {restarts}",
-                        lab_runner(model, attacks.PGD(steps=steps, restarts=restarts, rel_stepsize=2.5 / steps,
-                                                      seed=args.seed), eps)))
+                        lab(attacks.PGD(steps=steps, restarts=restarts, rel_stepsize=2.5 / steps, seed=args.seed))))
     if "torchattacks" not in skip and peer_available("torchattacks", "make bench"):
         name = ("torchattacks APGD, APGD-T, Square (smoke budget)" if args.smoke
                 else "torchattacks AutoAttack (standard)")
-        runners.append((name, torchattacks_runner(model, eps, args.seed, classes, args.smoke)))
-    rows = run_interleaved(runners, x, y, eps, args.batch_size)
+        runners.append((name, torchattacks_runner(model, eps, args.seed, classes, args.smoke, args.batch_size)))
+    rows = run_interleaved(runners, x, y, eps, turn)
     with torch.no_grad():
         clean = (model(x).argmax(1) == y).float().mean().item()
 
     header = (f"{len(x)} test images (seeded draw {args.seed}, from position {args.offset}), L-inf eps {eps:g}, "
               f"clean accuracy {100 * clean:.1f}%, {args.threads} torch thread(s), batch {args.batch_size}"
-              f"{', channels-last' if args.channels_last else ''}; the rows take turns batch by batch.")
+              f"{', channels-last' if args.channels_last else ''}; "
+              + ("" if args.workers == 1 else
+                 f"the lab's rows attack {args.workers} batches at once ({args.workers} workers sharing the "
+                 f"{args.threads} threads), torchattacks batch after batch on the {args.threads} threads; ")
+              + ("the rows take turns batch by batch." if turn == args.batch_size else
+                 f"the rows take turns of {turn} images." if turn < len(x) else "each row ran once on all images."))
     write_report(RunDir.create("bench", "autoattack_vs_peers", args.seed, vars(args)), rows, victim, header,
                  {"clean_accuracy": clean, "eps": eps, "n": len(x)})
 
@@ -258,8 +290,8 @@ def write_report(run: RunDir, rows: list[dict], victim: str, header: str, summar
             lines.append(f"\nTargets of issue 17 for {auto['attack']}: accuracy <= torchattacks + 0.2 points: "
                          f"{'met' if met[0] else 'missed'}; time <= half of torchattacks': wall "
                          f"{'met' if met[1] else 'missed'}, CPU {'met' if met[2] else 'missed'}.")
-    lines.append("\nOn a shared machine the wall time depends on the other jobs; the CPU time of the one torch "
-                 "thread does not.")
+    lines.append("\nOn a shared machine the wall time depends on the other jobs; the CPU time (summed over the "
+                 "process's threads) does not.")
     report = "\n".join(lines) + "\n"
     columns = ["attack", "robust_accuracy", "seconds", "cpu_seconds", "grad_steps", "queries", "fooled_by", "warnings"]
     write_csv(run.path / "results.csv", rows, columns)

@@ -279,3 +279,55 @@ def test_auto_flags_black_box_success_where_white_box_fails():
     assert ra.fooled_by["square"][1] == masked.info["fooled_by"]["square"][0]
     assert any("black-box" in w for w in ra.warnings) and math.isclose(ra.accuracy[1],
                                                                          1 - masked.success.float().mean().item())
+
+
+def test_workers_attack_batches_at_once_with_the_same_figures():
+    x, y = mnist_test(90)
+    model = trained_mlp()
+    auto = AutoAttack(steps=10, targets=2, queries=100, seed=3)
+    threads = torch.get_num_threads()
+    one = attacks.robust_accuracy(model, auto, x, y, [0, 0.03, 0.05], batch_size=25)
+    two = attacks.robust_accuracy(model, auto, x, y, [0, 0.03, 0.05], batch_size=25, workers=2)
+    assert 0 < one.accuracy[2] < one.accuracy[1] < one.accuracy[0]  # a curve that moves, so equality means something
+    for key in ("accuracy", "clean_accuracy", "grad_steps", "queries", "fooled_by", "warnings"):
+        assert one[key] == two[key], key
+    assert torch.get_num_threads() == threads  # shared out while the workers ran, given back after
+    unseeded = AutoAttack(steps=10, targets=2, queries=100)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(7)
+        runs.append(attacks.robust_accuracy(model, unseeded, x, y, [0.1], batch_size=25, workers=3))
+    assert runs[0].accuracy == runs[1].accuracy and runs[0].queries == runs[1].queries
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="workers must be an integer >= 1"):
+            attacks.robust_accuracy(model, auto, x, y, [0.1], workers=bad)
+
+
+def test_fold_batchnorm_keeps_the_function_with_fewer_layers():
+    from attacks.core import fold_batchnorm
+    from rlab.vision.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("fastnet", 10, 3, 32)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):  # trained-looking statistics, not the identity of a fresh layer
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    model.eval()
+    x = torch.rand(8, 3, 32, 32)
+    folded = fold_batchnorm(model)
+    count = lambda net: sum(isinstance(m, nn.BatchNorm2d) for m in net.modules())  # noqa: E731
+    assert count(model) == 7 and count(folded) == 0  # after a conv, and after conv -> max-pool
+    with torch.no_grad():
+        assert torch.allclose(folded(x), model(x), atol=1e-5)
+    # a negative scale does not commute with max-pooling: that batch norm stays, the others fold
+    model.net[3][2].weight.data[0] = -1.0
+    folded = fold_batchnorm(model)
+    assert count(folded) == 1 and count(model) == 7
+    with torch.no_grad():
+        assert torch.allclose(folded(x), model(x), atol=1e-5)
+    assert fold_batchnorm(model.train()) is model  # training mode: batch statistics, nothing to fold
+    plain = trained_mlp()
+    assert fold_batchnorm(plain.eval()) is plain

@@ -46,12 +46,26 @@ def test_bench_rows_report_and_monotone_curve(tiny_classifier, runs_root, capsys
     (["--steps", "0"], "--steps must be >= 1"),
     (["--attacks", "auto,fgsm", "--steps", "50"], "--steps 50 applies to iterative attacks"),
     (["--attacks", "fgsm", "--restarts", "5"], "--restarts 5 applies to attacks with a random start"),
+    (["--workers", "0"], "--workers must be >= 1"),
+    (["--workers", "2", "--defenses", "jpeg"], "--workers 2 speeds up the bare model's rows"),
 ])
 def test_bad_input_is_one_line_exit_2(tiny_classifier, runs_root, capsys, args, message):
     assert main(["bench", "attacks", "--classifier", str(tiny_classifier), *args]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not (runs_root / "bench").exists(), "a refused command must not leave a run folder"
+
+
+def test_workers_give_the_same_rows(tiny_classifier, runs_root, capsys):
+    tables = []
+    for workers in ("1", "2"):
+        assert main(["bench", "attacks", "--classifier", str(tiny_classifier), "--attacks", "auto", "--auto-version",
+                     "fast", "--defenses", "none", "--eps", "0,0.1,0.2", "--n", "40", "--batch-size", "10",
+                     "--gallery", "0", "--device", "cpu", "--threads", "2", "--workers", workers]) == 0
+        run = capsys.readouterr().out.strip().splitlines()[-1]
+        with open(f"{run}/results.csv", newline="") as f:
+            tables.append([(r["eps"], r["robust_accuracy"], r["grad_steps"], r["queries"]) for r in csv.DictReader(f)])
+    assert tables[0] == tables[1] and len({row[1] for row in tables[0]}) == 3  # a curve that moves, equal row by row
 
 
 def test_missing_classifier_folder(runs_root, tmp_path, capsys):

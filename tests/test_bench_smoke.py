@@ -345,7 +345,7 @@ def test_autoattack_bench_rows_take_turns_batch_by_batch_and_sum_their_costs():
     rows = bench.run_interleaved(
         [("lab", runner("lab", lambda xb: float((xb < 3).float().mean()),
                         lambda xb: f"apgd-ce {len(xb)}, square {int(xb[0] == 0)}")),
-         ("peer", runner("peer", lambda xb: 1.0, lambda xb: ""))], x, y, eps=0.1, batch_size=4)
+         ("peer", runner("peer", lambda xb: 1.0, lambda xb: ""))], x, y, eps=0.1, turn=4)
     assert calls == [("lab", 4), ("peer", 4), ("peer", 4), ("lab", 4), ("lab", 2), ("peer", 2)]  # order flipped
     lab, peer = rows
     assert (lab["attack"], peer["attack"]) == ("lab", "peer")
@@ -354,3 +354,13 @@ def test_autoattack_bench_rows_take_turns_batch_by_batch_and_sum_their_costs():
     assert lab["fooled_by"] == "apgd-ce 10, square 1"
     assert "1 of 10 images" in lab["warnings"]  # the masking flag is judged on the totals, not per batch
     assert peer["warnings"] == "peer's own"
+
+
+def test_autoattack_bench_refuses_more_workers_than_threads(capsys):
+    sys.path.insert(0, str(BENCH))
+    import autoattack_vs_peers as bench
+
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["--smoke", "--workers", "2", "--threads", "1"])
+    assert exit_.value.code == 2
+    assert "--workers must lie in [1, --threads]" in capsys.readouterr().err
