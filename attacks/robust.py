@@ -69,8 +69,9 @@ def robust_accuracy(model: nn.Module, attack: Callable[..., AttackResult], x: Te
     every eps, as foolbox does; same figures for a deterministic model, more cost).
     workers: batches attacked at once, each on its own CPU thread (torch's threads are
     shared out among them while they run). Batches are independent (a seeded attack
-    draws the same random numbers for every batch), so the figures do not depend on
-    `workers`; an attack seeded None gets one seed drawn from torch's global RNG. On a
+    draws the same random numbers for every batch), so a seeded attack's figures do not
+    depend on `workers`; an attack seeded None gets one seed drawn from torch's global
+    RNG (reproducible under torch.manual_seed, not equal to workers=1's draws). On a
     small CPU model this beats torch's own threads, which split each convolution:
     mnist_small's forward runs no faster on 2 threads than on 1, while 2 batches at once
     run 2.2-2.6x faster (bench/autoattack_vs_peers.py --workers). CPU tensors only;

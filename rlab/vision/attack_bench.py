@@ -365,7 +365,8 @@ def run(cfg: BenchConfig) -> Path:
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     check(cfg.workers == 1 or device.type == "cpu",
-          f"--workers {cfg.workers} runs batches on CPU threads, and --device {cfg.device} chose {device}; leave it at 1")
+          f"--workers {cfg.workers} runs batches on CPU threads, and --device {cfg.device} chose {device}; "
+          "leave it at 1")
     model, options, classes, x, y = load_victim(cfg, device)
     eps = sorted(set(cfg.eps if cfg.eps is not None else default_eps(x.shape[1])))
     run_dir = RunDir.create("bench", f"attacks__{options['dataset'].replace(':', '-')}__{options['model']}", cfg.seed, cfg, device)
