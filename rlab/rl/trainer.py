@@ -390,10 +390,10 @@ def _observation_attack(cfg: Any, agent: Any, device: Any, atla: Any = None) -> 
 
 
 def _with_constant_bias(step_attack: Callable, cfg: Any, device: Any) -> Callable:
-    """--adv-constant: envs 0 .. k-1 (k = round(share * n_envs), at least 1) see s + b_env, a corner of the ball
-    scaled by --adv-constant-scale (envs.observation_attacks.ball_corners) held for ~CONSTANT_HOLD steps, the threat of `rlab bench rl-attack
-    --methods constant`; the other envs see `step_attack`. The biases are drawn from the global RNG (seeded and
-    checkpointed) and, like the envs, drawn afresh when a run resumes."""
+    """--adv-constant: envs 0 .. k-1 (k = round(share * n_envs), at least 1) see s + b_env, a random corner of the
+    ball scaled by --adv-constant-scale (envs.observation_attacks.random_corners) held for ~CONSTANT_HOLD steps, the
+    threat of `rlab bench rl-attack --methods constant`; the other envs see `step_attack`. The biases are drawn from
+    the global RNG (seeded and checkpointed) and, like the envs, drawn afresh when a run resumes."""
     import torch
 
     from envs.observation_attacks import observation_scale, random_corners

@@ -81,8 +81,6 @@ class BenchConfig:
         check(self.workers == 1 or "none" in self.defenses,
               f"--workers {self.workers} speeds up the bare model's rows, and --defenses {','.join(self.defenses)} "
               "has none; add none to --defenses or leave --workers at 1")
-        check(self.workers == 1 or not self.device.startswith("cuda"),
-              f"--workers {self.workers} runs batches on CPU threads; with --device {self.device} leave it at 1")
         if self.eps is not None:
             for e in self.eps:
                 check(0 <= e <= 1, f"--eps values must lie in [0, 1] (images are in [0, 1]), got {e}")
