@@ -22,7 +22,7 @@ queries. `standard` is the lab's default for a CPU: on the README's PGD-trained 
 model (1,000 test digits, eps 0.3) it leaves 81.1% where `reference` leaves 80.9% (APGD-T's
 3 targets fooled the same 13 digits as its 9; Square's 2,500 queries fooled 5 where 5,000
 fooled 7), and reads what torchattacks' AutoAttack reads (81.1%; APGD-CE, APGD-T, FAB-T,
-Square 5,000 at its 10 APGD steps) at 0.53-0.55x its CPU time on one core, and at 0.34x its wall
+Square 5,000 at its 10 APGD steps) at 0.53-0.55x its CPU time on one core, and at 0.39-0.47x its wall
 time on two (attacks.robust_accuracy(workers=2) attacks two batches at once; README; the
 comparison is bench/autoattack_vs_peers.py). The budgets were chosen on those same digits: on
 another model, or whenever the masking warning below fires, rerun with `reference`.
